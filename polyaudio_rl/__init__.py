@@ -1,0 +1,1 @@
+"""polyaudio_rl."""

@@ -1,0 +1,39 @@
+"""Data section: where samples come from and the multi-audio prompt limits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import cfg_field
+
+
+@dataclass
+class DataConfig:
+    """Multi-audio samples (Parquet shards from `datagen`) and the prompt builder's limits."""
+
+    train_dir: str = cfg_field("artifacts/data/train", "Directory of the SFT split's Parquet shards (PolyAudio-Train).")
+    pref_dir: str = cfg_field("artifacts/data/pref", "Directory of the GRPO split's Parquet shards (PolyAudio-Pref).")
+    bench_dir: str = cfg_field("artifacts/data/bench", "Directory of the benchmark split (PolyAudio-Bench).")
+    build_if_missing: bool = cfg_field(True, "Build the splits with `datagen` when a directory is missing.")
+    preset: str = cfg_field("ci", "datagen preset used when building: ci, small or paper (paper: 110k/50k/2,750).")
+    tasks: list[str] = cfg_field([], "Task names to keep (empty: all eleven tasks of Table 2).")
+    sample_rate: int = cfg_field(16000, "Sample rate fed to the processor; Qwen2-Audio's Whisper front end needs 16 kHz.")
+    min_clips: int = cfg_field(2, "Fewest clips per prompt. The paper uses 2–5 (§3).")
+    max_clips: int = cfg_field(5, "Most clips per prompt. The paper uses 2–5 (§3); also vLLM `limit_mm_per_prompt`.")
+    max_clip_seconds: float = cfg_field(
+        30.0, "Longest clip in seconds. Qwen2-Audio pads/truncates to a 30 s window; longer clips are rejected."
+    )
+    answer_tag: bool = cfg_field(
+        False, "Ask for the final answer inside <answer>…</answer> (eases rule verification); the paper does not."
+    )
+    system_prompt: str = cfg_field(
+        "You are a helpful assistant.", "System message of the chat template (Qwen2-Audio-Instruct's default)."
+    )
+    shuffle_seed: int = cfg_field(0, "Seed for the order in which the pref split is streamed.")
+
+    def validate(self) -> None:
+        if not 1 <= self.min_clips <= self.max_clips:
+            raise ValueError(f"need 1 <= data.min_clips <= data.max_clips, got {self.min_clips}, {self.max_clips}")
+        if not 0 < self.max_clip_seconds <= 30.0:
+            raise ValueError(f"data.max_clip_seconds must be in (0, 30], got {self.max_clip_seconds}")
+        if self.sample_rate != 16000:
+            raise ValueError(f"data.sample_rate must be 16000 for Qwen2-Audio, got {self.sample_rate}")

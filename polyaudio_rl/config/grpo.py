@@ -1,0 +1,55 @@
+"""GRPO section: group size, advantages, clipping, KL, loss aggregation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import cfg_field
+
+
+@dataclass
+class GRPOConfig:
+    """Group Relative Policy Optimization (Shao et al., 2024, DeepSeekMath) with DAPO/Dr. GRPO options."""
+
+    group_size: int = cfg_field(8, "G: completions sampled per prompt (DeepSeekMath uses 64; r1-aqa 8).")
+    prompts_per_step: int = cfg_field(4, "Prompts per GRPO step; the step trains on prompts_per_step × G completions.")
+    steps: int = cfg_field(20, "Number of GRPO steps.")
+    advantage: str = cfg_field(
+        "grpo", "Advantage estimator: 'grpo' (group mean/std), 'drgrpo' (mean only, Liu et al. 2025), 'batch_std'."
+    )
+    clip_low: float = cfg_field(0.2, "ε_low of the clipped surrogate (PPO: 0.2; DAPO decouples low/high).")
+    clip_high: float = cfg_field(0.28, "ε_high of the clipped surrogate (DAPO 'clip-higher': 0.28).")
+    kl_coef: float = cfg_field(0.04, "β, the k3 KL coefficient to the reference policy (DeepSeekMath: 0.04). 0 skips it.")
+    kl_estimator: str = cfg_field(
+        "k3", "Per-token KL estimator to the reference (base model via disable_adapter): k1, k2 or k3 (Schulman 2020)."
+    )
+    loss_agg: str = cfg_field(
+        "token-mean", "Loss aggregation: token-mean (DAPO), seq-mean-token-mean (GRPO), seq-mean-token-sum-norm (Dr. GRPO)."
+    )
+    loss_norm_len: int = cfg_field(
+        0, "L of 'seq-mean-token-sum-norm' (Dr. GRPO's constant length); 0: rollout.max_new_tokens. Must be global."
+    )
+    inner_epochs: int = cfg_field(1, "μ: policy updates per rollout batch (DeepSeekMath μ); >1 makes clipping bite.")
+    dynamic_sampling: bool = cfg_field(False, "Drop groups whose rewards have zero spread (DAPO) and log the fraction.")
+    zero_spread_tol: float = cfg_field(0.0, "A group counts as zero-spread when max−min reward <= this (dynamic sampling).")
+    sign: float = cfg_field(1.0, "Advantage sign; -1 flips it (used only by the learning test to show it can fail).")
+    eps: float = cfg_field(1e-6, "ε added to the group std in 'grpo' normalisation.")
+    lr: float = cfg_field(1e-5, "Learning rate for GRPO (LoRA parameters).")
+
+    def validate(self) -> None:
+        from ..core_algos import ADV_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGS
+
+        for key, value, table in (
+            ("advantage", self.advantage, ADV_ESTIMATORS),
+            ("loss_agg", self.loss_agg, LOSS_AGGS),
+            ("kl_estimator", self.kl_estimator, KL_ESTIMATORS),
+        ):
+            if value not in table:
+                raise ValueError(f"grpo.{key} must be one of {sorted(table)}, got {value!r}")
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            raise ValueError(f"grpo.clip_low must be in [0, 1) and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        if self.kl_coef < 0:
+            raise ValueError(f"grpo.kl_coef must be >= 0, got {self.kl_coef}")
+        if self.inner_epochs < 1:
+            raise ValueError(f"grpo.inner_epochs must be >= 1, got {self.inner_epochs}")
+        if self.sign not in (1.0, -1.0):
+            raise ValueError(f"grpo.sign must be 1 or -1, got {self.sign}")

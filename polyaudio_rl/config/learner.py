@@ -1,0 +1,32 @@
+"""Learner section: DeepSpeed workers under Ray Train."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import cfg_field
+
+
+@dataclass
+class LearnerConfig:
+    """DeepSpeed learner workers (Ray Train). gloo/fp32 on CPU, NCCL/bf16 on GPUs."""
+
+    num_workers: int = cfg_field(1, "Learner workers (data-parallel ranks).")
+    use_gpu: bool = cfg_field(False, "Place learners on GPUs (one each).")
+    cpus_per_worker: float = cfg_field(1.0, "Logical CPUs per learner worker.")
+    zero_stage: int = cfg_field(2, "DeepSpeed ZeRO stage (2 or 3).")
+    micro_batch_size: int = cfg_field(4, "Sequences per forward/backward on one worker.")
+    grad_clip: float = cfg_field(1.0, "Global gradient-norm clip.")
+    weight_decay: float = cfg_field(0.0, "AdamW weight decay.")
+    warmup_steps: int = cfg_field(0, "Linear LR warm-up steps.")
+    torch_threads: int = cfg_field(0, "torch intra-op threads per worker (0: int(cpus_per_worker), at least 1).")
+    backend: str = cfg_field("auto", "torch.distributed backend: auto (gloo on CPU, nccl on GPUs), gloo or nccl.")
+    checkpoint_every: int = cfg_field(10, "Write a checkpoint every K optimizer steps (0: only at the end).")
+
+    def validate(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"learner.zero_stage must be 0–3, got {self.zero_stage}")
+        if self.num_workers < 1 or self.micro_batch_size < 1:
+            raise ValueError(f"learner.num_workers and micro_batch_size must be >= 1, got {self.num_workers}, "
+                             f"{self.micro_batch_size}")
+        if self.backend not in ("auto", "gloo", "nccl"):
+            raise ValueError(f"learner.backend must be auto, gloo or nccl, got {self.backend!r}")

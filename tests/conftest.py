@@ -1,0 +1,60 @@
+"""Shared fixtures: the tiny offline Qwen2-Audio checkpoint and small synthetic multi-audio samples."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# vLLM in the test process (no engine-core subprocess); no telemetry, no hub.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> str:
+    """Path of a tiny random Qwen2-Audio checkpoint (seed 0), written once per test session."""
+    from polyaudio_rl.tiny import write_tiny
+
+    return str(write_tiny(tmp_path_factory.mktemp("ckpt") / "tiny-qwen2-audio", seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_ckpt):
+    from polyaudio_rl.model import load_processor
+
+    return load_processor(tiny_ckpt)
+
+
+def tone(seconds: float, freq: float = 440.0, sr: int = 16000, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def make_sample(sample_id: str = "t-0", durations=(1.0, 2.0, 1.5), sr: int = 16000, question: str = "Which clip is the loudest?"):
+    """A schema-valid Sample whose clips are FLAC-encoded tones of the given durations."""
+    from datagen.schema import Clip, Sample
+    from polyaudio_rl.audio import encode_flac
+
+    clips = [
+        Clip(audio=encode_flac(tone(d, 220.0 * (i + 1), sr), sr), sample_rate=sr, duration=d, source_id=f"tone{i}", licence="CC0")
+        for i, d in enumerate(durations)
+    ]
+    return Sample(
+        id=sample_id, task="comparison", split="train", clips=clips, question=question, answer="Audio 1.",
+        key={"type": "clip", "value": 1}, relevant_clips=[1],
+    )
+
+
+@pytest.fixture
+def sample_factory():
+    return make_sample
