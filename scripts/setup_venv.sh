@@ -8,7 +8,7 @@ VENV=.venv
 GPU=${GPU:-0}
 
 # System packages used by datagen's audio sources (TTS engines, recorded sounds, soundfont).
-APT_PKGS="espeak-ng flite fluid-soundfont-gm sound-theme-freedesktop hydrogen-drumkits libsndfile1"
+APT_PKGS="espeak-ng flite fluid-soundfont-gm sound-theme-freedesktop hydrogen-drumkits libsndfile1 libfluidsynth3 oxygen-sounds yaru-theme-sound bucklespring-data"
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   missing=""
   for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

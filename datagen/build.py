@@ -1,0 +1,231 @@
+"""Build one split: plan items, generate them in worker processes, write Parquet shards atomically, report, card.
+
+    python -m datagen build --split {train,pref,bench} --preset {ci,small,paper} --out DIR [--seed N]
+
+Items are planned as (task, index) for index < items-per-task, interleaved by index so every shard mixes tasks;
+item (task, index) gets ``index % 4 + 2`` clips (balanced 2-5) and a seed derived from (seed, split, task, index),
+so the content does not depend on the number of workers. Shards hold ``shard_items`` consecutive planned items.
+A failing item is retried with fresh sub-seeds, then skipped and counted with its reason; nothing else is lost.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import DatagenConfig
+from .schema import write_shard
+
+CHUNK = 4  # items per unit of work sent to a worker (progress granularity)
+
+
+@dataclass
+class BuildReport:
+    split: str
+    preset: str
+    seed: int
+    planned: int = 0
+    written: int = 0
+    counts: dict = field(default_factory=lambda: defaultdict(Counter))   # task -> n_clips -> items
+    rejects: Counter = field(default_factory=Counter)                      # reason -> items skipped
+    reject_examples: dict = field(default_factory=dict)                    # reason -> one detail message
+    retries: Counter = field(default_factory=Counter)                      # reason -> failed attempts that were retried
+    durations: list = field(default_factory=list)                          # clip durations (s)
+    speakers: Counter = field(default_factory=Counter)
+    event_labels: Counter = field(default_factory=Counter)
+    sources: Counter = field(default_factory=Counter)                      # licence string -> clips
+    kinds: Counter = field(default_factory=Counter)                        # speech/events/music/corpus -> clips
+    shards: list = field(default_factory=list)
+    bytes: int = 0
+    seconds: float = 0.0
+    workers: int = 1
+    missing_source_files: list = field(default_factory=list)
+
+    def add(self, res) -> None:
+        if res.sample is None:
+            self.rejects[res.reason] += 1
+            self.reject_examples.setdefault(res.reason, res.detail)
+            return
+        for r in res.retries:
+            self.retries[r] += 1
+        s = res.sample
+        self.written += 1
+        self.counts[s.task][len(s.clips)] += 1
+        for c, m in zip(s.clips, s.metadata["clips"]):
+            self.durations.append(c.duration)
+            self.bytes += len(c.audio)
+            for lic in c.licence.split("; "):
+                self.sources[lic] += 1
+            self.kinds[m.get("kind", "?")] += 1
+            if m.get("kind") == "speech":
+                self.speakers[m["speaker"]] += 1
+            for e in m.get("events", []):
+                self.event_labels[e["label"]] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        import numpy as np
+
+        d = np.asarray(self.durations or [0.0])
+        return {
+            "split": self.split, "preset": self.preset, "seed": self.seed, "planned": self.planned,
+            "written": self.written, "skipped": sum(self.rejects.values()),
+            "counts": {t: {str(k): v for k, v in sorted(c.items())} for t, c in sorted(self.counts.items())},
+            "clip_count_histogram": {str(k): sum(c[k] for c in self.counts.values()) for k in range(1, 6)
+                                     if any(k in c for c in self.counts.values())},
+            "rejects": dict(self.rejects), "reject_examples": self.reject_examples, "retries": dict(self.retries),
+            "durations": {"clips": int(len(self.durations)), "mean": round(float(d.mean()), 3),
+                          "min": round(float(d.min()), 3), "max": round(float(d.max()), 3),
+                          "p50": round(float(np.percentile(d, 50)), 3), "total_hours": round(float(d.sum()) / 3600, 4)},
+            "clip_kinds": dict(self.kinds), "speakers": dict(sorted(self.speakers.items())),
+            "event_labels": dict(sorted(self.event_labels.items())), "licences": dict(self.sources),
+            "missing_source_files": self.missing_source_files,
+            "shards": self.shards, "audio_bytes": self.bytes, "build_seconds": round(self.seconds, 2),
+            "workers": self.workers,
+        }
+
+
+def plan(cfg: DatagenConfig, split: str) -> list[tuple[str, int]]:
+    n = cfg.n_items(split)
+    return [(t, i) for i in range(n) for t in cfg.task_list()]
+
+
+def check_setup(cfg: DatagenConfig) -> None:
+    """Fail at start, naming the engine and how to install it, when a configured engine/source is missing."""
+    from .sources.events import check_sources
+    from .sources.music import check_music
+    from .sources.speech import check_engines
+
+    check_engines(cfg)
+    check_sources(cfg.event_sources)
+    check_music(cfg)
+    if cfg.corpora:
+        from .sources.corpora import check_corpora
+
+        check_corpora(cfg)
+    if cfg.llm.enabled and not cfg.llm.base_url:
+        from .sources.speech import EngineMissing
+
+        raise EngineMissing("datagen.llm.enabled is true but datagen.llm.base_url is empty: point it at an "
+                            "OpenAI-compatible /v1 endpoint")
+
+
+# -- worker side ----------------------------------------------------------------------------------------
+_CTX = None
+
+
+def make_context(cfg: DatagenConfig, split: str):
+    from .tasks.base import Context
+
+    ctx = Context(cfg, split)
+    if cfg.corpora:
+        from .sources.corpora import CorpusSet
+
+        ctx.corpora = CorpusSet.from_config(cfg, split)
+    if cfg.llm.enabled:
+        from .llm import LLMAuthor
+
+        ctx.author = LLMAuthor.from_config(cfg)
+    return ctx
+
+
+def _init(cfg: DatagenConfig, split: str) -> None:
+    global _CTX
+    _CTX = make_context(cfg, split)
+
+
+def _work(chunk: list[tuple[str, int]]):
+    from .generate import make_item
+
+    return [make_item(_CTX, t, i) for t, i in chunk]
+
+
+# -- driver ---------------------------------------------------------------------------------------------
+def build(cfg: DatagenConfig, split: str, out: str, progress: bool = True) -> BuildReport:
+    """Build ``split`` into directory ``out``; returns the report (also written as the data card)."""
+    from tqdm import tqdm
+
+    from .card import write_card
+
+    check_setup(cfg)
+    t0 = time.time()
+    os.makedirs(out, exist_ok=True)
+    items = plan(cfg, split)
+    rep = BuildReport(split, cfg.preset, cfg.seed, planned=len(items))
+    shard_items = max(1, min(cfg.shard_items, math.ceil(len(items) / 8))) if items else 1
+    shard_items = max(CHUNK, shard_items - shard_items % CHUNK)
+    chunks = [items[i: i + CHUNK] for i in range(0, len(items), CHUNK)]
+    workers = cfg.workers or os.cpu_count() or 1
+    workers = max(1, min(workers, len(chunks)))
+    rep.workers = workers
+    stale = {p for p in os.listdir(out) if p.endswith(".parquet")}
+    pending, shard_no = [], 0
+
+    def flush(final: bool = False) -> None:
+        nonlocal pending, shard_no
+        while len(pending) >= shard_items or (final and pending):
+            part, pending = pending[:shard_items], pending[shard_items:]
+            name = f"{split}-{shard_no:05d}.parquet"
+            write_shard(os.path.join(out, name), part)
+            stale.discard(name)
+            rep.shards.append({"file": name, "items": len(part)})
+            shard_no += 1
+
+    bar = tqdm(total=len(items), desc=f"datagen {split}", unit="item", disable=not progress, file=sys.stderr)
+    if workers == 1:
+        _init(cfg, split)
+        rep.missing_source_files = list(_CTX.events.missing)
+        results = map(_work, chunks)
+        pool = None
+    else:
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(cfg, split))
+        results = pool.imap(_work, chunks)  # ordered: shard content does not depend on scheduling
+    try:
+        for res_list in results:
+            for res in res_list:
+                rep.add(res)
+                if res.sample is not None:
+                    pending.append(res.sample)
+            bar.update(len(res_list))
+            bar.set_postfix(skipped=sum(rep.rejects.values()))
+            flush()
+        flush(final=True)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    if pool is not None:
+        from .sources.events import EventCatalogue
+
+        rep.missing_source_files = EventCatalogue.from_config(cfg, split).missing
+    for name in stale:  # shards of an earlier, larger build in the same directory
+        os.remove(os.path.join(out, name))
+    rep.seconds = time.time() - t0
+    write_card(out, rep, cfg)
+    return rep
+
+
+def format_report(rep: BuildReport) -> str:
+    d = rep.as_dict()
+    ks = sorted({int(k) for c in d["counts"].values() for k in c})
+    lines = [f"datagen build: split={rep.split} preset={rep.preset} seed={rep.seed}: {rep.written}/{rep.planned} "
+             f"items in {rep.seconds:.1f} s ({rep.written / max(rep.seconds, 1e-9):.2f} items/s, "
+             f"{rep.workers} workers), {len(rep.shards)} shards, {rep.bytes / 1e6:.1f} MB audio",
+             f"{'task':<24}" + "".join(f"{k:>6}" for k in ks) + f"{'total':>8}"]
+    for t, c in d["counts"].items():
+        lines.append(f"{t:<24}" + "".join(f"{c.get(str(k), 0):>6}" for k in ks) + f"{sum(c.values()):>8}")
+    du = d["durations"]
+    lines.append(f"clips: {du['clips']}  duration mean {du['mean']} s, min {du['min']}, max {du['max']}, "
+                 f"total {du['total_hours']} h")
+    lines.append(f"skipped items: {d['skipped']}" + "".join(f"\n  {r}: {n}  e.g. {d['reject_examples'][r]}"
+                                                         for r, n in d["rejects"].items()))
+    if d["retries"]:
+        lines.append("retried attempts: " + ", ".join(f"{r}: {n}" for r, n in d["retries"].items()))
+    if d["missing_source_files"]:
+        lines.append(f"source files listed by packages but missing on disk (not used): {len(d['missing_source_files'])}")
+    return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""Counting across clips (Table 2): how often an event occurs over all clips (Figure 8, frequency questions)."""
+from __future__ import annotations
+
+from ..sources.events import phrase, plural
+from . import register
+from .base import Draft, choose, join_and, scene_from_counts
+
+QUESTIONS = [
+    "How many times does {p} occur across all {n} audio clips?",
+    "Count the {pl} in these {n} clips. How many are there in total?",
+    "Across the {n} clips, how many {pl} do you hear altogether?",
+    "What is the total number of {pl} over all of the clips?",
+    "How many times in total can {p} be heard in the {n} recordings?",
+]
+
+
+@register("counting")
+def generate(ctx, rng, n):
+    labels = ctx.events.labels()
+    target = ctx.lex.pick(rng, labels)
+    others = [l for l in labels if l != target]
+    per = [int(rng.integers(0, 4)) for _ in range(n)]
+    if sum(per) == 0:
+        per[int(rng.integers(n))] = int(rng.integers(1, 4))
+    clips = []
+    for c in per:
+        counts = {target: c} if c else {}
+        for l in ctx.lex.pick(rng, others, int(rng.integers(0 if c else 1, 3))):
+            counts[l] = int(rng.integers(1, 3))
+        clips.append(scene_from_counts(ctx, rng, counts))
+    total = sum(per)
+    q = choose(rng, QUESTIONS).format(p=phrase(target), pl=plural(target), n=n)
+    q = q.replace("all 2 audio clips", "both audio clips").replace("all 2 clips", "both clips").replace(
+        "the 2 clips", "the two clips").replace("these 2 clips", "these two clips").replace(
+        "the 2 recordings", "the two recordings")
+    detail = join_and([f"{c} in clip {i + 1}" for i, c in enumerate(per)])
+    what = phrase(target) if total == 1 else f"{total} {plural(target)}"
+    ans = choose(rng, [
+        "{P} occurs {t} {times} in total: {d}.",
+        "There {be} {w} in total ({d}).",
+        "Altogether I count {w}: {d}.",
+    ]).format(P=phrase(target)[0].upper() + phrase(target)[1:], t=total, times="time" if total == 1 else "times",
+              be="is" if total == 1 else "are", w=what if total > 1 else f"1 ({phrase(target)})", d=detail)
+    relevant = [i + 1 for i, c in enumerate(per) if c > 0]
+    return Draft(clips, q, ans, {"type": "count", "value": total, "tolerance": 0}, relevant,
+                 extra={"target": target, "per_clip": per})

@@ -1,0 +1,40 @@
+"""Temporal Grounding (Table 2): find the clip and the time interval of a described event (Figure 8)."""
+from __future__ import annotations
+
+from ..sources.events import phrase
+from . import register
+from .base import Draft, choose, scene_from_counts
+
+QUESTIONS = [
+    "In which of the clips does the sound of '{p}' occur, and at what timestamp?",
+    "Which clip contains {p}, and when does it start and end?",
+    "Find {p} in these {n} clips: which clip is it in, and at what time does it happen?",
+    "At which interval, and in which audio, do we hear {p}?",
+    "One of the clips contains {p}. Give the clip number and the start and end time of the sound.",
+]
+ANSWERS = [
+    "The sound of {p} occurs in clip {k}, from about {s:.2f} s to {e:.2f} s.",
+    "It is in clip {k}: {p} starts at roughly {s:.2f} seconds and ends at about {e:.2f} seconds.",
+    "You can hear {p} in the {o} clip, between {s:.2f} s and {e:.2f} s.",
+]
+
+
+@register("temporal_grounding")
+def generate(ctx, rng, n):
+    labels = ctx.events.labels()
+    target = ctx.lex.pick(rng, labels)
+    others = [l for l in labels if l != target]
+    k = int(rng.integers(1, n + 1))
+    clips = []
+    for i in range(1, n + 1):
+        counts = {l: 1 for l in ctx.lex.pick(rng, others, int(rng.integers(1, 3)))}
+        if i == k:
+            counts[target] = 1
+        clips.append(scene_from_counts(ctx, rng, counts))
+    ev = next(e for e in clips[k - 1].meta["events"] if e["label"] == target)
+    p = phrase(target)
+    from ..text import ORDINALS
+    q = choose(rng, QUESTIONS).format(p=p, n=n)
+    ans = choose(rng, ANSWERS).format(p=p, k=k, s=ev["start"], e=ev["end"], o=ORDINALS[k - 1])
+    key = {"type": "interval", "clip": k, "start": ev["start"], "end": ev["end"]}
+    return Draft(clips, q, ans, key, [k], extra={"target": target})
