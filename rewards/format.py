@@ -5,7 +5,8 @@ answer_tag      only when the prompt asked for ``<answer>…</answer>`` (``data.
                 tag pair and nothing but whitespace after the closing tag;
 one_answer      the answer has the shape the key asks for — one option letter, one clip (no hedge), one of
                 Yes/No/Not enough information, a full order of the asked clips, one count, a clip plus start and
-                end times, at least one keyword, a value / caption with content words;
+                end times, at least one keyword, a value not offered as one of alternatives (a number when the
+                value is one; at least one clip named when the key lists clips), a caption with content words;
 length          the answer region has at most ``format_max_words`` words;
 no_repetition   no word 4-gram occurs more than 3 times in the visible completion (degenerate loops).
 
@@ -18,7 +19,7 @@ from typing import Any
 
 from datagen.schema import Sample
 
-from .cliprefs import is_hedged
+from .cliprefs import clips_referenced, is_hedged
 from .extract import Extracted, extract_answer
 from .registry import RewardResult, check_sample, register_reward
 from .verifiers import (
@@ -27,6 +28,7 @@ from .verifiers import (
     read_count,
     read_options,
     read_order,
+    read_value,
     read_times,
     read_yesno,
 )
@@ -55,6 +57,13 @@ def answer_shape(sample: Sample, ans: Extracted) -> tuple[bool, str]:
         named, hedge = answer_clips(sample, text, {int(sample.key["clip"])})
         k = len(read_times(text))
         return (len(named) <= 1 and not hedge and k >= 2), f"clips {sorted(named)}, {k} times"
+    if t == "value":
+        _, parsed, why = read_value(sample, text)
+        if why.startswith(("hedged", "lists", "no number")) or not content_tokens(text):
+            return False, why or "no content words"
+        if sample.key.get("clips") and not clips_referenced(text, n):
+            return False, "names no clip (the key asks which clips hold the value)"
+        return True, ""
     return bool(content_tokens(text)), "no content words"
 
 

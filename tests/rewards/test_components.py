@@ -132,3 +132,13 @@ def test_reward_result_range():
         RewardResult(1.5)
     with pytest.raises(ValueError):
         RewardResult(float("nan"))
+
+
+def test_format_value_shapes():
+    val = make_sample("needle_qa", {"type": "value", "value": "12"}, n_clips=3)
+    assert format_reward(val, "Eleven.").score == 1.0  # wrong, well-formed
+    assert format_reward(val, "11 or 12").info["failed"] == ["one_answer"]  # hedge
+    assert format_reward(val, "x").info["failed"] == ["one_answer"]  # no number for a numeric value
+    fact = make_sample("factual_consistency", {"type": "value", "value": "31", "clips": [1, 2]}, n_clips=3)
+    assert format_reward(fact, "31, in clips 1 and 2").score == 1.0
+    assert format_reward(fact, "31").info["failed"] == ["one_answer"]  # the key asks which clips too

@@ -1,0 +1,94 @@
+"""A real OpenAI-compatible chat-completions HTTP server for the judge tests (FastAPI under uvicorn on
+127.0.0.1, a free port, in a thread). Its behaviour is chosen by the request's ``model`` field.
+
+Loaded by path from the test modules (pytest runs with --import-mode=importlib, no packages under tests/)."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ScriptedJudge:
+    """An OpenAI-compatible chat endpoint whose behaviour is chosen by the request's ``model``."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        self.flaky_failures = 0
+        self.app = FastAPI()
+        self.app.post("/v1/chat/completions")(self.chat)
+
+    def reply(self, model: str, body: dict) -> str:
+        user = body["messages"][-1]["content"]
+        prompt_b = "[Assistant response]" in user
+        right = "ANSWER-RIGHT" in user
+        if model in ("good", "strict", "flaky"):
+            # prompt A answers a bare digit, prompt B chats: right -> 5 and "Score: 4/5"; wrong -> 1 and "Score: 2/5"
+            if prompt_b:
+                return "Score: 4/5 - accurate." if right else "Score: 2/5 - it names the wrong clip."
+            return "5" if right else "1"
+        if model == "choice":
+            # honours vLLM structured_outputs: answers one of the allowed choices
+            choices = body.get("structured_outputs", {}).get("choice")
+            return choices[3] if choices else "no structured output was requested"
+        if model == "json":
+            return '{"score": 3}'
+        if model == "garbage":
+            return "I cannot decide, the answer seems fine but maybe not."
+        if model == "range":
+            return "Score: 9"
+        raise AssertionError(model)
+
+    async def chat(self, request: Request):
+        body = await request.json()
+        self.bodies.append(body)
+        model = body.get("model")
+        if model == "slow":
+            await asyncio.sleep(3.0)
+        if model == "strict" and "structured_outputs" in body:
+            return JSONResponse({"error": {"message": "Unrecognized request argument: structured_outputs",
+                                           "type": "invalid_request_error"}}, status_code=400)
+        if model == "flaky" and self.flaky_failures < 2:
+            self.flaky_failures += 1
+            return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+        if model == "missing":
+            return JSONResponse({"error": {"message": "model not found"}}, status_code=404)
+        content = self.reply(model, body) if model != "slow" else "3"
+        return {
+            "id": f"chatcmpl-{len(self.bodies)}", "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+        }
+
+
+@contextmanager
+def running_judge():
+    """Start a :class:`ScriptedJudge` server; yields it with ``.url`` set to its ``/v1`` base URL."""
+    fake = ScriptedJudge()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert time.time() < deadline, "judge test server did not start"
+        time.sleep(0.02)
+    fake.url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield fake
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
