@@ -24,8 +24,10 @@ _NUMW = "|".join(sorted((w for w, v in UNITS.items() if 1 <= v <= 10), key=len, 
 # an index: digits not followed by a decimal part or a time unit, or a number word up to ten
 _IDX = rf"(?:\d{{1,2}}(?![.,]\d)(?!\s*(?:s|sec|secs|seconds?|ms|min|minutes?|%|st|nd|rd|th)\b)|(?:{_NUMW})\b)"
 _JOIN = r"(?:\s*,\s*and\s+|\s*,\s*or\s+|\s*,\s*|\s+and\s+|\s+or\s+|\s*&\s*|\s*/\s*|\s*(?:-|–|to|through)\s*)"
+# a joined index must not start a new clause ("2 in clip 1, 3 in clip 2": the 3 is a count, not clip 3)
+_NOT_CLAUSE = r"(?!\s+(?:in|at|on|of|from|for|per|times?|x|occurrences?|hits?|seconds?)\b)"
 _NOUN_NUMS = re.compile(
-    rf"\b{_NOUN}(?:\s+(?:no\.?|number))?[\s#_-]*({_IDX}(?:{_JOIN}#?\s*{_IDX})*)", re.I
+    rf"\b{_NOUN}(?:\s+(?:no\.?|number))?[\s#_-]*({_IDX}(?:{_JOIN}#?\s*{_IDX}{_NOT_CLAUSE})*)", re.I
 )
 _ORD_WORDS = "|".join(sorted(list(ORDINALS) + ["last", "final", "second[- ]to[- ]last", "penultimate"],
                              key=len, reverse=True))

@@ -221,14 +221,25 @@ def normalize(text: str) -> str:
 
 
 def stem(word: str) -> str:
-    """A light plural stemmer: ``barks``→``bark``, ``boxes``→``box``, ``cities``→``city`` (words > 3 chars)."""
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 4 and word.endswith(("ches", "shes", "sses", "xes", "zes")):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
+    """A light, consistent stemmer (not a dictionary one): plurals (``barks``, ``boxes``, ``cities``), verb forms
+    (``barking``, ``emptied``, ``emptying``) and ``-ion`` (``connection``) map to one stem; words of <= 3 letters
+    and non-alphabetic tokens are kept as they are."""
+    w = word
+    if len(w) <= 3 or not w.isalpha():
+        return w
+    if w.endswith("ies") and len(w) > 4:
+        w = w[:-3] + "y"
+    elif w.endswith(("ches", "shes", "sses", "xes", "zes")) and len(w) > 4:
+        w = w[:-2]
+    elif w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        w = w[:-1]
+    for suffix, repl in (("ied", "y"), ("ying", "y"), ("ing", ""), ("ed", ""), ("ion", "")):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            w = w[: -len(suffix)] + repl
+            if repl == "" and len(w) > 3 and w[-1] == w[-2] and w[-1] not in "lsz":
+                w = w[:-1]  # running -> run, stopped -> stop
+            break
+    return w
 
 
 def tokens(text: str) -> list[str]:

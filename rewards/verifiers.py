@@ -9,9 +9,15 @@ Scores (all in [0, 1]; garbage or empty answers score 0, never raise):
 
 option       1 if exactly one option is chosen (letter "B", "(B)", "option B", or the text of one choice) and it
              is the key's letter; several different options (hedging, listing) → 0.
-clip         1 if exactly one clip is named and it is the key's clip. Clips that the question itself names are
-             ignored unless the key's clip is among them ("Clip 3 has the same speaker as clip 1" → 3).
-             "Audio 1 or Audio 2", listing every clip, or naming a second clip → 0. A bare "3" or "third" → clip 3.
+Claim and contrast: option, clip, interval and value answers are read from the *claim*, the text before the first
+contrast marker ("compared with", "unlike", "whereas", "while", "by contrast", "but", "than", "differs from"):
+"Clip 3 is the slowest, compared with clip 1 at 133 BPM" claims clip 3. A contrast part that offers alternatives
+("…, but it could also be clip 4": or/maybe/could/also/too…) is a hedge → 0.
+
+clip         1 if exactly one clip is named in the claim and it is the key's clip. Clips that the question itself
+             names are ignored unless the key's clip is among them ("Clip 3 has the same speaker as clip 1" → 3).
+             "Audio 1 or Audio 2", listing every clip, or naming a second clip in the claim → 0. A bare "3" or
+             "third" → clip 3.
 yesno        1 if the answer is the key's class (Yes / No / Not enough information). A leading "Yes"/"No"/"Not
              enough information" decides; otherwise exactly one class must be named ("cannot be determined",
              "insufficient information" count as Not enough information); both → 0.
@@ -23,7 +29,8 @@ count        1 if |answer − key| <= key["tolerance"] (default 0). The count re
              "times"/"occurrences"/"in total" if any, else the first number (digits or words, "twice" = 2) after
              clip references and clip counts ("Audio 2", "all four clips") are masked. "3 or 4" → 0.
 interval     IoU of [start, end] with the key's interval when the answer names the key's clip (or the question
-             names only that clip); wrong/several clips or fewer than two times → 0. Times: "1.25 s", "1250 ms",
+             names only that clip) — 1 when both ends are within ``interval_tolerance_s`` of the key's (answers
+             round times); wrong/several clips or fewer than two times → 0. Times: "1.25 s", "1250 ms",
              "0:01.25", "from 1.2 to 3.5 seconds".
 keywords     F1 between the answer's content words and the key's keywords (phrases count as one; plurals
              stemmed; stop words and meta words like "keyword", "common", "clips" dropped): listing many words
@@ -31,12 +38,14 @@ keywords     F1 between the answer's content words and the key's keywords (phras
 value        1 if the normalised answer contains the value or an alias (numbers in words or digits, case,
              punctuation, articles ignored) and does not offer it as one of alternatives ("42 or 45"; for
              numbers, also a list of three or more different numbers) → else 0.
-caption      recall of the key's keywords in the answer, scaled by min(1, caption_max_ratio · |ref| / |answer|)
+caption      recall of the key's keywords in the answer (the category keyword "speech" is also found as
+             "says", "speaking", "voice"…: CAPTION_EQUIVALENTS), scaled by min(1, caption_max_ratio · |ref| / |answer|)
              words so that keyword stuffing does not pay; without keywords, content-word F1 with the reference.
 
 Task overrides:
 factual_consistency  (value key with ``clips``): mean of the value score and the F1 between the clips named in
-                     the answer and ``key["clips"]``; value only when the key has no clips.
+                     the claim and ``key["clips"]`` ("47, stated in clips 1 and 2; by contrast, clip 3 says 50"
+                     → 1); value only when the key has no clips.
 """
 from __future__ import annotations
 
@@ -109,6 +118,32 @@ def _result(score: float, parsed: Any, reason: str = "") -> RewardResult:
     return RewardResult(float(score), info)
 
 
+# ---------------------------------------------------------------------------------------------- claim / contrast
+_CONTRAST = re.compile(
+    r"(?:[,;:]\s*|\s+)(?:compared\s+(?:with|to)|in\s+comparison\s+(?:with|to)|unlike|whereas|while|whilst|"
+    r"by\s+contrast|in\s+contrast|rather\s+than|as\s+opposed\s+to|but|however|differs?\s+from|"
+    r"different\s+from|other\s+than|than)\b",
+    re.I,
+)
+_REST_HEDGE = re.compile(
+    r"\b(?:or|maybe|perhaps|possibly|might|could|either|also|too|as\s+well|alternatively|not\s+sure)\b", re.I
+)
+
+
+def split_claim(text: str) -> tuple[str, str]:
+    """(claim, contrast): the text before the first contrast marker ("compared with", "unlike", "whereas",
+    "while", "by contrast", "but", "than", "differs from", …) and the rest. Without a marker, (text, "")."""
+    m = _CONTRAST.search(text)
+    if m and text[:m.start()].strip():
+        return text[:m.start()], text[m.start():]
+    return text, ""
+
+
+def rest_hedges(rest: str) -> bool:
+    """Whether the contrast part offers alternatives ("…, but it could also be clip 3")."""
+    return bool(_REST_HEDGE.search(rest))
+
+
 # ---------------------------------------------------------------------------------------------- option
 _LETTER_KEYWORD = re.compile(r"\b(?:option|choice|answer(?:\s+is)?|letter)\s*[:(]?\s*\(?([A-Za-z])\)?(?![\w'])", re.I)
 _LETTER_PAREN = re.compile(r"\(([A-Z])\)")
@@ -144,7 +179,10 @@ def read_options(text: str, choices: list[str]) -> set[str]:
 @register_key_verifier("option")
 def verify_option(sample: Sample, ans: Extracted, **ctx: Any) -> RewardResult:
     gold = str(sample.key["value"]).strip().upper()
-    letters = read_options(ans.text, sample.choices)
+    claim, rest = split_claim(ans.text)
+    letters = read_options(claim, sample.choices)
+    if rest_hedges(rest) and read_options(rest, sample.choices) - letters:
+        return _result(0, None, "hedged between options")
     if not letters:
         return _result(0, None, "no option")
     if len(letters) > 1:
@@ -155,8 +193,11 @@ def verify_option(sample: Sample, ans: Extracted, **ctx: Any) -> RewardResult:
 
 # ---------------------------------------------------------------------------------------------- clip
 def answer_clips(sample: Sample, text: str, gold: set[int]) -> tuple[set[int], bool]:
-    """Clips named in ``text``, minus the clips the question names unless a gold clip is among them."""
+    """Clips named in the claim of ``text`` (see :func:`split_claim`), minus the clips the question names unless a
+    gold clip is among them; and whether the answer hedges between clips."""
     n = len(sample.clips)
+    full = text
+    text, rest = split_claim(full)
     named = clips_referenced(text, n)
     if not named:
         stripped = re.sub(r"^(?:the\s+)", "", text.strip().strip(".!").strip().lower())
@@ -169,7 +210,8 @@ def answer_clips(sample: Sample, text: str, gold: set[int]) -> tuple[set[int], b
     in_question = clips_referenced(sample.question, n)
     if in_question and not (gold & in_question):
         named = named - in_question
-    return named, is_hedged(text, n)
+    hedge = is_hedged(full, n) or (rest_hedges(rest) and bool(clips_referenced(rest, n) - named))
+    return named, hedge
 
 
 @register_key_verifier("clip")
@@ -370,6 +412,9 @@ def verify_interval(sample: Sample, ans: Extracted, **ctx: Any) -> RewardResult:
     if named != {gold_clip}:
         return _result(0, parsed, "wrong clip")
     start, end = sorted(times[:2])
+    tol = float(_opt(ctx, "interval_tolerance_s", 0.05))
+    if abs(start - gold[0]) <= tol + 1e-9 and abs(end - gold[1]) <= tol + 1e-9:
+        return _result(1.0, parsed, "within tolerance")
     return _result(iou((start, end), gold), parsed, "")
 
 
@@ -433,6 +478,9 @@ def read_value(sample: Sample, text: str) -> tuple[float, Any, str]:
     """(score, parsed, reason) for a value key."""
     k = sample.key
     golds = [str(k["value"])] + [str(a) for a in k.get("aliases", []) or []]
+    text, rest = split_claim(text)
+    if rest_hedges(rest):
+        return 0.0, None, "hedged between values"
     masked, nums = _answer_numbers(sample, text)
     gold_num = _is_number(golds[0])
     if gold_num is not None:
@@ -486,7 +534,8 @@ def verify_factual_consistency(sample: Sample, ans: Extracted, **ctx: Any) -> Re
     gold_clips = {int(c) for c in sample.key.get("clips", []) or []}
     if not gold_clips:
         return _result(vscore, vparsed, reason)
-    named = clips_referenced(ans.text, len(sample.clips))
+    claim, _ = split_claim(ans.text)
+    named = clips_referenced(claim, len(sample.clips))
     cscore = 0.0 if is_hedged(ans.text, len(sample.clips)) else set_f1(named, gold_clips)
     res = _result(0.5 * vscore + 0.5 * cscore, [vparsed, sorted(named)] if vparsed is not None else None, reason)
     res.info.update(value_score=vscore, clips_score=round(cscore, 6))
@@ -494,6 +543,18 @@ def verify_factual_consistency(sample: Sample, ans: Extracted, **ctx: Any) -> Re
 
 
 # ---------------------------------------------------------------------------------------------- caption
+# Category keywords that a caption expresses in other words: "a man says …" describes speech.
+CAPTION_EQUIVALENTS = {"speech": ("speech", "speak", "say", "said", "talk", "voice", "spoken", "speaker")}
+
+
+def caption_hit(answer_tokens: list[str], keyword: str) -> bool:
+    kt = tokens(keyword)
+    if contains_phrase(answer_tokens, kt) >= 0:
+        return True
+    alts = CAPTION_EQUIVALENTS.get(" ".join(normalize(keyword).split()), ())
+    return any(stem(a) in answer_tokens for a in alts)
+
+
 @register_key_verifier("caption")
 def verify_caption(sample: Sample, ans: Extracted, **ctx: Any) -> RewardResult:
     ref = str(sample.key.get("value", ""))
@@ -503,7 +564,7 @@ def verify_caption(sample: Sample, ans: Extracted, **ctx: Any) -> RewardResult:
         return _result(0, None, "empty caption")
     if kws:
         all_toks = tokens(ans.text)
-        hits = [k for k in kws if contains_phrase(all_toks, tokens(k)) >= 0]
+        hits = [k for k in kws if caption_hit(all_toks, k)]
         score = len(hits) / len(kws)
     else:
         score, _ = keyword_f1(ans.text, sorted(set(content_tokens(ref))) or ["<none>"])

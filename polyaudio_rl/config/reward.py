@@ -66,6 +66,9 @@ class RewardConfig:
     permutation_partial: bool = cfg_field(
         True, "Chronological ordering: partial credit max(0, Kendall tau) for a non-exact order (else exact only)."
     )
+    interval_tolerance_s: float = cfg_field(
+        0.05, "Temporal grounding: both ends within this many seconds of the key's count as exact (else IoU)."
+    )
     caption_max_ratio: float = cfg_field(
         3.0, "Captions longer than this many times the reference (in words) get their keyword recall scaled down."
     )

@@ -34,6 +34,8 @@ NOREL = make_sample("needle_qa", {"type": "clip", "value": 1}, n_clips=3, releva
     (ODD, "It is a dog.", 1.0),  # no clip named
     (ODD, "<think>clip 1 and clip 3 are speech</think>Audio 2", 1.0),  # think blocks are not read
     (ALLREL, "Across all three clips: 3 barks.", 1.0),
+    # "2 in clip 1, 3 in clip 2": the 3 is a count, not a clip: U={1,2}, R={2} -> 1/2
+    (ODD, "2 in clip 1, 3 in clip 2", 0.5),
     (NOREL, "clips 1 and 3", 1.0),  # no relevant_clips: all clips count as relevant
 ])
 def test_parsimony(sample, text, expected):

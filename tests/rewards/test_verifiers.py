@@ -41,6 +41,8 @@ OPT = make_sample("comparison", {"type": "option", "value": "B"}, n_clips=3,
     ("The difference is a car horn.", 1.0),  # the text of choice B
     ("A", 0.0),
     ("The answer is C.", 0.0),
+    ("B, unlike A.", 1.0),  # contrast
+    ("B, but possibly A.", 0.0),  # hedge in the contrast part
     ("A or B", 0.0),  # hedge: two letters
     ("(A) (B) (C) (D)", 0.0),  # listing every option
     ("a dog barking loudly", 0.0),  # choice D contains choice A's text: only D counts -> wrong
@@ -68,7 +70,12 @@ SPEAKER = make_sample("speaker_linking", {"type": "clip", "value": 3}, n_clips=4
     (CLIP, "It is either clip 2 or clip 4.", 0.0),  # hedge
     (CLIP, "Audio 1, Audio 2, Audio 3 and Audio 4", 0.0),  # listing all clips
     (CLIP, "All four clips sound alike.", 0.0),
-    (CLIP, "Clip 2 differs from clips 1, 3 and 4.", 0.0),  # names more than one clip: strict
+    (CLIP, "Clip 2 differs from clips 1, 3 and 4.", 1.0),  # the claim names clip 2; the rest is contrast
+    (CLIP, "Clip 2 is the slowest, at about 61 BPM, compared with clip 1 at 133 BPM and clip 3 at 88 BPM.", 1.0),
+    (CLIP, "Clip 3 is the slowest, compared with clip 2 at 80 BPM.", 0.0),
+    (CLIP, "Audio 2, but it could also be Audio 3.", 0.0),  # the contrast part hedges
+    (CLIP, "Audio 1. Audio 2. Audio 3. Audio 4.", 0.0),  # listing without a contrast is still listing
+    (CLIP, "Clips 1 and 2 differ from clip 3.", 0.0),  # the claim names two clips
     (CLIP, "Audio 7", 0.0),  # out of range
     (CLIP, "Reasoning: audio 1 is speech.\n\nThe answer is the 2nd recording.", 1.0),  # final statement + cue
     (SPEAKER, "Clip 3 has the same speaker as clip 1.", 1.0),  # clip 1 is named by the question
@@ -145,6 +152,7 @@ COUNT_TOL = make_sample("counting", {"type": "count", "value": 4, "tolerance": 1
     (COUNT, "The dog barks four times across all three clips.", 1.0),  # words; "three clips" is not the count
     (COUNT, "There are 4 barks in total.", 1.0),
     (COUNT, "Clip 1 has 2 barks and clip 3 has 2 barks, so 4 in total.", 1.0),  # the number before "in total"
+    (COUNT, "Altogether 4 barks: 2 in clip 1, 0 in clip 2 and 2 in clip 3.", 1.0),  # a per-clip breakdown
     (COUNT, "five", 0.0),
     (COUNT, "3 or 4", 0.0),  # hedge
     (COUNT, "3-5 times", 0.0),  # a range is a hedge
@@ -171,6 +179,8 @@ INTV_Q = make_sample("temporal_grounding", {"type": "interval", "clip": 2, "star
     (INTV, "Clip 2 at 0:01.0 to 0:03.0", 1.0),
     (INTV, "In clip 2 from 2 s to 4 s", 1 / 3),  # inter [2,3]=1, union [1,4]=3
     (INTV, "In clip 2 from 1.5 to 2.5 seconds", 0.5),  # inter 1, union 2
+    (INTV, "In clip 2 from 1.04 s to 2.97 s", 1.0),  # both ends within the 0.05 s tolerance (rounded times)
+    (INTV, "In clip 2 from 1.1 s to 3.0 s", 0.95),  # start off by 0.1 > 0.05: IoU = 1.9 / 2
     (INTV, "In clip 3 from 1 s to 3 s", 0.0),  # wrong clip
     (INTV, "Clip 1 or clip 2, from 1 to 3 s", 0.0),  # hedge
     (INTV, "From 1 s to 3 s.", 0.0),  # no clip named and the question names none
@@ -184,6 +194,8 @@ def test_interval(sample, text, expected):
 
 # ---------------------------------------------------------------------------------------------- keywords
 KW = make_sample("common_keyword", {"type": "keywords", "value": ["river", "lantern"]}, n_clips=3)
+KWP = make_sample("common_keyword", {"type": "keywords", "value": ["device connect tone", "trash emptied", "sound"]},
+                  n_clips=2)
 KW3 = make_sample("common_keyword", {"type": "keywords", "value": ["seven", "ice cream"]}, n_clips=3)
 
 
@@ -196,6 +208,7 @@ KW3 = make_sample("common_keyword", {"type": "keywords", "value": ["seven", "ice
     (KW, "boat", 0.0),
     (KW3, "7 and ice cream", 1.0),  # digits vs words, a two-word keyword
     (KW3, "ice", 0.0),  # half a phrase is not the keyword
+    (KWP, "device connection tones and trash-emptying sounds", 1.0),  # stems: connection~connect, emptying~emptied
 ])
 def test_keywords(sample, text, expected):
     assert score(sample, text) == pytest.approx(expected)
@@ -228,6 +241,10 @@ FACT = make_sample("factual_consistency", {"type": "value", "value": "42", "clip
     (FACT, "The correct age is 45, stated in clips 1 and 3.", 0.5),
     # right value, no clips: 0.5
     (FACT, "forty-two", 0.5),
+    # the contrast part may name other clips and values (a datagen reference answer's shape)
+    (FACT, "The correct value is 42, stated in clip 1 and clip 3; by contrast, clip 2 says 50 and 91.", 1.0),
+    (FACT, "The correct value is 45, stated in clip 2; by contrast, clips 1 and 3 say 42.", 0.0),
+    (VAL, "42, but it might be 45.", 0.0),  # hedge in the contrast part
 ])
 def test_value(sample, text, expected):
     assert score(sample, text) == pytest.approx(expected)
@@ -236,6 +253,8 @@ def test_value(sample, text, expected):
 # ---------------------------------------------------------------------------------------------- caption
 CAP = make_sample("captioning", {"type": "caption", "value": "A dog barks while rain falls on a roof.",
                                  "keywords": ["dog", "bark", "rain"]}, n_clips=2)
+CAP_SPEECH = make_sample("captioning", {"type": "caption", "value": "Speech, then a bell.", "keywords": ["speech", "bell"]},
+                         n_clips=2)
 CAP_NOKW = make_sample("captioning", {"type": "caption", "value": "A dog barks.", "keywords": []}, n_clips=2)
 
 
@@ -243,6 +262,8 @@ CAP_NOKW = make_sample("captioning", {"type": "caption", "value": "A dog barks."
     (CAP, "A dog barks in the rain.", 1.0),
     (CAP, "A dog is heard.", 1 / 3),
     (CAP, "Traffic noise.", 0.0),
+    (CAP_SPEECH, 'A woman says: "the bell rang".', 1.0),  # "says" expresses the category keyword "speech"
+    (CAP_SPEECH, "A bell rings.", 0.5),
     # stuffing: ref has 7 normalised words ("dog barks while rain falls on roof"); 3 * 7 = 21 words allowed;
     # the answer has 42 words with all 3 keywords -> 1.0 * 21/42 = 0.5
     (CAP, " ".join(["dog", "bark", "rain"] * 14), 0.5),
