@@ -1,0 +1,468 @@
+"""DeepSpeed learner workers, scheduled by Ray: GRPO and LoRA-SFT steps on a data-parallel worker group.
+
+Why a worker group of Ray actors and not ``ray.train.torch.TorchTrainer``: ``TorchTrainer.fit()`` runs one
+``train_loop_per_worker`` to completion, while the RL driver must interleave, step by step, rollouts (vLLM actors),
+rewards, a learner update and a weight sync. This module does what Ray Train does for its workers — one actor per
+rank in a placement group, MASTER_ADDR/PORT from rank 0, ``torch.distributed`` (gloo on CPU, NCCL on GPUs),
+``deepspeed.initialize`` inside each worker — and exposes every step as a method call (the OpenRLHF pattern).
+
+Driver-side API (:class:`Learner`)::
+
+    learner = Learner(cfg, stage="grpo")              # or stage="sft"; resume_from=<checkpoint dir>
+    metrics = learner.train_grpo_step(items, rewards)  # items: list[TrainItem]; rewards → advantages here
+    weights = learner.get_weights("merged")            # {hub name: tensor} for vLLM load_weights
+    learner.save_checkpoint(path, client_state={...}); learner.shutdown()
+
+Per step the driver shards the completions contiguously (a group's completions stay together, so each prompt is
+encoded once), computes the GLOBAL token/sequence counts, and gives every worker the same number of
+micro-batches (ZeRO's collectives need equal call counts; a short shard gets zero-weight fillers). Each worker's
+loss is its share of the global loss (core_algos.agg_loss with global counts) times the world size, because
+DeepSpeed averages gradients over data-parallel ranks: the update is the same for 1, 2 or 8 workers.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import replace
+from typing import Any, Sequence
+
+import torch
+
+from polyaudio_rl import core_algos as ca
+from polyaudio_rl.config import Config
+from polyaudio_rl.grpo_loss import (
+    BatchError,
+    GlobalCounts,
+    TrainItem,
+    build_microbatches,
+    grpo_microbatch_loss,
+    sft_microbatch_loss,
+    token_logprobs,
+)
+
+STAGES = ("grpo", "sft")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class LearnerWorker:
+    """One data-parallel rank: the PEFT policy inside a DeepSpeed engine. Created by :class:`Learner`."""
+
+    def __init__(self, cfg: Config, stage: str, rank: int, world_size: int, model_path: str):
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.cfg, self.stage, self.rank, self.world = cfg, stage, rank, world_size
+        self.model_path = model_path
+        threads = cfg.learner.torch_threads or max(1, int(cfg.learner.cpus_per_worker))
+        torch.set_num_threads(threads)
+        self.engine = None
+
+    def address(self) -> tuple[str, int]:
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
+
+    # ----------------------------------------------------------------------------------------------------------
+    def setup(self, master_addr: str, master_port: int, resume_from: str | None = None) -> dict[str, Any]:
+        import deepspeed
+
+        from polyaudio_rl import checkpoint
+        from polyaudio_rl.model import DTYPES, add_lora, load_model, load_processor
+
+        cfg = self.cfg
+        os.environ.update(
+            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+            WORLD_SIZE=str(self.world), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+        )
+        use_gpu = cfg.learner.use_gpu and torch.cuda.is_available()
+        backend = cfg.learner.backend if cfg.learner.backend != "auto" else ("nccl" if use_gpu else "gloo")
+        if use_gpu:
+            torch.cuda.set_device(0)
+        self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+        torch.manual_seed(cfg.seed)  # the same LoRA init on every rank
+        self.processor = load_processor(self.model_path)
+        model = load_model(self.model_path, dtype=cfg.model.dtype)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        self.model = add_lora(model, cfg.model.lora, freeze_audio=cfg.model.freeze_audio_encoder)
+        if resume_from:
+            checkpoint.load_adapter_weights(resume_from, self.model)
+        self.dtype = DTYPES[cfg.model.dtype]
+
+        lr = cfg.grpo.lr if self.stage == "grpo" else cfg.sft.lr
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.learner.weight_decay)
+        warm = cfg.learner.warmup_steps
+
+        def schedule(opt):
+            return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warm + 1)) if warm else 1.0)
+
+        ds_config = {
+            "train_micro_batch_size_per_gpu": cfg.learner.micro_batch_size,
+            "gradient_accumulation_steps": 1,  # accumulation is driven here (set_gradient_accumulation_boundary)
+            "gradient_clipping": cfg.learner.grad_clip,
+            "zero_optimization": {"stage": cfg.learner.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+            "fp16": {"enabled": cfg.model.dtype == "float16"},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
+        )
+        self.step = 0
+        client_state: dict[str, Any] = {}
+        if resume_from:
+            state = checkpoint.restore_training_state(resume_from, self.engine, self.model, self.rank)
+            self.step, client_state = state["step"], state["client_state"]
+        trainable = sum(p.numel() for p in params)
+        return {"rank": self.rank, "trainable_params": trainable, "step": self.step, "client_state": client_state,
+                "backend": backend, "device": str(self.device)}
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _microbatches(self, items: Sequence[TrainItem], num_micro: int):
+        mbs = build_microbatches(items, self.processor, self.cfg.learner.micro_batch_size, num_micro)
+        return [mb.to(self.device, self.dtype) for mb in mbs]
+
+    @torch.no_grad()
+    def _nograd_logprobs(self, mb, reference: bool) -> torch.Tensor:
+        module = self.engine.module
+        module.eval()
+        try:
+            if reference:
+                with module.disable_adapter():
+                    return token_logprobs(module, mb)[0]
+            return token_logprobs(module, mb)[0]
+        finally:
+            module.train()
+
+    def grpo_step(self, items: list[TrainItem], counts: GlobalCounts, num_micro: int) -> dict[str, Any]:
+        cfg = self.cfg.grpo
+        t0 = time.perf_counter()
+        mbs = self._microbatches(items, num_micro)
+        refs = [self._nograd_logprobs(mb, reference=True) if cfg.kl_coef > 0 else None for mb in mbs]
+        for mb in mbs:  # items without rollout log-probs are on-policy: the current policy is the behaviour policy
+            if not bool(mb.has_old.all()):
+                cur = self._nograd_logprobs(mb, reference=False)
+                mb.old_logp = torch.where(mb.has_old.to(cur.device)[:, None], mb.old_logp, cur)
+        self.engine.train()
+        epochs = []
+        for _ in range(cfg.inner_epochs):
+            sums = {"loss": 0.0, "pg_loss_sum": 0.0, "kl_sum": 0.0, "clipped_tokens": 0.0, "ratio_sum": 0.0,
+                    "ratio_max": 0.0, "tokens": 0.0, "entropy_sum": 0.0}
+            for i, (mb, ref) in enumerate(zip(mbs, refs)):
+                self.engine.set_gradient_accumulation_boundary(i == len(mbs) - 1)
+                logp, ent = token_logprobs(self.engine, mb, with_entropy=True)
+                loss, st = grpo_microbatch_loss(logp, mb, ref, cfg, counts)
+                self.engine.backward(loss * self.world)
+                sums["loss"] += float(loss.detach())
+                sums["entropy_sum"] += float((ent * mb.mask).sum())
+                for k, v in st.items():
+                    sums[k] = max(sums[k], v) if k == "ratio_max" else sums[k] + v
+            self.engine.step()
+            sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+            sums["lr"] = float(self.engine.get_lr()[0])
+            epochs.append(sums)
+        self.step += 1
+        return {"epochs": epochs, "time_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(),
+                "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else 0.0}
+
+    def sft_step(self, items: list[TrainItem], counts: GlobalCounts, num_micro: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        mbs = self._microbatches(items, num_micro)
+        self.engine.train()
+        sums = {"loss": 0.0, "nll_sum": 0.0, "tokens": 0.0}
+        for i, mb in enumerate(mbs):
+            self.engine.set_gradient_accumulation_boundary(i == len(mbs) - 1)
+            logp, _ = token_logprobs(self.engine, mb)
+            loss, st = sft_microbatch_loss(logp, mb, counts)
+            self.engine.backward(loss * self.world)
+            sums["loss"] += float(loss.detach())
+            for k, v in st.items():
+                sums[k] += v
+        self.engine.step()
+        sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        sums["lr"] = float(self.engine.get_lr()[0])
+        self.step += 1
+        return {"epochs": [sums], "time_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(),
+                "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else 0.0}
+
+    def completion_logprobs(self, items: list[TrainItem], num_micro: int) -> list[list[float]]:
+        """Per-token log-probs of each item's completion under the current policy (collective under ZeRO-3)."""
+        out = []
+        for mb in self._microbatches(items, num_micro):
+            logp = self._nograd_logprobs(mb, reference=False).float().cpu()
+            for row in range(logp.shape[0]):
+                m = mb.mask[row].cpu() > 0
+                if m.any():
+                    out.append(logp[row][m].tolist())
+        return out
+
+    # ----------------------------------------------------------------------------------------------------------
+    def get_weights(self, mode: str) -> dict[str, torch.Tensor] | None:
+        """Collective. Rank 0 returns {hub name: tensor}: the LoRA tensors ('adapter') or, for 'merged', every
+        weight the training changes with LoRA folded in (W + s·B·A, un-padded, hub layout)."""
+        from deepspeed.utils import safe_get_full_fp32_param
+        from peft.tuners.lora import LoraLayer
+
+        from polyaudio_rl.tiny import hub_key
+
+        def hub(name: str) -> str:
+            name = name.replace(".default.", ".").removesuffix(".default")
+            return hub_key(name.removeprefix("base_model.model."))
+
+        out: dict[str, torch.Tensor] = {}
+        gathered = {n: safe_get_full_fp32_param(p) for n, p in self.model.named_parameters() if p.requires_grad}
+        if mode == "adapter":
+            out = {hub(n): t.detach().cpu().clone() for n, t in gathered.items() if t is not None}
+        elif mode == "merged":
+            import deepspeed
+
+            for mname, module in self.model.named_modules():
+                if not isinstance(module, LoraLayer) or not hasattr(module, "base_layer"):
+                    continue
+                base = module.base_layer.weight
+                params = [base] + list(module.lora_A.parameters()) + list(module.lora_B.parameters())
+                with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.learner.zero_stage == 3):
+                    w = base.detach().float() + module.get_delta_weight("default").detach().float()
+                    out[hub(mname + ".weight")] = w.to(self.dtype).cpu().clone()
+            for n, t in gathered.items():  # other trainable tensors (audio encoder, when unfrozen)
+                if "lora_" not in n and t is not None:
+                    out[hub(n)] = t.detach().to(self.dtype).cpu().clone()
+        else:
+            raise ValueError(f"get_weights: mode must be 'adapter' or 'merged', got {mode!r}")
+        return out if self.rank == 0 else None
+
+    def save_checkpoint(self, path: str, client_state: dict[str, Any], meta: dict[str, Any]) -> str | None:
+        from polyaudio_rl import checkpoint
+
+        p = checkpoint.save_checkpoint(path, self.engine, self.model, self.rank, self.step, client_state, meta)
+        return str(p) if p else None
+
+    def adapter_fingerprint(self) -> float:
+        """Σ|w| over trainable fp32 masters (collective): cheap state comparison for tests."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        return float(sum(safe_get_full_fp32_param(p).double().abs().sum() for p in self.model.parameters()
+                         if p.requires_grad))
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ==============================================================================================================
+class Learner:
+    """The driver's handle on the learner worker group (see the module docstring)."""
+
+    def __init__(self, cfg: Config, stage: str = "grpo", resume_from: str | None = None, ray_init: bool = True):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from polyaudio_rl.model import resolve_path
+
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.cfg, self.stage = cfg, stage
+        if ray_init and not ray.is_initialized():
+            ray.init(address=cfg.ray_address or None, num_cpus=cfg.ray_num_cpus or None, log_to_driver=True)
+        self.model_path = resolve_path(cfg.model)  # written once here, never raced by the workers
+        lc = cfg.learner
+        n = lc.num_workers
+        bundle = {"CPU": lc.cpus_per_worker, **({"GPU": 1} if lc.use_gpu else {})}
+        self.pg = placement_group([bundle] * n, strategy="PACK")
+        ray.get(self.pg.ready(), timeout=300)
+        remote_cls = ray.remote(LearnerWorker)
+        self.workers = [
+            remote_cls.options(
+                num_cpus=lc.cpus_per_worker, num_gpus=1 if lc.use_gpu else 0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(lc.torch_threads or max(1, int(lc.cpus_per_worker))),
+                                          "TOKENIZERS_PARALLELISM": "false"}},
+            ).remote(cfg, stage, r, n, self.model_path)
+            for r in range(n)
+        ]
+        addr, port = ray.get(self.workers[0].address.remote())
+        infos = ray.get([w.setup.remote(addr, port, resume_from) for w in self.workers])
+        self.info = infos[0]
+        self.step = infos[0]["step"]
+        self.client_state = infos[0]["client_state"]  # what the checkpoint's writer stored (data position, ...)
+        self.processor = None
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _shard(self, items: list[TrainItem]) -> tuple[list[list[TrainItem]], int]:
+        n = len(self.workers)
+        size = math.ceil(len(items) / n)
+        shards = [items[r * size : (r + 1) * size] for r in range(n)]
+        shards = [s if s else [replace(items[0], pad=True)] for s in shards]  # fewer items than workers
+        num_micro = max(math.ceil(len(s) / self.cfg.learner.micro_batch_size) for s in shards)
+        return shards, num_micro
+
+    def _counts(self, items: Sequence[TrainItem]) -> GlobalCounts:
+        real = [it for it in items if not it.pad]
+        norm_len = self.cfg.grpo.loss_norm_len or self.cfg.rollout.max_new_tokens
+        return GlobalCounts(tokens=sum(len(it.completion_ids) for it in real), seqs=len(real), norm_len=norm_len)
+
+    def _run(self, method: str, shards, *args) -> list[Any]:
+        import ray
+
+        return ray.get([getattr(w, method).remote(s, *args) for w, s in zip(self.workers, shards)])
+
+    def train_grpo_step(self, items: Sequence[TrainItem], rewards: Sequence[float] | None = None) -> dict[str, float]:
+        """One GRPO step (μ = grpo.inner_epochs optimizer updates) on a batch of scored groups.
+
+        With ``rewards`` (one per item, aligned) the advantages are computed here from ``item.group_id`` with
+        ``grpo.advantage``, after dynamic sampling (``grpo.dynamic_sampling``) dropped zero-spread groups;
+        without, ``item.advantage`` is used as given. Returns the step's metrics.
+        """
+        if self.stage != "grpo":
+            raise RuntimeError(f"this learner was built for stage {self.stage!r}, not grpo")
+        items = list(items)
+        if not items:
+            raise BatchError("train_grpo_step: empty batch")
+        metrics: dict[str, float] = {}
+        if rewards is not None:
+            if len(rewards) != len(items):
+                raise BatchError(f"train_grpo_step: {len(rewards)} rewards for {len(items)} completions")
+            missing = [it.prompt.sample_id for it in items if it.group_id is None]
+            if missing:
+                raise BatchError(f"train_grpo_step: completions without group_id (samples {missing[:3]})")
+            groups = [it.group_id for it in items]
+            r = torch.as_tensor(list(rewards), dtype=torch.float32)
+            metrics["reward_mean"] = float(r.mean())
+            if self.cfg.grpo.dynamic_sampling:
+                keep, frac = ca.zero_spread_filter(r, groups, self.cfg.grpo.zero_spread_tol)
+                metrics["dropped_group_frac"] = frac
+                items = [it for it, k in zip(items, keep.tolist()) if k]
+                r = r[keep]
+                groups = [g for g, k in zip(groups, keep.tolist()) if k]
+                if not items:
+                    metrics.update(skipped=1.0, step=float(self.step))
+                    return metrics
+            adv = ca.compute_advantages(r, groups, self.cfg.grpo.advantage, self.cfg.grpo.eps)
+            items = [replace(it, advantage=float(a)) for it, a in zip(items, adv.tolist())]
+        counts = self._counts(items)
+        shards, num_micro = self._shard(items)
+        t0 = time.perf_counter()
+        results = self._run("grpo_step", shards, counts, num_micro)
+        wall = time.perf_counter() - t0
+        self.step += 1
+        adv_t = torch.tensor([it.advantage for it in items])
+        metrics.update(self._reduce(results, counts, wall))
+        metrics.update(adv_mean=float(adv_t.mean()), adv_abs_mean=float(adv_t.abs().mean()), completions=len(items))
+        return metrics
+
+    def train_sft_step(self, items: Sequence[TrainItem]) -> dict[str, float]:
+        """One SFT optimizer step: NLL on the completion (answer) tokens, token-mean over the global batch."""
+        if self.stage != "sft":
+            raise RuntimeError(f"this learner was built for stage {self.stage!r}, not sft")
+        items = list(items)
+        if not items:
+            raise BatchError("train_sft_step: empty batch")
+        counts = self._counts(items)
+        shards, num_micro = self._shard(items)
+        t0 = time.perf_counter()
+        results = self._run("sft_step", shards, counts, num_micro)
+        self.step += 1
+        return self._reduce(results, counts, time.perf_counter() - t0)
+
+    def _reduce(self, results: list[dict[str, Any]], counts: GlobalCounts, wall: float) -> dict[str, float]:
+        n_ep = len(results[0]["epochs"])
+        tok = max(counts.tokens, 1)
+        per_epoch = []
+        for e in range(n_ep):
+            eps = [r["epochs"][e] for r in results]
+            s = {k: sum(x.get(k, 0.0) for x in eps) for k in eps[0] if k not in ("grad_norm", "lr", "ratio_max")}
+            s["grad_norm"], s["lr"] = eps[0]["grad_norm"], eps[0]["lr"]
+            s["ratio_max"] = max(x.get("ratio_max", 0.0) for x in eps)
+            per_epoch.append(s)
+        first, last = per_epoch[0], per_epoch[-1]
+        m = {
+            "loss": first["loss"],
+            "loss_last_epoch": last["loss"],
+            "grad_norm": first["grad_norm"],
+            "lr": first["lr"],
+            "tokens": float(counts.tokens),
+            "sequences": float(counts.seqs),
+            "step": float(self.step),
+            "time_s": wall,
+            "tokens_per_s": counts.tokens * n_ep / wall if wall > 0 else 0.0,
+            "peak_rss_mb_max": max(r["peak_rss_mb"] for r in results),
+            "peak_gpu_mb_max": max(r["peak_gpu_mb"] for r in results),
+        }
+        if "pg_loss_sum" in first:
+            m.update(
+                pg_loss=first["pg_loss_sum"] / tok,
+                kl=first["kl_sum"] / tok,
+                entropy=first["entropy_sum"] / tok,
+                clip_frac=sum(e["clipped_tokens"] for e in per_epoch) / (tok * n_ep),
+                clip_frac_last_epoch=last["clipped_tokens"] / tok,
+                ratio_mean=sum(e["ratio_sum"] for e in per_epoch) / (tok * n_ep),
+                ratio_max=max(e["ratio_max"] for e in per_epoch),
+                grad_norm_last_epoch=last["grad_norm"],
+            )
+        else:
+            m["nll"] = first["nll_sum"] / tok
+        return m
+
+    # ----------------------------------------------------------------------------------------------------------
+    def completion_logprobs(self, items: Sequence[TrainItem]) -> list[list[float]]:
+        """Per-token log-probs of each completion under the current learner policy (e.g. to probe a weight sync)."""
+        items = list(items)
+        shards, num_micro = self._shard(items)
+        outs = self._run("completion_logprobs", shards, num_micro)
+        flat = [row for o in outs for row in o]
+        return flat[: len(items)]
+
+    def get_weights(self, mode: str = "merged") -> dict[str, torch.Tensor]:
+        """{hub name: tensor} for ``vllm ... model.load_weights``: 'merged' (LoRA folded into the base weights of
+        the targeted layers) or 'adapter' (the LoRA A/B tensors, hub-prefixed)."""
+        import ray
+
+        outs = ray.get([w.get_weights.remote(mode) for w in self.workers])
+        return outs[0]
+
+    def save_checkpoint(self, path: str, client_state: dict[str, Any] | None = None) -> str:
+        """Atomic checkpoint (see polyaudio_rl/checkpoint.py); ``client_state`` is the caller's data position etc."""
+        import ray
+
+        meta = {"stage": self.stage, "model_path": self.model_path, "zero_stage": self.cfg.learner.zero_stage}
+        outs = ray.get([w.save_checkpoint.remote(str(path), client_state or {}, meta) for w in self.workers])
+        return outs[0]
+
+    def fingerprint(self) -> float:
+        import ray
+
+        return ray.get([w.adapter_fingerprint.remote() for w in self.workers])[0]
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        try:
+            ray.get([w.shutdown.remote() for w in self.workers], timeout=60)
+        except Exception:  # noqa: BLE001 - a dead worker must not block the cleanup below
+            pass
+        for w in self.workers:
+            ray.kill(w)
+        remove_placement_group(self.pg)
+        self.workers = []

@@ -1,0 +1,257 @@
+"""Learner checkpoints: safetensors + JSON only (nothing is pickled), written atomically, resumable exactly.
+
+Layout of ``<dir>/``::
+
+    adapter/adapter_model.safetensors   the LoRA adapter in PEFT format (fp32 master weights):
+    adapter/adapter_config.json         ``PeftModel.from_pretrained(base, "<dir>/adapter")`` loads it anywhere
+    extra_trainable.safetensors         other trainable tensors (only when the audio encoder is unfrozen)
+    optimizer.safetensors               AdamW moments per trainable parameter, full (un-partitioned) shapes
+    rng.safetensors                     torch CPU (and CUDA) generator state of every worker rank
+    trainer_state.json                  step, optimizer step count, LR-scheduler state, python/numpy RNG per rank,
+                                        the caller's client state (data position, ...), world size, ZeRO stage
+
+Everything is gathered to full tensors with DeepSpeed's ``safe_get_full_*`` API (works for ZeRO-0..3), so a
+checkpoint does not depend on how optimizer state was partitioned. Rank 0 writes into ``<dir>.tmp-<pid>`` and
+renames it to ``<dir>`` (replacing an older one) only when complete: a crash never leaves a half checkpoint.
+Resuming: the adapter is loaded into the PEFT model *before* ``deepspeed.initialize`` (so ZeRO builds its
+partitions from it), then :func:`restore_training_state` sets fp32 masters, moments, step counts, scheduler
+and RNG. Resume with the same number of workers to continue the RNG streams exactly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+ADAPTER_DIR = "adapter"
+STATE_FILE = "trainer_state.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or does not match the model; the message names the path."""
+
+
+def _trainable(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _rng_state() -> dict[str, Any]:
+    st = {"python": random.getstate(), "numpy": np.random.get_state()}
+    np_state = st["numpy"]
+    return {
+        "python": [st["python"][0], list(st["python"][1]), st["python"][2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(py: list, npy: list, torch_state: torch.Tensor, cuda_state: torch.Tensor | None) -> None:
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np.random.set_state((npy[0], np.asarray(npy[1], dtype=np.uint32), npy[2], npy[3], npy[4]))
+    torch.set_rng_state(torch_state)
+    if cuda_state is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda_state)
+
+
+def _all_gather_object(obj: Any) -> list[Any]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _base_optimizer(engine: Any) -> torch.optim.Optimizer:
+    opt = engine.optimizer
+    return getattr(opt, "optimizer", opt)
+
+
+def _optimizer_step_count(engine: Any) -> float:
+    for st in _base_optimizer(engine).state.values():
+        if "step" in st:
+            return float(st["step"])
+    return 0.0
+
+
+def save_checkpoint(
+    path: str | Path,
+    engine: Any,
+    peft_model: Any,
+    rank: int,
+    step: int,
+    client_state: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path | None:
+    """Collective: every rank calls it (full tensors are gathered); rank 0 writes. Returns the path on rank 0."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    path = Path(path)
+    params = _trainable(peft_model)
+    weights, moments = {}, {}
+    for name, p in params:
+        full = safe_get_full_fp32_param(p)
+        weights[name] = full.detach().cpu().contiguous().clone() if full is not None else None
+        for key in ("exp_avg", "exp_avg_sq"):
+            try:
+                m = safe_get_full_optimizer_state(p, key)
+            except (KeyError, TypeError):  # no optimizer step yet: moments do not exist
+                m = None
+            if m is not None:
+                moments[f"{name}::{key}"] = m.detach().cpu().contiguous().clone()
+    rngs = _all_gather_object(_rng_state())
+    if rank != 0:
+        return None
+    missing = [n for n, w in weights.items() if w is None]
+    if missing:
+        raise CheckpointError(f"{path}: could not gather trainable parameters {missing[:3]}")
+
+    tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        lora = {n: w for n, w in weights.items() if "lora_" in n}
+        extra = {n: w for n, w in weights.items() if "lora_" not in n}
+        peft_model.save_pretrained(str(tmp / ADAPTER_DIR), state_dict=lora, safe_serialization=True)
+        if extra:
+            save_file(extra, str(tmp / "extra_trainable.safetensors"))
+        if moments:
+            save_file(moments, str(tmp / "optimizer.safetensors"))
+        rng_tensors = {f"torch_rank{r}": s["torch"] for r, s in enumerate(rngs)}
+        rng_tensors.update({f"cuda_rank{r}": s["cuda"] for r, s in enumerate(rngs) if s["cuda"] is not None})
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        sched = engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None
+        state = {
+            "format_version": FORMAT_VERSION,
+            "step": int(step),
+            "optimizer_step": _optimizer_step_count(engine),
+            "scheduler": sched,
+            "rng": [{"python": s["python"], "numpy": s["numpy"]} for s in rngs],
+            "world_size": len(rngs),
+            "trainable": sorted(weights),
+            "client_state": client_state or {},
+            "meta": meta or {},
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        old = None
+        if path.exists():
+            old = path.parent / f"{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """``trainer_state.json`` of a complete checkpoint (raises CheckpointError naming the path otherwise)."""
+    path = Path(path)
+    f = path / STATE_FILE
+    if not f.is_file() or not (path / ADAPTER_DIR / "adapter_model.safetensors").is_file():
+        raise CheckpointError(f"{path}: not a complete learner checkpoint (need {STATE_FILE} and {ADAPTER_DIR}/)")
+    state = json.loads(f.read_text())
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {state.get('format_version')} != {FORMAT_VERSION}")
+    return state
+
+
+def load_adapter_weights(path: str | Path, peft_model: Any) -> None:
+    """Before ``deepspeed.initialize``: copy the saved adapter (and extra trainable tensors) into ``peft_model``."""
+    from peft import set_peft_model_state_dict
+
+    path = Path(path)
+    read_state(path)
+    sd = load_file(str(path / ADAPTER_DIR / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(peft_model, sd)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise CheckpointError(f"{path}: adapter tensors do not match the model's LoRA layout: {unexpected[:3]}")
+    n_lora = sum(1 for n, _ in peft_model.named_parameters() if "lora_" in n)
+    if len(sd) != n_lora:
+        raise CheckpointError(f"{path}: adapter has {len(sd)} tensors, the model has {n_lora} LoRA parameters "
+                              "(different rank/targets in the config?)")
+    extra_f = path / "extra_trainable.safetensors"
+    if extra_f.is_file():
+        extra = load_file(str(extra_f))
+        params = dict(peft_model.named_parameters())
+        for name, value in extra.items():
+            if name not in params:
+                raise CheckpointError(f"{path}: extra trainable tensor {name} is not in the model")
+            with torch.no_grad():
+                params[name].copy_(value)
+
+
+def restore_training_state(path: str | Path, engine: Any, peft_model: Any, rank: int) -> dict[str, Any]:
+    """After ``deepspeed.initialize`` (collective): fp32 masters, AdamW moments and step, scheduler, RNG.
+
+    Returns the checkpoint's state dict (its ``client_state`` holds the caller's data position).
+    """
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    path = Path(path)
+    state = read_state(path)
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if state["world_size"] != world:
+        raise CheckpointError(f"{path}: written by {state['world_size']} workers, resuming with {world}; "
+                              "use the same learner.num_workers to resume exactly")
+    params = _trainable(peft_model)
+    if sorted(n for n, _ in params) != state["trainable"]:
+        raise CheckpointError(f"{path}: the trainable parameters differ from the checkpoint's")
+    weights = load_file(str(path / ADAPTER_DIR / "adapter_model.safetensors"))
+    extra_f = path / "extra_trainable.safetensors"
+    extra = load_file(str(extra_f)) if extra_f.is_file() else {}
+    opt_f = path / "optimizer.safetensors"
+    moments = load_file(str(opt_f)) if opt_f.is_file() else {}
+
+    base = _base_optimizer(engine)
+    if moments:  # torch AdamW creates its state lazily; create it so the moments have somewhere to go
+        # ZeRO-3 keeps its fp32 partitions out of param_groups between steps (fp32_partitioned_groups_flat)
+        flat = list(getattr(engine.optimizer, "fp32_partitioned_groups_flat", None) or [])
+        flat += [p for group in base.param_groups for p in group["params"] if all(p is not q for q in flat)]
+        amsgrad = any(g.get("amsgrad") for g in base.param_groups)
+        for p in flat:
+            st = base.state[p]
+            if not st:
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if amsgrad:
+                    st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["step"] = torch.tensor(float(state["optimizer_step"]))
+        link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
+        if callable(link):  # ZeRO-1/2 and bf16: map each parameter's fragment onto the (now existing) moments
+            link()
+    for name, p in params:
+        key = _adapter_key(name) if "lora_" in name else name
+        value = weights[key] if "lora_" in name else extra[name]
+        safe_set_full_fp32_param(p, value.to(torch.float32))
+        for mk in ("exp_avg", "exp_avg_sq"):
+            if f"{name}::{mk}" in moments:
+                safe_set_full_optimizer_state(p, moments[f"{name}::{mk}"], mk)
+    if state["scheduler"] is not None and engine.lr_scheduler is not None:
+        engine.lr_scheduler.load_state_dict(state["scheduler"])
+    engine.global_steps = int(state["step"])
+    rng = load_file(str(path / "rng.safetensors"))
+    _set_rng_state(
+        state["rng"][rank]["python"], state["rng"][rank]["numpy"], rng[f"torch_rank{rank}"], rng.get(f"cuda_rank{rank}")
+    )
+    return state
+
+
+def _adapter_key(param_name: str) -> str:
+    """PEFT parameter name → the key ``save_pretrained`` writes (adapter name dropped)."""
+    return param_name.replace(".default.", ".")

@@ -1,0 +1,242 @@
+"""Per-batch loss computation on a Qwen2-Audio policy: sequences → micro-batches → GRPO / SFT losses.
+
+Sequence construction (the same for SFT and GRPO, and for every worker):
+
+* full ids = the processor-expanded prompt ids (``prompts.processor_inputs``: one ``<|AUDIO|>`` per audio frame)
+  followed by the completion token ids exactly as the rollout produced them — completions are never re-tokenised;
+* the response mask covers the completion tokens only (prompt, audio and padding positions carry no loss);
+* audio features are concatenated sequence after sequence, each sequence's clips in clip order, so the processor's
+  per-sequence clip count always matches the ``<|AUDIO|>`` runs in that row (no ``repeat`` vs ``repeat_interleave``
+  mix-up: group members reference their prompt's features, they are never tiled).
+
+The math itself lives in :mod:`polyaudio_rl.core_algos`; this module only runs the model and applies it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from . import core_algos as ca
+from .prompts import MultiAudioPrompt, processor_inputs
+
+
+class BatchError(ValueError):
+    """A training item is malformed; the message names the sample id and the field."""
+
+
+@dataclass
+class TrainItem:
+    """One completion to train on.
+
+    ``advantage`` is used by GRPO (ignored by SFT). ``old_logprobs`` are the rollout engine's per-token log-probs
+    of ``completion_ids`` (the behaviour policy of the PPO ratio); None means "on-policy": the learner computes
+    them itself before the first update of the step. ``pad`` marks a filler item that keeps the number of
+    micro-batches equal on every worker (ZeRO collectives need that); it contributes nothing.
+    """
+
+    prompt: MultiAudioPrompt
+    completion_ids: list[int]
+    advantage: float = 0.0
+    old_logprobs: list[float] | None = None
+    pad: bool = False
+    group_id: Any = None
+
+    def check(self, vocab_size: int) -> None:
+        sid = self.prompt.sample_id
+        if len(self.completion_ids) == 0:
+            raise BatchError(f"sample {sid}: completion_ids is empty")
+        bad = [t for t in self.completion_ids if not 0 <= int(t) < vocab_size]
+        if bad:
+            raise BatchError(f"sample {sid}: completion_ids has token ids outside [0, {vocab_size}): {bad[:5]}")
+        if self.old_logprobs is not None and len(self.old_logprobs) != len(self.completion_ids):
+            raise BatchError(
+                f"sample {sid}: old_logprobs has {len(self.old_logprobs)} entries for "
+                f"{len(self.completion_ids)} completion tokens"
+            )
+        if self.old_logprobs is not None and any(not (lp <= 0.0) for lp in self.old_logprobs):
+            raise BatchError(f"sample {sid}: old_logprobs must be finite log-probabilities (<= 0)")
+
+
+@dataclass
+class EncodedPrompt:
+    input_ids: torch.Tensor  # [L] unpadded, audio placeholders expanded
+    input_features: torch.Tensor  # [n_clips, mel, frames]
+    feature_attention_mask: torch.Tensor  # [n_clips, frames]
+
+
+def encode_prompts(prompts: Sequence[MultiAudioPrompt], processor: Any) -> list[EncodedPrompt]:
+    """One processor call for all prompts; split back per prompt (ids unpadded, clips in order)."""
+    batch = processor_inputs(list(prompts), processor, padding_side="right")
+    out, clip = [], 0
+    for i, p in enumerate(prompts):
+        n = int(batch["attention_mask"][i].sum())
+        out.append(
+            EncodedPrompt(
+                input_ids=batch["input_ids"][i, :n].clone(),
+                input_features=batch["input_features"][clip : clip + p.num_clips],
+                feature_attention_mask=batch["feature_attention_mask"][clip : clip + p.num_clips],
+            )
+        )
+        clip += p.num_clips
+    return out
+
+
+@dataclass
+class MicroBatch:
+    """Model inputs plus per-position tensors aligned with the *shifted* targets (position t predicts ids[t+1])."""
+
+    model_inputs: dict[str, torch.Tensor]
+    targets: torch.Tensor  # [B, T-1] ids[:, 1:]
+    mask: torch.Tensor  # [B, T-1] 1.0 where targets are completion tokens
+    old_logp: torch.Tensor  # [B, T-1] rollout log-probs at those positions (0 elsewhere)
+    has_old: torch.Tensor  # [B] whether the item came with rollout log-probs
+    advantages: torch.Tensor  # [B]
+    sample_ids: list[str] = field(default_factory=list)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "MicroBatch":
+        mi = {k: v.to(device) for k, v in self.model_inputs.items()}
+        if dtype is not None:
+            mi["input_features"] = mi["input_features"].to(dtype)
+        return MicroBatch(
+            mi, self.targets.to(device), self.mask.to(device), self.old_logp.to(device), self.has_old,
+            self.advantages.to(device), self.sample_ids,
+        )
+
+
+def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id: int) -> MicroBatch:
+    """Right-padded batch of prompt+completion sequences; ``encoded[i]`` is the prompt encoding of ``items[i]``."""
+    lengths = [len(e.input_ids) + len(it.completion_ids) for it, e in zip(items, encoded)]
+    b, t = len(items), max(lengths)
+    ids = torch.full((b, t), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, t), dtype=torch.long)
+    resp = torch.zeros((b, t), dtype=torch.float32)
+    old = torch.zeros((b, t), dtype=torch.float32)
+    for i, (it, e) in enumerate(zip(items, encoded)):
+        p, c = len(e.input_ids), len(it.completion_ids)
+        ids[i, :p] = e.input_ids
+        ids[i, p : p + c] = torch.as_tensor(it.completion_ids, dtype=torch.long)
+        attn[i, : p + c] = 1
+        if not it.pad:
+            resp[i, p : p + c] = 1.0
+        if it.old_logprobs is not None:
+            old[i, p : p + c] = torch.as_tensor(it.old_logprobs, dtype=torch.float32)
+    model_inputs = {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "input_features": torch.cat([e.input_features for e in encoded]),
+        "feature_attention_mask": torch.cat([e.feature_attention_mask for e in encoded]),
+    }
+    return MicroBatch(
+        model_inputs=model_inputs,
+        targets=ids[:, 1:],
+        mask=resp[:, 1:],
+        old_logp=old[:, 1:],
+        has_old=torch.tensor([it.old_logprobs is not None for it in items]),
+        advantages=torch.tensor([0.0 if it.pad else float(it.advantage) for it in items], dtype=torch.float32),
+        sample_ids=[it.prompt.sample_id for it in items],
+    )
+
+
+def build_microbatches(
+    items: Sequence[TrainItem], processor: Any, micro_batch_size: int, num_micro: int | None = None
+) -> list[MicroBatch]:
+    """Split ``items`` into ``num_micro`` micro-batches of at most ``micro_batch_size`` (padding with filler items
+    copied from the first one when ``num_micro`` asks for more than the items fill)."""
+    if not items:
+        raise BatchError("build_microbatches: no items")
+    vocab = len(processor.tokenizer)
+    for it in items:
+        it.check(vocab)
+    uniq: dict[int, int] = {}
+    prompts: list[MultiAudioPrompt] = []
+    for it in items:
+        if id(it.prompt) not in uniq:
+            uniq[id(it.prompt)] = len(prompts)
+            prompts.append(it.prompt)
+    enc = encode_prompts(prompts, processor)
+    need = -(-len(items) // micro_batch_size)
+    num_micro = num_micro or need
+    if num_micro < need:
+        raise BatchError(f"{len(items)} items do not fit in {num_micro} micro-batches of {micro_batch_size}")
+    pad_id = processor.tokenizer.pad_token_id
+    out = []
+    for m in range(num_micro):
+        chunk = list(items[m * micro_batch_size : (m + 1) * micro_batch_size])
+        if not chunk:  # filler: same shapes as a real item, zero mask
+            first = items[0]
+            chunk = [TrainItem(first.prompt, first.completion_ids, 0.0, first.old_logprobs, pad=True)]
+        out.append(collate(chunk, [enc[uniq[id(it.prompt)]] for it in chunk], pad_id))
+    return out
+
+
+def token_logprobs(model: Any, mb: MicroBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(target) at every shifted position ([B, T-1], 0 outside the mask) and, optionally, the entropy there.
+
+    The vocabulary softmax is taken only at completion positions (memory: V is 152k for Qwen2-Audio-7B).
+    """
+    logits = model(**mb.model_inputs, use_cache=False).logits[:, :-1]
+    sel = mb.mask > 0
+    logp = torch.zeros(mb.mask.shape, dtype=torch.float32, device=logits.device)
+    ent = None
+    if sel.any():
+        picked = logits[sel]
+        logp = logp.masked_scatter(sel, ca.logprobs_from_logits(picked, mb.targets[sel]))
+        if with_entropy:
+            with torch.no_grad():
+                ent = torch.zeros_like(logp).masked_scatter(sel, ca.entropy_from_logits(picked.detach()))
+    else:  # a filler micro-batch: keep the graph connected so backward hooks (ZeRO reduction) still fire
+        logp = logp + 0.0 * logits.sum()
+    if with_entropy and ent is None:
+        ent = torch.zeros_like(logp)
+    return logp, ent
+
+
+@dataclass
+class GlobalCounts:
+    """Normalisers of one step over ALL workers (see core_algos.agg_loss)."""
+
+    tokens: int
+    seqs: int
+    norm_len: int
+
+
+def grpo_microbatch_loss(
+    logp: torch.Tensor,
+    mb: MicroBatch,
+    ref_logp: torch.Tensor | None,
+    grpo_cfg: Any,
+    counts: GlobalCounts,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """This micro-batch's share of the step loss (global normalisers) and its metric sums."""
+    mask = mb.mask
+    adv = mb.advantages * float(grpo_cfg.sign)
+    pg, clipped = ca.get_policy_loss("ppo_clip")(logp, mb.old_logp, adv, grpo_cfg.clip_low, grpo_cfg.clip_high)
+    tok_loss = pg
+    kl = None
+    if ref_logp is not None and grpo_cfg.kl_coef > 0:
+        kl = ca.get_kl_estimator(grpo_cfg.kl_estimator)(logp, ref_logp)
+        tok_loss = pg + grpo_cfg.kl_coef * kl
+    loss = ca.agg_loss(
+        tok_loss, mask, grpo_cfg.loss_agg, global_tokens=counts.tokens, global_seqs=counts.seqs, norm_len=counts.norm_len
+    )
+    with torch.no_grad():
+        ratio = torch.exp(logp - mb.old_logp)
+        stats = {
+            "pg_loss_sum": float((pg * mask).sum()),
+            "kl_sum": float((kl * mask).sum()) if kl is not None else 0.0,
+            "clipped_tokens": float((clipped.float() * mask).sum()),
+            "ratio_sum": float((ratio * mask).sum()),
+            "ratio_max": float(ratio[mask > 0].max()) if (mask > 0).any() else 0.0,
+            "tokens": float(mask.sum()),
+        }
+    return loss, stats
+
+
+def sft_microbatch_loss(logp: torch.Tensor, mb: MicroBatch, counts: GlobalCounts) -> tuple[torch.Tensor, dict[str, float]]:
+    """Answer-token NLL, token-mean over the global batch."""
+    loss = ca.agg_loss(-logp, mb.mask, "token-mean", global_tokens=counts.tokens)
+    with torch.no_grad():
+        stats = {"nll_sum": float((-logp * mb.mask).sum()), "tokens": float(mb.mask.sum())}
+    return loss, stats

@@ -1,0 +1,174 @@
+"""Stage 1: LoRA SFT on the train split (paper §4.1.3), on the same DeepSpeed learner workers as GRPO.
+
+    python -m polyaudio_rl.sft --config configs/tiny_cpu.yaml [--resume RUN/checkpoints/step-000010] [key=value ...]
+
+Each sample becomes ``prompt (chat template, one audio part per clip) + answer + <|im_end|>``; the loss is the
+NLL of the answer tokens only (token-mean over the global batch). Data order is a seeded permutation per epoch;
+the position (epoch, index) goes into every checkpoint, so ``--resume`` continues with the next batch exactly.
+Samples that cannot become prompts (bad audio, too many clips, ...) are skipped, counted and reported.
+Writes ``<run_dir>/sft_metrics.jsonl``, ``<run_dir>/sft_loss.png`` and ``<run_dir>/checkpoints/step-NNNNNN``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .config import Config, ConfigError, load_config
+from .grpo_loss import TrainItem
+
+ANSWER_END = "<|im_end|>"
+
+
+def sft_target_ids(sample: Any, processor: Any, answer_tag: bool = False) -> list[int]:
+    """Token ids of the assistant answer (the only tokens with loss) followed by ``<|im_end|>``."""
+    answer = sample.answer.strip()
+    if not answer:
+        raise ValueError(f"sample {sample.id}: empty answer (nothing to train on)")
+    if answer_tag:
+        answer = f"<answer>{answer}</answer>"
+    ids = processor.tokenizer(answer + ANSWER_END, add_special_tokens=False)["input_ids"]
+    return list(ids)
+
+
+def load_train_split(cfg: Config) -> list[Any]:
+    """The train split's samples; built with ``datagen`` first when missing and ``data.build_if_missing``."""
+    from datagen.schema import read_samples, shard_paths
+
+    d = cfg.data.train_dir
+    if not shard_paths(d):
+        if not cfg.data.build_if_missing:
+            raise FileNotFoundError(f"data.train_dir {d!r} has no *.parquet shards; run `python -m datagen build "
+                                    f"--split train --out {d}` or set data.build_if_missing=true")
+        from datagen.build import build
+        from datagen.config import DatagenConfig
+
+        from .config.base import build as build_cfg
+
+        build(build_cfg(DatagenConfig, {"preset": cfg.data.preset, "seed": cfg.seed}), "train", d)
+    samples = read_samples(d)
+    if cfg.data.tasks:
+        samples = [s for s in samples if s.task in set(cfg.data.tasks)]
+    if not samples:
+        raise ValueError(f"data.train_dir {d!r}: no samples (after the data.tasks filter {cfg.data.tasks})")
+    return samples
+
+
+def batches(n: int, batch_size: int, seed: int, start_epoch: int, start_index: int, epochs: int
+            ) -> Iterator[tuple[int, int, list[int]]]:
+    """(epoch, index after this batch, sample indices) in a seeded order per epoch, from a saved position."""
+    for epoch in range(start_epoch, epochs):
+        order = np.random.default_rng(seed + epoch).permutation(n).tolist()
+        i = start_index if epoch == start_epoch else 0
+        while i < n:
+            chunk = order[i : i + batch_size]
+            i += len(chunk)
+            yield epoch, i, chunk
+
+
+def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train; returns {"steps", "last_metrics", "checkpoint", "skipped"}. Ray must be reachable (local by default)."""
+    from tqdm import tqdm
+
+    from actors.learner import Learner
+
+    from .model import load_processor, resolve_path
+    from .prompts import PromptError, build_prompt_from_config
+
+    run_dir = Path(cfg.run_dir or f"runs/sft-{time.strftime('%Y%m%d-%H%M%S')}")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    samples = load_train_split(cfg)
+    processor = load_processor(resolve_path(cfg.model))
+    learner = Learner(cfg, stage="sft", resume_from=resume_from)
+    pos = learner.client_state.get("data_position", {"epoch": 0, "index": 0})
+    skipped: dict[str, str] = dict(learner.client_state.get("skipped", {}))
+    step = learner.step
+    per_epoch = -(-len(samples) // cfg.sft.batch_size)
+    total = per_epoch * cfg.sft.epochs
+    if cfg.sft.max_steps:
+        total = min(total, cfg.sft.max_steps)
+    history: list[dict[str, float]] = []
+    ckpt = None
+    metrics_f = (run_dir / "sft_metrics.jsonl").open("a")
+    bar = tqdm(total=total, initial=step, desc="sft", disable=not progress)
+    try:
+        for epoch, index, chunk in batches(len(samples), cfg.sft.batch_size, cfg.seed, pos["epoch"], pos["index"],
+                                           cfg.sft.epochs):
+            if cfg.sft.max_steps and step >= cfg.sft.max_steps:
+                break
+            items = []
+            for k in chunk:
+                s = samples[k]
+                try:
+                    prompt = build_prompt_from_config(s, processor, cfg.data)
+                    items.append(TrainItem(prompt, sft_target_ids(s, processor, cfg.data.answer_tag)))
+                except (PromptError, ValueError) as exc:  # AudioError is a ValueError too
+                    skipped[s.id] = str(exc)
+            if not items:
+                continue
+            m = learner.train_sft_step(items)
+            step = learner.step
+            m.update(epoch=float(epoch), skipped=float(len(skipped)))
+            history.append(m)
+            metrics_f.write(json.dumps(m) + "\n")
+            metrics_f.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}", skipped=len(skipped))
+            every = cfg.learner.checkpoint_every
+            done = (cfg.sft.max_steps and step >= cfg.sft.max_steps) or (epoch == cfg.sft.epochs - 1 and index >= len(samples))
+            if (every and step % every == 0) or done:
+                state = {"data_position": {"epoch": epoch if index < len(samples) else epoch + 1,
+                                           "index": index if index < len(samples) else 0},
+                         "skipped": skipped}
+                ckpt = learner.save_checkpoint(str(run_dir / "checkpoints" / f"step-{step:06d}"), state)
+    finally:
+        bar.close()
+        metrics_f.close()
+        learner.shutdown()
+    if skipped:
+        print(f"sft: skipped {len(skipped)} bad samples, e.g. {next(iter(skipped.items()))}", file=sys.stderr)
+    if history:
+        _plot(history, run_dir / "sft_loss.png")
+    return {"steps": step, "last_metrics": history[-1] if history else {}, "checkpoint": ckpt, "skipped": skipped,
+            "run_dir": str(run_dir)}
+
+
+def _plot(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker="o")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("answer-token NLL")
+    ax.set_title("LoRA SFT")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="LoRA SFT (stage 1) on DeepSpeed learner workers under Ray.")
+    ap.add_argument("--config", default=None, help="YAML config (default configs/tiny_cpu.yaml)")
+    ap.add_argument("--resume", default=None, help="a checkpoint directory written by this command")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.max_steps=5 learner.zero_stage=3")
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_config(a.config, a.overrides)
+    except ConfigError as exc:
+        print(f"sft: config error: {exc}", file=sys.stderr)
+        return 2
+    out = run_sft(cfg, resume_from=a.resume)
+    print(json.dumps({k: out[k] for k in ("steps", "checkpoint", "run_dir")} | {"last": out["last_metrics"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Sequence construction and the GRPO update direction on the tiny Qwen2-Audio (in-process, no Ray/DeepSpeed)."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from polyaudio_rl.config import GRPOConfig, LoraConfig
+from polyaudio_rl.grpo_loss import (
+    BatchError,
+    GlobalCounts,
+    TrainItem,
+    build_microbatches,
+    grpo_microbatch_loss,
+    token_logprobs,
+)
+from polyaudio_rl.model import add_lora, load_model
+from polyaudio_rl.prompts import build_prompt, processor_inputs
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_processor):
+    from polyaudio_rl.audio import encode_flac
+    from datagen.schema import Clip, Sample
+
+    def make_sample(sid, durations, question="Which clip is the loudest?"):
+        sr = 16000
+        clips = []
+        for i, d in enumerate(durations):
+            t = np.arange(int(d * sr)) / sr
+            wave = (0.3 * np.sin(2 * np.pi * 220.0 * (i + 1) * t)).astype(np.float32)
+            clips.append(Clip(audio=encode_flac(wave, sr), sample_rate=sr, duration=d, source_id=f"tone{i}", licence="CC0"))
+        return Sample(id=sid, task="comparison", split="train", clips=clips, question=question, answer="Audio 1.",
+                      key={"type": "clip", "value": 1}, relevant_clips=[1])
+
+    return [
+        build_prompt(make_sample("p-a", durations=(1.0, 0.5)), tiny_processor),
+        build_prompt(make_sample("p-b", durations=(0.5, 1.5, 2.0), question="Which clip is longest?"), tiny_processor),
+    ]
+
+
+def _items(prompts, n_per=4, seed=0, lo=8, hi=1000):
+    rng = np.random.default_rng(seed)
+    items = []
+    for g, p in enumerate(prompts):
+        for k in range(n_per):
+            ids = rng.integers(lo, hi, size=int(rng.integers(3, 7))).tolist()
+            items.append(TrainItem(p, ids, advantage=1.0 if k % 2 == 0 else -1.0, group_id=g))
+    return items
+
+
+def test_sequences_prompt_plus_completion_mask_and_clip_order(prompts, tiny_processor):
+    items = _items(prompts, n_per=2)
+    # interleave groups so clip order across sequences matters (2 clips, 3 clips, 2, 3)
+    items = [items[0], items[2], items[1], items[3]]
+    (mb,) = build_microbatches(items, tiny_processor, micro_batch_size=4)
+    ids = mb.model_inputs["input_ids"]
+    feats = []
+    for i, it in enumerate(items):
+        single = processor_inputs([it.prompt], tiny_processor)
+        p, c = single["input_ids"].shape[1], len(it.completion_ids)
+        assert ids[i, :p].tolist() == single["input_ids"][0].tolist()  # processor-expanded prompt ids, unchanged
+        assert ids[i, p : p + c].tolist() == it.completion_ids  # completion ids as given, never re-tokenised
+        # shifted mask: position t predicts ids[t+1]; exactly the completion tokens carry loss
+        assert mb.mask[i].nonzero().flatten().tolist() == list(range(p - 1, p - 1 + c))
+        assert mb.targets[i, p - 1 : p - 1 + c].tolist() == it.completion_ids
+        feats.append(single["input_features"])
+    torch.testing.assert_close(mb.model_inputs["input_features"], torch.cat(feats))
+    assert mb.model_inputs["input_features"].shape[0] == 2 + 3 + 2 + 3
+    assert mb.advantages.tolist() == [1.0, 1.0, -1.0, -1.0]
+
+
+def test_filler_microbatches_carry_no_loss(prompts, tiny_processor):
+    items = _items(prompts[:1], n_per=1)
+    mbs = build_microbatches(items, tiny_processor, micro_batch_size=2, num_micro=3)
+    assert len(mbs) == 3
+    assert mbs[0].mask.sum() == len(items[0].completion_ids)
+    assert mbs[1].mask.sum() == 0 and mbs[2].mask.sum() == 0 and mbs[1].advantages.tolist() == [0.0]
+    with pytest.raises(BatchError, match="do not fit"):
+        build_microbatches(_items(prompts), tiny_processor, micro_batch_size=2, num_micro=3)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(completion_ids=[]), "sample p-a: completion_ids is empty"),
+        (dict(completion_ids=[5, 10**6]), r"sample p-a: completion_ids has token ids outside \[0, "),
+        (dict(completion_ids=[5, 6], old_logprobs=[-0.1]), "sample p-a: old_logprobs has 1 entries for 2"),
+        (dict(completion_ids=[5, 6], old_logprobs=[-0.1, float("nan")]), "sample p-a: old_logprobs must be finite"),
+    ],
+)
+def test_bad_items_name_the_sample(prompts, tiny_processor, change, message):
+    item = replace(_items(prompts[:1], n_per=1)[0], **change)
+    with pytest.raises(BatchError, match=message):
+        build_microbatches([item], tiny_processor, micro_batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_ckpt):
+    torch.manual_seed(0)
+    return add_lora(load_model(tiny_ckpt), LoraConfig(rank=8, alpha=16, dropout=0.0))
+
+
+def _seq_logp(model, mbs):
+    with torch.no_grad():
+        return torch.cat([(token_logprobs(model, mb)[0] * mb.mask).sum(-1) for mb in mbs])
+
+
+def test_batched_logprobs_equal_single_sequence_logprobs(policy, prompts, tiny_processor):
+    items = _items(prompts, n_per=2)
+    batched = _seq_logp(policy, build_microbatches(items, tiny_processor, micro_batch_size=4))
+    single = torch.cat([_seq_logp(policy, build_microbatches([it], tiny_processor, 1)) for it in items])
+    torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_grpo_update_direction_follows_advantage_sign(tiny_ckpt, prompts, tiny_processor, sign):
+    """A few GRPO updates raise log π of positively-advantaged completions and lower the negative ones.
+
+    With ``grpo.sign = -1`` (the loss's advantage sign flipped) the movement reverses: the assertion discriminates.
+    """
+    torch.manual_seed(0)
+    model = add_lora(load_model(tiny_ckpt), LoraConfig(rank=8, alpha=16, dropout=0.0))
+    model.train()
+    cfg = GRPOConfig(kl_coef=0.04, clip_low=0.2, clip_high=0.28, loss_agg="token-mean", sign=sign)
+    items = _items(prompts, n_per=4, seed=1)
+    mbs = build_microbatches(items, tiny_processor, micro_batch_size=4)
+    before = _seq_logp(model, mbs)
+    for mb in mbs:  # on-policy behaviour log-probs and the reference (= base model, adapter disabled)
+        with torch.no_grad():
+            mb.old_logp = token_logprobs(model, mb)[0]
+    with torch.no_grad(), model.disable_adapter():
+        refs = [token_logprobs(model, mb)[0] for mb in mbs]
+    counts = GlobalCounts(tokens=int(sum(mb.mask.sum() for mb in mbs)), seqs=len(items), norm_len=8)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        for mb, ref in zip(mbs, refs):
+            loss, _ = grpo_microbatch_loss(token_logprobs(model, mb)[0], mb, ref, cfg, counts)
+            loss.backward()
+        opt.step()
+    delta = _seq_logp(model, mbs) - before
+    adv = torch.tensor([it.advantage for it in items])
+    expected = torch.sign(adv) * sign
+    assert (torch.sign(delta) == expected).all(), f"Δ log π {delta.tolist()} vs advantages {adv.tolist()}"
