@@ -44,6 +44,11 @@ class JudgeConfig:
             raise ValueError(f"structured_output must be auto, choice, json_schema or none, got {self.structured_output!r}")
         if not self.prompts:
             raise ValueError("judge.prompts must name at least one prompt")
+        from rewards.judge import PROMPTS  # the prompt texts live with the judge client
+
+        unknown = [p for p in self.prompts if p not in PROMPTS]
+        if unknown:
+            raise ValueError(f"judge.prompts: unknown prompt(s) {unknown}; known: {sorted(PROMPTS)}")
         if self.timeout_s <= 0 or self.concurrency < 1 or self.max_retries < 0:
             raise ValueError("judge.timeout_s > 0, judge.concurrency >= 1 and judge.max_retries >= 0 are required")
 

@@ -39,5 +39,14 @@ def test_reference_answers_score_full_marks(ctx, task):
             # counting: datagen's relevant_clips are the clips holding the event, while its reference answer
             # also reports "0 in clip k" for the others — parsimony then penalises the reference (open question)
             assert p.score == 1.0, (s.id, s.answer, s.relevant_clips, p.info)
+        # adversarial answers on the same real sample: nothing, listing every clip, hedging between two clips
+        n = len(s.clips)
+        assert verify(s, "").score == 0.0
+        if s.key["type"] in ("clip", "option", "yesno", "count", "interval"):  # (an order may list all clips)
+            listing = ", ".join(f"Audio {i}" for i in range(1, n + 1))
+            assert verify(s, listing).score < 1.0, (s.id, listing)
+            assert verify(s, "Audio 1 or Audio 2").score == 0.0
+        if len(s.relevant_clips) < n:
+            assert parsimony(s, ", ".join(f"Audio {i}" for i in range(1, n + 1))).score < 1.0
         checked += 1
     assert checked, f"no {task} item could be generated on this machine"

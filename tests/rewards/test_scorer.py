@@ -139,3 +139,5 @@ def test_weight_override_and_errors():
         load_config(overrides=["reward.correctness_mode=judge"])
     with pytest.raises(ConfigError, match="structured_output"):
         load_config(overrides=["reward.judge.structured_output=xml"])
+    with pytest.raises(ConfigError, match="unknown prompt"):
+        load_config(overrides=["reward.judge.prompts=[rubric_a, rubric_z]"])
