@@ -5,15 +5,15 @@ the clips holding it), then on ``sample.key["type"]`` (``KEY_VERIFIERS``). Every
 (:func:`rewards.extract.extract_answer`) and returns a :class:`RewardResult` whose ``info["parsed"]`` is the
 canonical answer it read (used by the consistency reward) or None when nothing could be read.
 
-Scores (all in [0, 1]; garbage or empty answers score 0, never raise):
-
-option       1 if exactly one option is chosen (letter "B", "(B)", "option B", or the text of one choice) and it
-             is the key's letter; several different options (hedging, listing) → 0.
 Claim and contrast: option, clip, interval and value answers are read from the *claim*, the text before the first
 contrast marker ("compared with", "unlike", "whereas", "while", "by contrast", "but", "than", "differs from"):
 "Clip 3 is the slowest, compared with clip 1 at 133 BPM" claims clip 3. A contrast part that offers alternatives
 ("…, but it could also be clip 4": or/maybe/could/also/too…) is a hedge → 0.
 
+Scores (all in [0, 1]; garbage or empty answers score 0, never raise):
+
+option       1 if exactly one option is chosen (letter "B", "(B)", "option B", or the text of one choice) and it
+             is the key's letter; several different options (hedging, listing) → 0.
 clip         1 if exactly one clip is named in the claim and it is the key's clip. Clips that the question itself
              names are ignored unless the key's clip is among them ("Clip 3 has the same speaker as clip 1" → 3).
              "Audio 1 or Audio 2", listing every clip, or naming a second clip in the claim → 0. A bare "3" or
@@ -27,7 +27,8 @@ permutation  1 if the clips are named in the key's order (clip mentions, else ba
              earn nothing); a clip outside the key or a hedge → 0.
 count        1 if |answer − key| <= key["tolerance"] (default 0). The count read is the number followed by
              "times"/"occurrences"/"in total" if any, else the first number (digits or words, "twice" = 2) after
-             clip references and clip counts ("Audio 2", "all four clips") are masked. "3 or 4" → 0.
+             clip references and clip counts ("Audio 2", "all four clips") are masked. Two different numbers
+             offered as alternatives ("3 or 4", "3-4", "4, maybe 5") → 0.
 interval     IoU of [start, end] with the key's interval when the answer names the key's clip (or the question
              names only that clip) — 1 when both ends are within ``interval_tolerance_s`` of the key's (answers
              round times); wrong/several clips or fewer than two times → 0. Times: "1.25 s", "1250 ms",
@@ -54,7 +55,7 @@ from typing import Any, Callable
 
 from datagen.schema import Sample
 
-from .cliprefs import clip_sequence, clip_spans, clips_referenced, find_clip_mentions, is_hedged
+from .cliprefs import clip_sequence, clip_spans, clips_referenced, is_hedged
 from .extract import (
     ORDINALS,
     Extracted,
@@ -325,6 +326,18 @@ def verify_permutation(sample: Sample, ans: Extracted, **ctx: Any) -> RewardResu
 # ---------------------------------------------------------------------------------------------- count
 _COUNT_WORDS = re.compile(r"^\s*(?:times?|occurrences?|instances?|in\s+total|total|altogether|in\s+all)\b", re.I)
 _OR_BETWEEN = re.compile(r"^\s*(?:,?\s*or|/|to|-|–)\s*$", re.I)
+_HEDGE_WORD = re.compile(r"\b(?:or|maybe|perhaps|possibly|probably|either|might|could)\b", re.I)
+
+
+def numbers_hedged(masked: str, nums: list) -> bool:
+    """Two different numbers offered as alternatives: "3 or 4", "3-4", "3/4", "3 times, or maybe 4"."""
+    for a, b in zip(nums, nums[1:]):
+        if a.value == b.value:
+            continue
+        between = masked[a.end:b.start]
+        if _OR_BETWEEN.match(between) or _HEDGE_WORD.search(between):
+            return True
+    return False
 
 
 def _answer_numbers(sample: Sample, text: str) -> tuple[str, list]:
@@ -338,9 +351,8 @@ def read_count(sample: Sample, text: str) -> tuple[float | None, str]:
     nums = [x for x in nums if x.value >= 0]
     if not nums:
         return None, "no number"
-    for a, b in zip(nums, nums[1:]):
-        if a.value != b.value and _OR_BETWEEN.match(masked[a.end:b.start]):
-            return None, f"hedged between {a.value:g} and {b.value:g}"
+    if numbers_hedged(masked, nums):
+        return None, "hedged between numbers"
     counted = [x for x in nums if _COUNT_WORDS.match(masked[x.end:])]
     pick = counted[0] if counted else nums[0]
     return pick.value, ""
@@ -491,9 +503,8 @@ def read_value(sample: Sample, text: str) -> tuple[float, Any, str]:
             if x.value not in distinct:
                 distinct.append(x.value)
         hit = any(abs(v - gold_num) <= 1e-9 * max(1.0, abs(gold_num)) for v in distinct)
-        for a, b in zip(nums, nums[1:]):
-            if a.value != b.value and _OR_BETWEEN.match(masked[a.end:b.start]):
-                return 0.0, None, "hedged between values"
+        if numbers_hedged(masked, nums):
+            return 0.0, None, "hedged between values"
         if len(distinct) >= 3:
             return 0.0, None, f"lists {len(distinct)} different numbers"
         if hit:

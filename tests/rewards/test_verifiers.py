@@ -156,6 +156,8 @@ COUNT_TOL = make_sample("counting", {"type": "count", "value": 4, "tolerance": 1
     (COUNT, "five", 0.0),
     (COUNT, "3 or 4", 0.0),  # hedge
     (COUNT, "3-5 times", 0.0),  # a range is a hedge
+    (COUNT, "4 times, or maybe 5.", 0.0),  # hedge with words between
+    (COUNT, "I think 4, possibly 3.", 0.0),
     (COUNT, "Audio 4", 0.0),  # a clip index is not a count
     (COUNT, "The dog barks twice.", 0.0),
     (COUNT_TOL, "5 times", 1.0),  # within tolerance 1
@@ -227,6 +229,7 @@ FACT = make_sample("factual_consistency", {"type": "value", "value": "42", "clip
     (VAL, "The speaker says the number is forty two.", 1.0),
     (VAL, "43", 0.0),
     (VAL, "42 or 43", 0.0),  # hedge
+    (VAL, "42, maybe 43", 0.0),
     (VAL, "40, 41, 42, 43", 0.0),  # listing numbers
     (VAL, "Audio 2 says 42.", 1.0),  # the clip index 2 is not a value
     (NAME, "It is alice.", 1.0),  # alias, case
