@@ -34,7 +34,7 @@ _ORD_WORDS = "|".join(sorted(list(ORDINALS) + ["last", "final", "second[- ]to[- 
 _ORD = rf"(?:{_ORD_WORDS})"
 _ORD_LIST = re.compile(
     rf"\b((?:the\s+)?{_ORD}(?:(?:\s*,\s*and\s+|\s*,\s*or\s+|\s*,\s*|\s+and\s+|\s+or\s+|\s*&\s*)(?:the\s+)?{_ORD})*)"
-    rf"\s+(?:{_NOUN}|ones?)\b",
+    rf"\s+(?:{_NOUN}|ones?)\b(?![\s#_-]*(?:\d|(?:{_NUMW})\b))",  # not "first Audio 2" (that is Audio 2)
     re.I,
 )
 _ALL = re.compile(

@@ -161,6 +161,8 @@ def read_options(text: str, choices: list[str]) -> set[str]:
     if m:
         letters.add(m.group(1).upper())
     for m in _LETTER_KEYWORD.finditer(text):
+        if m.group(1).islower() and re.match(r"\s+\w", text[m.end():]):
+            continue  # "the answer is a dog": an article, not option A
         letters.add(m.group(1).upper())
     for rx in (_LETTER_PAREN, _LETTER_MARK):
         for m in rx.finditer(text):
@@ -350,6 +352,8 @@ def read_count(sample: Sample, text: str) -> tuple[float | None, str]:
     masked, nums = _answer_numbers(sample, text)
     nums = [x for x in nums if x.value >= 0]
     if not nums:
+        if re.search(r"\b(?:none|never|not\s+(?:once|at\s+all)|no\s+(?:times?|occurrences?))\b", masked, re.I):
+            return 0.0, ""  # "it never occurs"
         return None, "no number"
     if numbers_hedged(masked, nums):
         return None, "hedged between numbers"

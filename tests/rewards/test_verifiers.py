@@ -47,6 +47,8 @@ OPT = make_sample("comparison", {"type": "option", "value": "B"}, n_clips=3,
     ("(A) (B) (C) (D)", 0.0),  # listing every option
     ("a dog barking loudly", 0.0),  # choice D contains choice A's text: only D counts -> wrong
     ("A dog is heard.", 0.0),  # article 'A' is not an option; no choice text either
+    ("The answer is a car horn.", 1.0),  # 'a' is an article here; the text is choice B
+    ("the answer is b", 1.0),
     ("<answer>C</answer> wait, <answer>B</answer>", 1.0),  # the last tag counts
 ])
 def test_option(text, expected):
@@ -117,6 +119,9 @@ PERM4 = make_sample("chronological_ordering", {"type": "permutation", "value": [
     (PERM, "<answer>3, 1, 2</answer>", 1.0),
     (PERM, "The order is: the third clip, the first clip, the second clip.", 1.0),
     (PERM, "three, one, two", 1.0),  # words
+    (PERM, "First Audio 3, then Audio 1, and finally Audio 2.", 1.0),  # "First Audio 3" is Audio 3, not clip 1
+    (PERM, "1. Audio 3\n2. Audio 1\n3. Audio 2", 1.0),  # a numbered list
+    (PERM, "Audio 3 → Audio 1 → Audio 2", 1.0),
     # one adjacent swap [1,3,2]: gold pairs (3,1) D, (3,2) C, (1,2) C -> (2-1)/3 = 1/3
     (PERM, "1, 3, 2", 1 / 3),
     (PERM, "2, 1, 3", 0.0),  # reversed: tau = -1 -> max(0, .) = 0
@@ -144,6 +149,7 @@ def test_kendall_partial_table():
 
 # ---------------------------------------------------------------------------------------------- count
 COUNT = make_sample("counting", {"type": "count", "value": 4, "tolerance": 0}, n_clips=3)
+COUNT_ZERO = make_sample("counting", {"type": "count", "value": 0}, n_clips=2)
 COUNT_TOL = make_sample("counting", {"type": "count", "value": 4, "tolerance": 1}, n_clips=3)
 
 
@@ -161,6 +167,9 @@ COUNT_TOL = make_sample("counting", {"type": "count", "value": 4, "tolerance": 1
     (COUNT, "Audio 4", 0.0),  # a clip index is not a count
     (COUNT, "The dog barks twice.", 0.0),
     (COUNT_TOL, "5 times", 1.0),  # within tolerance 1
+    (COUNT_ZERO, "It never occurs.", 1.0),
+    (COUNT_ZERO, "zero times", 1.0),
+    (COUNT, "It never occurs.", 0.0),
     (COUNT_TOL, "6 times", 0.0),
 ])
 def test_count(sample, text, expected):
