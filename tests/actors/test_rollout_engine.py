@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from polyaudio_rl.config import LoraConfig, load_config
-from polyaudio_rl.model import add_lora, load_model
+from polyaudio_rl.model import load_model
 from polyaudio_rl.prompts import build_prompt
 from polyaudio_rl.rollout_engine import (
     EngineSpec,
@@ -25,17 +24,14 @@ from polyaudio_rl.weight_sync import (
     merged_hub_weights,
     reference_logprobs,
 )
+from tests.actors.rollout_fixtures import StandInLearner, small_cfg
 
 pytestmark = pytest.mark.slow
 G = 4
 TOL = 1e-3
 
 
-def _cfg(**over):
-    base = {"rollout.enforce_eager": True, "rollout.max_new_tokens": 8, "rollout.kv_cache_memory_gb": 0.25,
-            "grpo.group_size": G, "model.lora.dropout": 0.0}
-    base.update(over)
-    return load_config(overrides=[f"{k}={v}" for k, v in base.items()])
+_cfg = small_cfg
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +61,7 @@ def prompts(tiny_processor):
 
 @pytest.fixture(scope="module")
 def learner(tiny_ckpt, cfg):
-    """A stand-in learner: the tiny model with a LoRA adapter whose lora_B is non-zero (as after training)."""
-    peft = add_lora(load_model(tiny_ckpt), LoraConfig(rank=cfg.model.lora.rank, alpha=cfg.model.lora.alpha, dropout=0.0))
-
-    def step(seed):
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for n, p in peft.named_parameters():
-                if "lora_B" in n:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-        return peft
-
-    peft.step = step
-    return peft
+    return StandInLearner(tiny_ckpt, cfg.model.lora.rank, cfg.model.lora.alpha)
 
 
 def test_three_clip_batch_yields_g_completions_per_sample_in_order(vllm_engine, prompts):

@@ -1,0 +1,324 @@
+"""Rollout actors: a pool of Ray actors, each wrapping one rollout engine, producing GRPO groups.
+
+Driver-side API (:class:`RolloutPool`)::
+
+    pool = RolloutPool(cfg)                               # cfg.rollout.num_actors actors in one placement group
+    groups = pool.generate(prompts)                       # list[RolloutGroup], one per prompt, in order, G each
+    results = pool.sync(weights, version, expected)       # per actor: SyncResult(version, fingerprint, ...)
+    pool.verify(expected)                                 # raises SyncError if any actor is not on that policy
+    pool.shutdown()
+
+* Placement: one bundle per actor (``cpus_per_actor`` CPUs, ``gpus_per_actor`` GPUs; a bundle of
+  ``tensor_parallel_size`` GPUs lets vLLM run its TP workers inside the actor's process group) in a placement group
+  with ``rollout.placement_strategy``. The engine runs in the actor's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``):
+  when the actor dies, its engine dies with it.
+* Batches are split contiguously over the actors; a prompt's G completions always come from one engine call, so a
+  group is never split. Groups come back in the order of the prompts.
+* Faults: actors have ``max_restarts``. When an actor dies with a batch in flight, the pool waits for Ray to restart
+  it, pushes the current weights to it again (kept in the object store since the last :meth:`sync`, verified
+  against the same fingerprint), and re-sends that shard — once per death, never to two actors, so nothing is lost or
+  duplicated. Every rollout call carries the pool's policy version; an actor on another version (restarted, or
+  after a failed sync) refuses it, so no group is produced by a stale policy.
+* A sync to an actor that is down, or whose fingerprint does not match, raises :class:`SyncError` naming it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import ray
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+from polyaudio_rl.config import Config
+from polyaudio_rl.prompts import MultiAudioPrompt
+from polyaudio_rl.rollout_engine import (
+    EngineSpec,
+    RolloutGroup,
+    RolloutInputError,
+    SyncError,
+    check_prompts,
+    make_engine,
+)
+from polyaudio_rl.weight_sync import Fingerprint, SyncResult, WeightSyncer, make_probe
+
+
+class RolloutError(RuntimeError):
+    """A rollout batch could not be completed (an actor stayed down); names the actor and the samples."""
+
+
+class StaleVersionError(RuntimeError):
+    """An actor was asked for rollouts of a policy version it does not serve."""
+
+
+class RolloutActor:
+    """One engine (vLLM or HF) and its weight syncer, in one Ray actor process."""
+
+    def __init__(self, cfg: Config, model_path: str, index: int):
+        self.index = index
+        self.cfg = cfg
+        self.started = time.time()
+        self.engine = make_engine(model_path, cfg.rollout, EngineSpec.from_config(cfg))
+        probe = make_probe(self.engine.processor, cfg.rollout.probe_tokens)
+        self.syncer = WeightSyncer(self.engine, probe, cfg.rollout.sync_mode, cfg.rollout.sync_check_tolerance,
+                                   actor=index)
+        self.stats = {"batches": 0, "groups": 0, "tokens": 0, "syncs": 0}
+        self.start_s = time.time() - self.started
+
+    def ready(self) -> dict[str, Any]:
+        return {"index": self.index, "pid": os.getpid(), "version": self.engine.version, "engine": self.engine.name,
+                "start_s": self.start_s, "node_id": ray.get_runtime_context().get_node_id(), **self.stats}
+
+    def generate(self, prompts: list[MultiAudioPrompt], group_ids: list[str], n: int, version: int,
+                 greedy: bool = False, ignore_eos: bool = False) -> list[RolloutGroup]:
+        if self.engine.version != version:
+            raise StaleVersionError(f"rollout actor {self.index} serves policy version {self.engine.version}, "
+                                    f"the batch asks for version {version}")
+        groups = self.engine.generate(prompts, n, group_ids, greedy=greedy, ignore_eos=ignore_eos)
+        for g in groups:
+            g.actor = self.index
+        self.stats["batches"] += 1
+        self.stats["groups"] += len(groups)
+        self.stats["tokens"] += sum(g.num_tokens for g in groups)
+        return groups
+
+    def sync(self, weights: dict, version: int, expected: list[float] | None = None) -> SyncResult:
+        res = self.syncer.sync(weights, version, expected)
+        self.stats["syncs"] += 1
+        return res
+
+    def verify(self, expected: list[float], version: int | None = None) -> Fingerprint:
+        return self.syncer.verify(expected, version)
+
+    def fingerprint(self) -> Fingerprint:
+        return self.syncer.fingerprint()
+
+    def shutdown(self) -> None:
+        self.engine.close()
+
+
+@dataclass
+class _Shard:
+    actor: int
+    start: int
+    end: int
+    ref: Any = None
+    sends: int = 0
+
+
+@dataclass
+class RolloutJob:
+    """A submitted batch: collect it with :meth:`RolloutPool.collect`."""
+
+    prompts: list[MultiAudioPrompt]
+    group_ids: list[str]
+    n: int
+    version: int
+    shards: list[_Shard]
+    greedy: bool = False
+    ignore_eos: bool = False
+
+
+class RolloutPool:
+    """``rollout.num_actors`` rollout actors in one placement group (see the module docstring)."""
+
+    def __init__(self, cfg: Config, num_actors: int | None = None, model_path: str | None = None):
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from polyaudio_rl.model import load_processor, resolve_path
+
+        if not ray.is_initialized():
+            raise RuntimeError("RolloutPool needs a running Ray (ray.init() or a cluster address) first")
+        rc = cfg.rollout
+        rc.validate()
+        self.cfg, self.rc = cfg, rc
+        self.model_path = model_path or resolve_path(cfg.model)  # written once here, never raced by the actors
+        self.tokenizer = load_processor(self.model_path).tokenizer  # for the input checks, in the driver
+        self.num_actors = num_actors or rc.num_actors
+        gpus = max(rc.gpus_per_actor, float(rc.tensor_parallel_size)) if rc.gpus_per_actor > 0 else 0.0
+        bundle = {"CPU": rc.cpus_per_actor, **({"GPU": gpus} if gpus else {})}
+        self.pg = placement_group([bundle] * self.num_actors, strategy=rc.placement_strategy)
+        ray.get(self.pg.ready(), timeout=rc.actor_start_timeout_s)
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
+        if not gpus:
+            env["OMP_NUM_THREADS"] = str(max(1, int(rc.cpus_per_actor)))
+        remote_cls = ray.remote(RolloutActor)
+        self.actors = [
+            remote_cls.options(
+                num_cpus=rc.cpus_per_actor, num_gpus=gpus, max_restarts=rc.max_restarts, max_task_retries=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                runtime_env={"env_vars": env},
+            ).remote(cfg, self.model_path, i)
+            for i in range(self.num_actors)
+        ]
+        self.infos = ray.get([a.ready.remote() for a in self.actors], timeout=rc.actor_start_timeout_s)
+        self.version = 0
+        self._weights_ref: Any = None  # the current version's weights, kept for actors that restart
+        self._expected: list[float] | None = None
+        self.resends = 0  # shards re-sent after their actor died
+        self.recoveries = 0  # restarted actors brought back to the current version
+
+    # ------------------------------------------------------------------------------------------------ rollouts
+    def submit(self, prompts: Sequence[MultiAudioPrompt], group_ids: Sequence[str] | None = None,
+               n: int | None = None, *, greedy: bool = False, ignore_eos: bool = False) -> RolloutJob:
+        """Check the batch (before any engine sees it) and send its shards; returns at once."""
+        prompts = list(prompts)
+        gids = list(group_ids) if group_ids is not None else [getattr(p, "sample_id", f"#{i}")
+                                                             for i, p in enumerate(prompts)]
+        n = n or self.cfg.grpo.group_size
+        check_prompts(prompts, gids, max_clips=self.cfg.data.max_clips,
+                      max_clip_seconds=self.cfg.data.max_clip_seconds, max_model_len=self.rc.max_model_len,
+                      max_new_tokens=self.rc.max_new_tokens, tokenizer=self.tokenizer)
+        light = [dataclasses.replace(p, sample=None) for p in prompts]  # the Sample's audio bytes stay here
+        k = min(self.num_actors, len(light))
+        bounds = [round(i * len(light) / k) for i in range(k + 1)]
+        job = RolloutJob(light, gids, n, self.version, [_Shard(i, bounds[i], bounds[i + 1]) for i in range(k)],
+                         greedy, ignore_eos)
+        for shard in job.shards:
+            self._send(job, shard)
+        return job
+
+    def _send(self, job: RolloutJob, shard: _Shard) -> None:
+        shard.sends += 1
+        shard.ref = self.actors[shard.actor].generate.remote(
+            job.prompts[shard.start:shard.end], job.group_ids[shard.start:shard.end], job.n, job.version,
+            job.greedy, job.ignore_eos)
+
+    def collect(self, job: RolloutJob) -> list[RolloutGroup]:
+        """Wait for every shard; re-send a shard whose actor died (after Ray restarted and we re-synced it)."""
+        results: list[list[RolloutGroup] | None] = [None] * len(job.shards)
+        pending = {s.ref: i for i, s in enumerate(job.shards)}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready[0])
+            shard = job.shards[i]
+            try:
+                results[i] = ray.get(ready[0])
+                continue
+            except (RayActorError, StaleVersionError) as exc:
+                cause = exc
+            if shard.sends > self.rc.max_resends:
+                ids = job.group_ids[shard.start:shard.end]
+                raise RolloutError(f"rollout actor {shard.actor} failed {shard.sends} times on groups {ids}: {cause}")
+            self._recover(shard.actor, job.version)
+            self.resends += 1
+            self._send(job, shard)
+            pending[shard.ref] = i
+        groups = [g for part in results for g in (part or [])]
+        self._check_complete(job, groups)
+        return groups
+
+    def generate(self, prompts: Sequence[MultiAudioPrompt], group_ids: Sequence[str] | None = None,
+                 n: int | None = None, *, greedy: bool = False, ignore_eos: bool = False) -> list[RolloutGroup]:
+        """G (= ``n`` or ``grpo.group_size``) completions per prompt from the current policy, in order."""
+        return self.collect(self.submit(prompts, group_ids, n, greedy=greedy, ignore_eos=ignore_eos))
+
+    @staticmethod
+    def _check_complete(job: RolloutJob, groups: list[RolloutGroup]) -> None:
+        got = [g.group_id for g in groups]
+        if got != job.group_ids:
+            lost = sorted(set(job.group_ids) - set(got))
+            raise RolloutError(f"rollout returned groups {got[:8]}… for {job.group_ids[:8]}… (lost {lost[:8]})")
+        for g in groups:
+            if len(g.completions) != job.n or g.policy_version != job.version:
+                raise RolloutError(f"group {g.group_id}: {len(g.completions)} completions of policy version "
+                                   f"{g.policy_version}, expected {job.n} of version {job.version}")
+
+    def _recover(self, i: int, version: int) -> None:
+        """Wait until actor ``i`` answers again (Ray restarts it), then bring it to ``version``."""
+        deadline = time.monotonic() + self.rc.actor_start_timeout_s
+        failures = 0
+        while True:
+            try:
+                info = ray.get(self.actors[i].ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except (RayActorError, GetTimeoutError) as exc:
+                # ActorUnavailableError: Ray is restarting it (engine start takes a while) — keep waiting. Other
+                # errors right after a death are normal until Ray registers it; many of them mean it stays dead.
+                if not isinstance(exc, ActorUnavailableError):
+                    failures += 1
+                if failures >= 10 or time.monotonic() > deadline:
+                    raise RolloutError(f"rollout actor {i} is down and did not come back "
+                                       f"(rollout.max_restarts={self.rc.max_restarts}): {exc}") from exc
+                time.sleep(0.5)
+        self.infos[i] = info
+        if info["version"] != version:
+            if self._weights_ref is None or version != self.version:
+                raise RolloutError(f"rollout actor {i} restarted at version {info['version']} and the pool has no "
+                                   f"weights for version {version}")
+            try:
+                ray.get(self.actors[i].sync.remote(self._weights_ref, version, self._expected),
+                        timeout=self.rc.actor_start_timeout_s)
+            except RayActorError as exc:
+                raise SyncError(f"rollout actor {i} died again while being re-synced to version {version}") from exc
+            self.recoveries += 1
+
+    # ------------------------------------------------------------------------------------------------ weights
+    def sync(self, weights: dict[str, Any] | Any, version: int, expected: Sequence[float] | None = None
+             ) -> list[SyncResult]:
+        """Push ``weights`` (``{hub name: tensor}``: merged weights or LoRA tensors per ``rollout.sync_mode``, or an
+        ObjectRef to them) as policy ``version`` to every actor; each verifies against ``expected`` (the learner's
+        probe log-probs, see :mod:`polyaudio_rl.weight_sync`). Returns one :class:`SyncResult` per actor."""
+        if version <= self.version:
+            raise ValueError(f"sync version {version} must be newer than the pool's {self.version}")
+        ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
+        expected = list(expected) if expected is not None else None
+        # From here the pool's policy is `version`: an actor that misses it refuses rollouts until it is re-synced.
+        self.version, self._weights_ref, self._expected = version, ref, expected
+        refs = [a.sync.remote(ref, version, expected) for a in self.actors]
+        results, errors = [], []
+        for i, r in enumerate(refs):
+            try:
+                results.append(ray.get(r, timeout=self.rc.actor_start_timeout_s))
+            except RayActorError as exc:
+                errors.append(f"rollout actor {i} is down ({type(exc).__name__}): {str(exc).splitlines()[0]}")
+            except SyncError as exc:
+                errors.append(str(exc).splitlines()[-1])
+            except GetTimeoutError:
+                errors.append(f"rollout actor {i} did not answer within {self.rc.actor_start_timeout_s:g} s")
+        if errors:
+            raise SyncError(f"sync of policy version {version} failed on {len(errors)} of {len(self.actors)} "
+                            "rollout actors:\n  " + "\n  ".join(errors))
+        return results
+
+    def verify(self, expected: Sequence[float]) -> list[Fingerprint]:
+        """Every actor recomputes its probe fingerprint; raises :class:`SyncError` unless all match ``expected``."""
+        refs = [a.verify.remote(list(expected), self.version) for a in self.actors]
+        fps, errors = [], []
+        for i, r in enumerate(refs):
+            try:
+                fps.append(ray.get(r))
+            except RayActorError as exc:
+                errors.append(f"rollout actor {i} is down ({type(exc).__name__})")
+            except SyncError as exc:
+                errors.append(str(exc).splitlines()[-1])
+        if errors:
+            raise SyncError(f"policy version {self.version} is not in effect on {len(errors)} of "
+                            f"{len(self.actors)} rollout actors:\n  " + "\n  ".join(errors))
+        return fps
+
+    def fingerprints(self) -> list[Fingerprint]:
+        return ray.get([a.fingerprint.remote() for a in self.actors])
+
+    def stats(self) -> list[dict[str, Any]]:
+        return ray.get([a.ready.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        """Close the engines, kill the actors, free the placement group."""
+        from ray.util.placement_group import remove_placement_group
+
+        closing = [a.shutdown.remote() for a in self.actors]
+        try:
+            ray.get(closing, timeout=60)
+        except Exception:  # noqa: BLE001 - a dead actor must not block the cleanup below
+            pass
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        remove_placement_group(self.pg)
+        self.actors = []
+
+
+__all__ = ["RolloutActor", "RolloutError", "RolloutInputError", "RolloutJob", "RolloutPool", "StaleVersionError"]

