@@ -51,16 +51,59 @@ def bench_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def endpoint(tiny_ckpt, bench_dir):
+def adapter_dir(tiny_ckpt, tmp_path_factory):
+    """A PEFT adapter with non-zero B (as after training) for the tiny checkpoint."""
+    import torch
+
+    from polyaudio_rl.config import LoraConfig
+    from polyaudio_rl.model import add_lora, load_model
+
+    torch.manual_seed(1)
+    peft_model = add_lora(load_model(tiny_ckpt), LoraConfig())
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    peft_model.save_pretrained(str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def endpoint(tiny_ckpt, adapter_dir, bench_dir):
+    """policy = tiny checkpoint + adapter (merged by eval.serve --adapter), judge = the plain tiny checkpoint."""
     from eval import serve as eval_serve
     from polyaudio_rl.config import ServeConfig
 
     cfg = ServeConfig(port=free_port(), max_body_mb=4.0)
     try:
-        url = eval_serve.start(cfg, tiny_ckpt, tiny_ckpt, num_cpus=6)
+        url = eval_serve.start(cfg, tiny_ckpt, tiny_ckpt, num_cpus=6, adapter=adapter_dir)
         yield url
     finally:
         eval_serve.stop()
+
+
+def test_replicas_and_autoscaling_from_config(tiny_ckpt):
+    from eval.serve import llm_configs
+    from polyaudio_rl.config import ServeConfig
+
+    cfg = ServeConfig(policy_replicas=2, policy_max_replicas=4, judge_replicas=1, target_ongoing_requests=8.0)
+    policy, judge = llm_configs(cfg, tiny_ckpt, tiny_ckpt)
+    assert policy.deployment_config["autoscaling_config"] == {
+        "min_replicas": 2, "initial_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 8.0}
+    assert judge.deployment_config == {"num_replicas": 1}
+    assert policy.engine_kwargs["limit_mm_per_prompt"] == {"audio": 5}
+    assert (policy.model_id, judge.model_id) == ("polyaudio", "judge")
+
+
+
+def test_the_served_policy_carries_the_adapter(endpoint):
+    """The policy (merged adapter) and the judge (base weights) answer the same greedy prompt differently."""
+    client = openai.OpenAI(base_url=endpoint, api_key="EMPTY", max_retries=0, timeout=120)
+    msgs = [{"role": "user", "content": "Which clip has the dog bark and which one has the car horn?"}]
+    outs = {m: client.chat.completions.create(model=m, messages=msgs, max_tokens=12, temperature=0).choices[0].message.content
+            for m in ("polyaudio", "judge")}
+    assert outs["polyaudio"] != outs["judge"], outs
 
 
 def test_models_and_chat_with_three_audio_parts(endpoint):
