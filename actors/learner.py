@@ -40,6 +40,7 @@ from polyaudio_rl.grpo_loss import (
     grpo_microbatch_loss,
     sft_microbatch_loss,
     token_logprobs,
+    train_mode,
 )
 
 STAGES = ("grpo", "sft")
@@ -126,6 +127,7 @@ class LearnerWorker:
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
         )
+        self._train_mode()
         self.step = 0
         client_state: dict[str, Any] = {}
         if resume_from:
@@ -137,8 +139,13 @@ class LearnerWorker:
 
     # ----------------------------------------------------------------------------------------------------------
     def _microbatches(self, items: Sequence[TrainItem], num_micro: int):
-        mbs = build_microbatches(items, self.processor, self.cfg.learner.micro_batch_size, num_micro)
+        cache = self.cfg.learner.cache_audio_embeddings and self.cfg.model.freeze_audio_encoder
+        mbs = build_microbatches(items, self.processor, self.cfg.learner.micro_batch_size, num_micro,
+                                 embed_model=self.engine.module if cache else None)
         return [mb.to(self.device, self.dtype) for mb in mbs]
+
+    def _train_mode(self) -> None:
+        train_mode(self.engine.module, self.cfg.model.freeze_audio_encoder)
 
     @torch.no_grad()
     def _nograd_logprobs(self, mb, reference: bool) -> torch.Tensor:
@@ -150,7 +157,7 @@ class LearnerWorker:
                     return token_logprobs(module, mb)[0]
             return token_logprobs(module, mb)[0]
         finally:
-            module.train()
+            self._train_mode()
 
     def grpo_step(self, items: list[TrainItem], counts: GlobalCounts, num_micro: int) -> dict[str, Any]:
         cfg = self.cfg.grpo
@@ -161,7 +168,7 @@ class LearnerWorker:
             if not bool(mb.has_old.all()):
                 cur = self._nograd_logprobs(mb, reference=False)
                 mb.old_logp = torch.where(mb.has_old.to(cur.device)[:, None], mb.old_logp, cur)
-        self.engine.train()
+        self._train_mode()
         epochs = []
         for _ in range(cfg.inner_epochs):
             sums = {"loss": 0.0, "pg_loss_sum": 0.0, "kl_sum": 0.0, "clipped_tokens": 0.0, "ratio_sum": 0.0,
@@ -186,7 +193,7 @@ class LearnerWorker:
     def sft_step(self, items: list[TrainItem], counts: GlobalCounts, num_micro: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         mbs = self._microbatches(items, num_micro)
-        self.engine.train()
+        self._train_mode()
         sums = {"loss": 0.0, "nll_sum": 0.0, "tokens": 0.0}
         for i, mb in enumerate(mbs):
             self.engine.set_gradient_accumulation_boundary(i == len(mbs) - 1)

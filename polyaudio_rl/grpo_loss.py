@@ -64,6 +64,7 @@ class EncodedPrompt:
     input_ids: torch.Tensor  # [L] unpadded, audio placeholders expanded
     input_features: torch.Tensor  # [n_clips, mel, frames]
     feature_attention_mask: torch.Tensor  # [n_clips, frames]
+    embeds: torch.Tensor | None = None  # [L, D] merged text+audio input embeddings (frozen encoder cache)
 
 
 def encode_prompts(prompts: Sequence[MultiAudioPrompt], processor: Any) -> list[EncodedPrompt]:
@@ -94,14 +95,16 @@ class MicroBatch:
     has_old: torch.Tensor  # [B] whether the item came with rollout log-probs
     advantages: torch.Tensor  # [B]
     sample_ids: list[str] = field(default_factory=list)
+    prompt_embeds: list[torch.Tensor] | None = None  # per row [P_i, D] when the audio encoder output is cached
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "MicroBatch":
         mi = {k: v.to(device) for k, v in self.model_inputs.items()}
         if dtype is not None:
             mi["input_features"] = mi["input_features"].to(dtype)
+        pe = [e.to(device) for e in self.prompt_embeds] if self.prompt_embeds is not None else None
         return MicroBatch(
             mi, self.targets.to(device), self.mask.to(device), self.old_logp.to(device), self.has_old,
-            self.advantages.to(device), self.sample_ids,
+            self.advantages.to(device), self.sample_ids, pe,
         )
 
 
@@ -128,7 +131,9 @@ def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id
         "input_features": torch.cat([e.input_features for e in encoded]),
         "feature_attention_mask": torch.cat([e.feature_attention_mask for e in encoded]),
     }
+    embeds = [e.embeds for e in encoded]
     return MicroBatch(
+        prompt_embeds=embeds if all(e is not None for e in embeds) else None,
         model_inputs=model_inputs,
         targets=ids[:, 1:],
         mask=resp[:, 1:],
@@ -140,10 +145,15 @@ def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id
 
 
 def build_microbatches(
-    items: Sequence[TrainItem], processor: Any, micro_batch_size: int, num_micro: int | None = None
+    items: Sequence[TrainItem], processor: Any, micro_batch_size: int, num_micro: int | None = None,
+    embed_model: Any = None,
 ) -> list[MicroBatch]:
     """Split ``items`` into ``num_micro`` micro-batches of at most ``micro_batch_size`` (padding with filler items
-    copied from the first one when ``num_micro`` asks for more than the items fill)."""
+    copied from the first one when ``num_micro`` asks for more than the items fill).
+
+    With ``embed_model`` (only valid while the audio encoder, projector and token embeddings are frozen) each
+    unique prompt's merged input embeddings are computed once (:func:`prompt_embeddings`) and reused by every
+    completion of its group, the reference pass and all μ inner epochs."""
     if not items:
         raise BatchError("build_microbatches: no items")
     vocab = len(processor.tokenizer)
@@ -156,6 +166,9 @@ def build_microbatches(
             uniq[id(it.prompt)] = len(prompts)
             prompts.append(it.prompt)
     enc = encode_prompts(prompts, processor)
+    if embed_model is not None:
+        for e, emb in zip(enc, prompt_embeddings(embed_model, enc, processor.tokenizer.pad_token_id)):
+            e.embeds = emb
     need = -(-len(items) // micro_batch_size)
     num_micro = num_micro or need
     if num_micro < need:
@@ -171,12 +184,91 @@ def build_microbatches(
     return out
 
 
+def _core(model: Any) -> Any:
+    """The Qwen2AudioModel inside a DeepSpeed engine / PeftModel / Qwen2AudioForConditionalGeneration."""
+    m = getattr(model, "module", model)
+    m = m.get_base_model() if hasattr(m, "get_base_model") else m
+    core = getattr(m, "model", None)
+    if core is None or not hasattr(core, "language_model") or not hasattr(core, "audio_tower"):
+        raise TypeError(f"expected a Qwen2-Audio model, got {type(m).__name__}")
+    return core
+
+
+class _Captured(Exception):
+    pass
+
+
+@torch.no_grad()
+def prompt_embeddings(model: Any, encoded: Sequence[EncodedPrompt], pad_id: int) -> list[torch.Tensor]:
+    """Each prompt's merged (text + audio) input embeddings, [L_i, D], as the model itself builds them.
+
+    One batched call of the model's own forward per shard (so ZeRO-3's collectives stay matched across ranks):
+    a pre-hook on the language model captures its ``inputs_embeds`` and stops the pass there (under ZeRO-3 the
+    pass runs to the end instead, so DeepSpeed's parameter fetch/release hooks see a complete forward).
+    """
+    core = _core(model)
+    abort = not any(hasattr(p, "ds_id") for p in core.parameters())
+    device = next(core.language_model.parameters()).device
+    n, lmax = len(encoded), max(len(e.input_ids) for e in encoded)
+    ids = torch.full((n, lmax), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, lmax), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        ids[i, : len(e.input_ids)] = e.input_ids
+        attn[i, : len(e.input_ids)] = 1
+    feats = torch.cat([e.input_features for e in encoded]).to(device, next(core.audio_tower.parameters()).dtype)
+    fmask = torch.cat([e.feature_attention_mask for e in encoded]).to(device)
+    box: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _args, kwargs):
+        box["embeds"] = kwargs["inputs_embeds"]
+        if abort:
+            raise _Captured
+
+    handle = core.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # a frozen encoder is deterministic: no dropout / layer-drop, no RNG consumed
+    try:
+        # the top-level module, not `core`: ZeRO-3 gathers parameters correctly only from the wrapped module down
+        model(input_ids=ids.to(device), attention_mask=attn.to(device), input_features=feats,
+              feature_attention_mask=fmask, use_cache=False)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+        for m, training in modes.items():
+            m.training = training
+    if "embeds" not in box:
+        raise RuntimeError("prompt_embeddings: the language model was never called with inputs_embeds")
+    return [box["embeds"][i, : len(e.input_ids)].detach().clone() for i, e in enumerate(encoded)]
+
+
+def train_mode(model: Any, freeze_audio: bool = True) -> None:
+    """``model.train()``, but a frozen audio encoder and projector stay in eval mode (no dropout/layer-drop)."""
+    model.train()
+    if freeze_audio:
+        core = _core(model)
+        core.audio_tower.eval()
+        core.multi_modal_projector.eval()
+
+
+def _forward(model: Any, mb: MicroBatch) -> Any:
+    if mb.prompt_embeds is None:
+        return model(**mb.model_inputs, use_cache=False)
+    ids = mb.model_inputs["input_ids"]
+    emb = _core(model).get_input_embeddings()(ids)  # completion (and padding) positions; prompts replaced below
+    rows = [torch.cat([pe.to(emb.dtype), emb[i, pe.shape[0]:]]) for i, pe in enumerate(mb.prompt_embeds)]
+    inputs_embeds = torch.stack(rows)
+    if torch.is_grad_enabled():  # gradient checkpointing (reentrant) needs an input that requires grad
+        inputs_embeds.requires_grad_(True)
+    return model(inputs_embeds=inputs_embeds, attention_mask=mb.model_inputs["attention_mask"], use_cache=False)
+
+
 def token_logprobs(model: Any, mb: MicroBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(target) at every shifted position ([B, T-1], 0 outside the mask) and, optionally, the entropy there.
 
     The vocabulary softmax is taken only at completion positions (memory: V is 152k for Qwen2-Audio-7B).
     """
-    logits = model(**mb.model_inputs, use_cache=False).logits[:, :-1]
+    logits = _forward(model, mb).logits[:, :-1]
     sel = mb.mask > 0
     logp = torch.zeros(mb.mask.shape, dtype=torch.float32, device=logits.device)
     ent = None

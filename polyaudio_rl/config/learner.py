@@ -20,6 +20,10 @@ class LearnerConfig:
     warmup_steps: int = cfg_field(0, "Linear LR warm-up steps.")
     torch_threads: int = cfg_field(0, "torch intra-op threads per worker (0: int(cpus_per_worker), at least 1).")
     backend: str = cfg_field("auto", "torch.distributed backend: auto (gloo on CPU, nccl on GPUs), gloo or nccl.")
+    cache_audio_embeddings: bool = cfg_field(
+        True, "Run the (frozen) audio encoder once per prompt per step and reuse its embeddings for all G completions, "
+        "the reference pass and the μ inner epochs. Ignored when model.freeze_audio_encoder is false."
+    )
     checkpoint_every: int = cfg_field(10, "Write a checkpoint every K optimizer steps (0: only at the end).")
 
     def validate(self) -> None:

@@ -107,10 +107,32 @@ def _seq_logp(model, mbs):
 
 
 def test_batched_logprobs_equal_single_sequence_logprobs(policy, prompts, tiny_processor):
-    items = _items(prompts, n_per=2)
-    batched = _seq_logp(policy, build_microbatches(items, tiny_processor, micro_batch_size=4))
+    items = _items(prompts, n_per=1)  # 2 and 3 clips: different prompt lengths, so one row is padded
+    batched = _seq_logp(policy, build_microbatches(items, tiny_processor, micro_batch_size=2))
     single = torch.cat([_seq_logp(policy, build_microbatches([it], tiny_processor, 1)) for it in items])
     torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-5)
+
+
+def test_cached_audio_embeddings_give_the_same_logprobs_and_grads(policy, prompts, tiny_processor):
+    items = _items(prompts, n_per=2)
+    plain = build_microbatches(items, tiny_processor, micro_batch_size=4)
+    cached = build_microbatches(items, tiny_processor, micro_batch_size=4, embed_model=policy)
+    assert plain[0].prompt_embeds is None and len(cached[0].prompt_embeds) == 4
+    # group members share their prompt's embeddings (same values), the two prompts differ in length (clip count)
+    torch.testing.assert_close(cached[0].prompt_embeds[0], cached[0].prompt_embeds[1])
+    assert cached[0].prompt_embeds[0].shape[0] != cached[0].prompt_embeds[2].shape[0]
+    grads = []
+    for mbs in (plain, cached):
+        policy.zero_grad()
+        lp = torch.cat([token_logprobs(policy, mb)[0] for mb in mbs])
+        (lp * torch.cat([mb.mask for mb in mbs])).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for n, p in policy.named_parameters() if "lora_B" in n]))
+        if len(grads) == 1:
+            ref = lp.detach()
+    torch.testing.assert_close(lp.detach(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+    assert grads[0].abs().sum() > 0
+    policy.zero_grad()
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
@@ -123,8 +145,8 @@ def test_grpo_update_direction_follows_advantage_sign(tiny_ckpt, prompts, tiny_p
     model = add_lora(load_model(tiny_ckpt), LoraConfig(rank=8, alpha=16, dropout=0.0))
     model.train()
     cfg = GRPOConfig(kl_coef=0.04, clip_low=0.2, clip_high=0.28, loss_agg="token-mean", sign=sign)
-    items = _items(prompts, n_per=4, seed=1)
-    mbs = build_microbatches(items, tiny_processor, micro_batch_size=4)
+    items = _items(prompts, n_per=2, seed=1)
+    mbs = build_microbatches(items, tiny_processor, micro_batch_size=4, embed_model=model)
     before = _seq_logp(model, mbs)
     for mb in mbs:  # on-policy behaviour log-probs and the reference (= base model, adapter disabled)
         with torch.no_grad():
