@@ -55,6 +55,6 @@ def make_sample(sample_id: str = "t-0", durations=(1.0, 2.0, 1.5), sr: int = 160
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def sample_factory():
     return make_sample

@@ -1,0 +1,188 @@
+"""Ray Data: stream a split's Parquet shards as ready-to-roll-out prompts, in a deterministic, resumable order.
+
+Stages (all CPU):
+
+1. ``read_parquet`` the split's shards (schema: :mod:`datagen.schema`), keep the configured tasks;
+2. a seeded order per epoch (sort by ``hash(seed, epoch, id)``), the same on every run: resuming at position k
+   skips exactly the first k rows of that order;
+3. ``map_batches(DecodeStage)`` on an actor pool: decode each clip (FLAC/WAV) to mono float32 at 16 kHz, validate
+   it, render the chat-templated prompt. A row that fails (bad audio, too many clips, over 30 s, broken key) is
+   kept with an ``error`` naming the sample and the problem; the driver skips it and counts it.
+
+The driver consumes :class:`PromptItem` objects (sample without audio bytes + prompt text + PCM clips).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from datagen.schema import ARROW_SCHEMA, Sample, SampleError, shard_paths
+
+from .audio import AudioError
+from .prompts import MultiAudioPrompt, PromptError, build_prompt
+
+AUDIO_FREE_COLUMNS = [n for n in ARROW_SCHEMA.names if n != "clips"]
+
+
+@dataclass
+class PromptItem:
+    """One streamed sample: its prompt (with 16 kHz clips) and the sample (clips without audio bytes)."""
+
+    position: int
+    prompt: MultiAudioPrompt
+
+    @property
+    def sample(self) -> Sample:
+        assert self.prompt.sample is not None
+        return self.prompt.sample
+
+
+def order_key(seed: int, epoch: int, sample_id: str) -> str:
+    return hashlib.sha256(f"{seed}:{epoch}:{sample_id}".encode()).hexdigest()
+
+
+class DecodeStage:
+    """Ray Data callable class (one per pool actor): decode + validate + render prompts for a batch of rows."""
+
+    def __init__(self, processor_path: str, max_clips: int, min_clips: int, max_clip_seconds: float,
+                 system_prompt: str, answer_tag: bool):
+        from .model import load_processor
+
+        self.processor = load_processor(processor_path)
+        self.kw = dict(max_clips=max_clips, min_clips=min_clips, max_clip_seconds=max_clip_seconds,
+                       system_prompt=system_prompt, answer_tag=answer_tag)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        n = len(batch["id"])
+        out: dict[str, list] = {"id": [], "row": [], "text": [], "pcm": [], "error": [], "okey": []}
+        for i in range(n):
+            row = {k: _py(batch[k][i]) for k in batch}
+            out["id"].append(row["id"])
+            out["okey"].append(row["okey"])
+            try:
+                prompt = build_prompt(row, self.processor, **self.kw)
+                prompt.sample.validate(self.kw["max_clips"], self.kw["max_clip_seconds"])
+                text, pcm, err = prompt.text, [a.astype(np.float32).tobytes() for a in prompt.audios], ""
+            except (AudioError, PromptError, SampleError, KeyError, TypeError, ValueError) as exc:
+                text, pcm, err = "", [], str(exc) if str(exc).startswith("sample") else f"sample {row.get('id')}: {exc}"
+            light = {k: v for k, v in row.items() if k not in ("clips", "okey")}
+            light["clips"] = [
+                {"sample_rate": c["sample_rate"], "duration": c["duration"],
+                 "source_id": c.get("source_id", ""), "licence": c.get("licence", "")}
+                for c in (row.get("clips") or [])
+            ]
+            out["row"].append(json.dumps(light))
+            out["text"].append(text)
+            out["pcm"].append(pcm)
+            out["error"].append(err)
+        return out
+
+
+def _py(v: Any) -> Any:
+    """numpy/arrow scalars and arrays from a Ray Data numpy batch → plain Python."""
+    if isinstance(v, np.ndarray):
+        return [_py(x) for x in v.tolist()] if v.dtype == object else v.tolist()
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, dict):
+        return {k: _py(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_py(x) for x in v]
+    return v
+
+
+def _item(rec: dict[str, Any], position: int) -> PromptItem:
+    row = json.loads(rec["row"])
+    for c in row["clips"]:
+        c["audio"] = b""  # audio travels as 16 kHz PCM in the prompt, not as file bytes
+    sample = Sample.from_row(row)
+    audios = [np.frombuffer(b, dtype=np.float32).copy() for b in rec["pcm"]]
+    return PromptItem(position, MultiAudioPrompt(sample.id, rec["text"], audios, sample))
+
+
+class PromptStream:
+    """Iterate a split as :class:`PromptItem` s, epoch after epoch, from a resumable position.
+
+    ``position`` counts rows of the seeded order consumed so far (bad rows included), over all epochs.
+    ``bad`` lists (sample id, reason) of the rows skipped.
+    """
+
+    def __init__(self, split_dir: str, processor_path: str, data_cfg: Any, seed: int = 0, decode_actors: int = 1,
+                 position: int = 0):
+        import ray
+
+        self.paths = shard_paths(split_dir)
+        if not self.paths:
+            raise FileNotFoundError(f"no Parquet shards in {split_dir!r} (build them with `python -m datagen build`)")
+        self.processor_path = processor_path
+        self.cfg = data_cfg
+        self.seed = seed
+        self.decode_actors = decode_actors
+        self.position = position
+        self.bad: list[tuple[str, str]] = []
+        ds = ray.data.read_parquet(self.paths, columns=ARROW_SCHEMA.names)
+        if data_cfg.tasks:
+            keep = set(data_cfg.tasks)
+            ds = ds.filter(lambda r: r["task"] in keep)
+        self._base = ds
+        self.num_rows = ds.count()
+        if self.num_rows == 0:
+            raise ValueError(f"{split_dir}: no rows left after the task filter {data_cfg.tasks}")
+        self._it: Iterator[PromptItem] | None = None
+
+    def _epoch(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
+        import ray
+
+        seed = self.seed
+        ds = self._base.map(lambda r: {**r, "okey": order_key(seed, epoch, r["id"])}).sort("okey")
+        ds = ds.map_batches(
+            DecodeStage,
+            fn_constructor_kwargs=dict(
+                processor_path=self.processor_path, max_clips=self.cfg.max_clips, min_clips=self.cfg.min_clips,
+                max_clip_seconds=self.cfg.max_clip_seconds, system_prompt=self.cfg.system_prompt,
+                answer_tag=self.cfg.answer_tag,
+            ),
+            batch_size=8,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.decode_actors),
+            num_cpus=0.5,
+        )
+        for i, rec in enumerate(ds.iter_rows()):
+            if i >= skip:
+                yield rec
+
+    def __iter__(self) -> Iterator[PromptItem]:
+        if self._it is None:
+            self._it = self._generate()
+        return self._it
+
+    def _generate(self) -> Iterator[PromptItem]:
+        while True:
+            epoch, skip = divmod(self.position, self.num_rows)
+            for rec in self._epoch(epoch, skip):
+                pos = self.position
+                self.position += 1
+                if rec["error"]:
+                    self.bad.append((rec["id"], rec["error"]))
+                    continue
+                yield _item(rec, pos)
+
+    def close(self) -> None:
+        """Stop the running Ray Data pipeline (call before ray.shutdown())."""
+        if self._it is not None:
+            self._it.close()
+            self._it = None
+
+    def take(self, n: int) -> list[PromptItem]:
+        """The next ``n`` good items (crossing epochs as needed)."""
+        out: list[PromptItem] = []
+        it = iter(self)  # one pipeline kept across calls, not restarted per batch
+        while len(out) < n:
+            out.append(next(it))
+        return out

@@ -1,0 +1,16 @@
+from polyaudio_rl.metrics import MetricsLogger, plot_curves, read_metrics
+
+
+def test_jsonl_resume_keeps_last_record_per_step_and_plots(tmp_path):
+    log = MetricsLogger(tmp_path, wandb_mode="disabled")
+    for s in range(1, 4):
+        log.log(s, {"reward/total": 0.1 * s, "kl": 0.01 * s, "nan": float("nan")})
+    log.close()
+    log = MetricsLogger(tmp_path, wandb_mode="disabled")  # a resumed run re-logs step 3
+    log.log(3, {"reward/total": 0.9, "kl": 0.02})
+    log.close()
+    recs = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert recs[-1]["reward/total"] == 0.9 and recs[0]["nan"] is None
+    png = plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
