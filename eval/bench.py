@@ -210,8 +210,11 @@ async def evaluate_item(sample: Sample, policy: PolicyClient, judge: Any, cfg: E
     except EndpointError as exc:
         return {**rec, "status": "failed", "stage": "policy", "error": str(exc)}
     rec.update(answer=answer, policy_attempts=attempts)
-    rule = verify(sample, answer)
-    rec.update(rule_score=rule.score, rule_info={k: v for k, v in rule.info.items() if _jsonable(v)})
+    try:
+        rule = verify(sample, answer)
+        rec.update(rule_score=rule.score, rule_info={k: v for k, v in rule.info.items() if _jsonable(v)})
+    except ValueError as exc:  # RewardError: the sample's key cannot be verified; the judge score still counts
+        rec.update(rule_score=None, rule_info={"error": str(exc)})
     res = await judge.score(question, sample.answer, answer, n_clips=len(sample.clips),
                             relevant_clips=sample.relevant_clips)
     rec.update(judge_score=res.score, judge_per_prompt=res.per_prompt, latency_s=round(time.perf_counter() - t0, 3))
@@ -363,9 +366,9 @@ def plot_chart(report: dict, path: Path) -> None:
     w = 0.4
     ax.bar([x - w / 2 for x in xs], [v if v is not None else 0 for v in judge], w, label="Judge (0–100)")
     ax.bar([x + w / 2 for x in xs], [v if v is not None else 0 for v in rule], w, label="Rule accuracy (%)")
-    for x, v in zip(xs, judge):
-        if v is None:
-            ax.text(x - w / 2, 1, "n/a", ha="center", fontsize=7, rotation=90)
+    for off, vals in ((-w / 2, judge), (w / 2, rule)):
+        for x, v in zip(xs, vals):
+            ax.text(x + off, (v or 0) + 1, "n/a" if v is None else f"{v:.0f}", ha="center", fontsize=6)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(0, 100)

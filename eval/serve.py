@@ -234,14 +234,14 @@ def main(argv: list[str] | None = None) -> None:
                 adapter=args.adapter)
     print(f"serving {cfg.serve.policy_model_id!r} (policy) and {cfg.serve.judge_model_id!r} (judge) at {url}; "
           "Ctrl-C stops", flush=True)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    stopping: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT explicitly: a background job inherits it ignored
+        signal.signal(sig, lambda *_: stopping.append(1))
     try:
         while not stopping:
             time.sleep(1.0)
-    except KeyboardInterrupt:
-        pass
     finally:
+        print("stopping Serve and Ray ...", flush=True)
         stop()
     sys.exit(0)
 
