@@ -45,6 +45,7 @@ class BuildReport:
     seconds: float = 0.0
     workers: int = 1
     missing_source_files: list = field(default_factory=list)
+    manifest_rejects: dict = field(default_factory=dict)                   # corpus manifest rows skipped, by reason
 
     def add(self, res) -> None:
         if res.sample is None:
@@ -83,7 +84,7 @@ class BuildReport:
                           "p50": round(float(np.percentile(d, 50)), 3), "total_hours": round(float(d.sum()) / 3600, 4)},
             "clip_kinds": dict(self.kinds), "speakers": dict(sorted(self.speakers.items())),
             "event_labels": dict(sorted(self.event_labels.items())), "licences": dict(self.sources),
-            "missing_source_files": self.missing_source_files,
+            "missing_source_files": self.missing_source_files, "manifest_rejects": self.manifest_rejects,
             "shards": self.shards, "audio_bytes": self.bytes, "build_seconds": round(self.seconds, 2),
             "workers": self.workers,
         }
@@ -144,6 +145,57 @@ def _work(chunk: list[tuple[str, int]]):
     return [make_item(_CTX, t, i) for t, i in chunk]
 
 
+def _pool_results(cfg: DatagenConfig, split: str, chunks: list, workers: int):
+    """Yield each chunk's results in plan order from a spawn process pool.
+
+    A worker that dies (a native crash, the OOM killer) breaks the pool: it is restarted and the unfinished chunks
+    are resubmitted (items are deterministic, so a redo gives the same content). A chunk present at two breaks is
+    run alone; if that breaks too, its items are skipped and counted as "worker crashed". Nothing hangs.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .generate import ItemResult
+
+    def pool(n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init, initargs=(cfg, split))
+
+    window = workers * 8
+    ex, inflight, nxt, emit = pool(workers), {}, 0, 0
+    breaks: Counter = Counter()
+    try:
+        while emit < len(chunks):
+            while nxt < len(chunks) and len(inflight) < window:
+                inflight[nxt] = ex.submit(_work, chunks[nxt])
+                nxt += 1
+            try:
+                res = inflight[emit].result()
+            except BrokenProcessPool as exc:
+                ex.shutdown(wait=True, cancel_futures=True)
+                for j in inflight:
+                    breaks[j] += 1
+                if breaks[emit] >= 2:  # isolate the suspect chunk
+                    solo = pool(1)
+                    try:
+                        res = solo.submit(_work, chunks[emit]).result()
+                    except BrokenProcessPool:
+                        res = [ItemResult(t, i, reason="worker crashed", detail=f"{t}#{i}: {exc}")
+                               for t, i in chunks[emit]]
+                    finally:
+                        solo.shutdown(wait=True, cancel_futures=True)
+                    inflight.pop(emit)
+                    yield res
+                    emit += 1
+                ex = pool(workers)
+                inflight = {j: ex.submit(_work, chunks[j]) for j in sorted(inflight)}
+                continue
+            inflight.pop(emit)
+            yield res
+            emit += 1
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
 # -- driver ---------------------------------------------------------------------------------------------
 def build(cfg: DatagenConfig, split: str, out: str, progress: bool = True) -> BuildReport:
     """Build ``split`` into directory ``out``; returns the report (also written as the data card)."""
@@ -178,12 +230,9 @@ def build(cfg: DatagenConfig, split: str, out: str, progress: bool = True) -> Bu
     bar = tqdm(total=len(items), desc=f"datagen {split}", unit="item", disable=not progress, file=sys.stderr)
     if workers == 1:
         _init(cfg, split)
-        rep.missing_source_files = list(_CTX.events.missing)
         results = map(_work, chunks)
-        pool = None
     else:
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(cfg, split))
-        results = pool.imap(_work, chunks)  # ordered: shard content does not depend on scheduling
+        results = _pool_results(cfg, split, chunks, workers)
     try:
         for res_list in results:
             for res in res_list:
@@ -196,13 +245,14 @@ def build(cfg: DatagenConfig, split: str, out: str, progress: bool = True) -> Bu
         flush(final=True)
     finally:
         bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
-    if pool is not None:
-        from .sources.events import EventCatalogue
+    from .sources.events import EventCatalogue
 
-        rep.missing_source_files = EventCatalogue.from_config(cfg, split).missing
+    rep.missing_source_files = EventCatalogue.from_config(cfg, split).missing
+    if cfg.corpora:
+        from .sources.corpora import CorpusSet
+
+        cs = CorpusSet.from_config(cfg, split)
+        rep.manifest_rejects = {r: {"rows": n, "example": cs.examples.get(r, "")} for r, n in cs.rejects.items()}
     for name in stale:  # shards of an earlier, larger build in the same directory
         os.remove(os.path.join(out, name))
     rep.seconds = time.time() - t0
@@ -226,6 +276,8 @@ def format_report(rep: BuildReport) -> str:
                                                          for r, n in d["rejects"].items()))
     if d["retries"]:
         lines.append("retried attempts: " + ", ".join(f"{r}: {n}" for r, n in d["retries"].items()))
+    for r, v in d["manifest_rejects"].items():
+        lines.append(f"manifest rows skipped: {r}: {v['rows']}  e.g. {v['example']}")
     if d["missing_source_files"]:
         lines.append(f"source files listed by packages but missing on disk (not used): {len(d['missing_source_files'])}")
     return "\n".join(lines)

@@ -60,6 +60,8 @@ def render_markdown(d: dict) -> str:
             f"max {du['max']} s; total {du['total_hours']} h. Clip kinds: {d['clip_kinds']}.", "",
             "## Skipped items", ""]
     out += [f"- {r}: {n} (e.g. {d['reject_examples'].get(r, '')})" for r, n in d["rejects"].items()] or ["- none"]
+    out += [f"- manifest rows skipped, {r}: {v['rows']} (e.g. {v['example']})"
+            for r, v in d.get("manifest_rejects", {}).items()]
     out += ["", "## Speakers", ""]
     out += [f"- {s['id']} ({s['gender']}, {s['accent']}; {s['licence']}): {d['speakers'].get(s['id'], 0)} clips"
             for s in d.get("speaker_roster", [])]

@@ -73,7 +73,7 @@ PHRASES = {  # natural phrases for questions/answers
     "snare drum": "a snare drum hit", "crash cymbal": "a crash cymbal", "ride cymbal": "a ride cymbal hit",
     "hi-hat": "a hi-hat hit", "tom drum": "a tom drum hit",
 }
-PLURALS = {"trash being emptied": "trash-emptying sounds", "hi-hat": "hi-hat hits", "claves": "claves clicks"}
+PLURALS = {"trash being emptied": "sounds of trash being emptied", "hi-hat": "hi-hat hits", "claves": "claves clicks"}
 
 
 def phrase(label: str) -> str:
@@ -237,7 +237,7 @@ class PlacedEvent:
     source: str
 
     def as_dict(self) -> dict:
-        return {"label": self.label, "start": round(self.start, 3), "end": round(self.end, 3), "source": self.source}
+        return {"label": self.label, "start": round(self.start, 6), "end": round(self.end, 6), "source": self.source}
 
 
 def mix_scene(cat: EventCatalogue, files: list[EventFile], rng: np.random.Generator, min_seconds: float = 5.0,

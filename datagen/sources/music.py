@@ -161,6 +161,23 @@ class MusicRenderer:
             raise SourceError("unreadable source file", f"soundfont {self.soundfont}")
         return fs, sfid
 
+    @staticmethod
+    def _float_samples(fs, n: int) -> np.ndarray:
+        """Interleaved stereo float32 via fluid_synth_write_float: unlike the 16-bit path (pyfluidsynth's
+        get_samples) it adds no dither, whose noise table depends on the process's C rand() state."""
+        import ctypes
+
+        import fluidsynth
+
+        fn = fluidsynth._fl.fluid_synth_write_float
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        buf = np.zeros(2 * n, dtype=np.float32)
+        ptr = buf.ctypes.data
+        if fn(fs.synth, n, ptr, 0, 2, ptr, 1, 2) != 0:
+            raise SourceError("music render failed", "fluid_synth_write_float failed")
+        return buf
+
     def render(self, piece: Piece) -> np.ndarray:
         import mido
 
@@ -173,7 +190,7 @@ class MusicRenderer:
                 if msg.time > 0:
                     n = int(round((now + msg.time) * SR)) - int(round(now * SR))
                     if n > 0:
-                        chunks.append(fs.get_samples(n))
+                        chunks.append(self._float_samples(fs, n))
                     now += msg.time
                 if msg.type == "program_change":
                     fs.program_select(msg.channel, sfid, 0, msg.program)
@@ -181,10 +198,10 @@ class MusicRenderer:
                     fs.noteon(msg.channel, msg.note, msg.velocity)
                 elif msg.type == "note_off":
                     fs.noteoff(msg.channel, msg.note)
-            chunks.append(fs.get_samples(int(1.0 * SR)))  # release tail
+            chunks.append(self._float_samples(fs, int(1.0 * SR)))  # release tail
         finally:
             fs.delete()
-        x = np.concatenate(chunks).astype(np.float32).reshape(-1, 2).mean(axis=1) / 32768.0
+        x = np.concatenate(chunks).reshape(-1, 2).mean(axis=1)
         x = trim(x, -50.0)
         if x.size == 0:
             raise SourceError("music render failed", f"silent render of {piece.describe()}")

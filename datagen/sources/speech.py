@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 
-from ..audio import SR, SourceError, resample, to_mono, trim
+from ..audio import SR, SourceError, normalize, resample, to_mono, trim
 
 
 class EngineMissing(RuntimeError):
@@ -163,7 +163,7 @@ class SpeechSynth:
             x = self._openai(speaker, text, instructions)
         else:
             raise SourceError("speech engine failed", f"unknown engine {speaker.engine!r}")
-        x = trim(x, -45.0, pad=int(0.05 * SR))
+        x = normalize(trim(x, -45.0, pad=int(0.05 * SR)), -3.0)  # same level for every engine, no clipping
         if x.size < int(0.2 * SR):
             raise SourceError("speech engine failed", f"{speaker.engine} voice {speaker.voice}: no audio for {text!r}")
         if len(self._cache) > 512:
