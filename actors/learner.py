@@ -316,6 +316,25 @@ class Learner:
         self.processor = None
 
     # ----------------------------------------------------------------------------------------------------------
+    def _prepare(self, items: Sequence[TrainItem]) -> list[TrainItem]:
+        """Items whose ``prompt`` is a datagen ``Sample`` (or its row dict) get their MultiAudioPrompt built here
+        (once per sample object, so a group shares one prompt)."""
+        from polyaudio_rl.prompts import MultiAudioPrompt, build_prompt_from_config
+
+        out, built = [], {}
+        for it in items:
+            if not isinstance(it.prompt, MultiAudioPrompt):
+                if self.processor is None:
+                    from polyaudio_rl.model import load_processor
+
+                    self.processor = load_processor(self.model_path)
+                key = id(it.prompt)
+                if key not in built:
+                    built[key] = build_prompt_from_config(it.prompt, self.processor, self.cfg.data)
+                it = replace(it, prompt=built[key])
+            out.append(it)
+        return out
+
     def _shard(self, items: list[TrainItem]) -> tuple[list[list[TrainItem]], int]:
         n = len(self.workers)
         size = math.ceil(len(items) / n)
@@ -343,7 +362,7 @@ class Learner:
         """
         if self.stage != "grpo":
             raise RuntimeError(f"this learner was built for stage {self.stage!r}, not grpo")
-        items = list(items)
+        items = self._prepare(items)
         if not items:
             raise BatchError("train_grpo_step: empty batch")
         metrics: dict[str, float] = {}
@@ -382,7 +401,7 @@ class Learner:
         """One SFT optimizer step: NLL on the completion (answer) tokens, token-mean over the global batch."""
         if self.stage != "sft":
             raise RuntimeError(f"this learner was built for stage {self.stage!r}, not sft")
-        items = list(items)
+        items = self._prepare(items)
         if not items:
             raise BatchError("train_sft_step: empty batch")
         counts = self._counts(items)
@@ -415,6 +434,8 @@ class Learner:
             "tokens_per_s": counts.tokens * n_ep / wall if wall > 0 else 0.0,
             "peak_rss_mb_max": max(r["peak_rss_mb"] for r in results),
             "peak_gpu_mb_max": max(r["peak_gpu_mb"] for r in results),
+            **{f"peak_rss_mb_w{i}": r["peak_rss_mb"] for i, r in enumerate(results)},
+            **({f"peak_gpu_mb_w{i}": r["peak_gpu_mb"] for i, r in enumerate(results)} if results[0]["peak_gpu_mb"] else {}),
         }
         if "pg_loss_sum" in first:
             m.update(
@@ -434,7 +455,7 @@ class Learner:
     # ----------------------------------------------------------------------------------------------------------
     def completion_logprobs(self, items: Sequence[TrainItem]) -> list[list[float]]:
         """Per-token log-probs of each completion under the current learner policy (e.g. to probe a weight sync)."""
-        items = list(items)
+        items = self._prepare(items)
         shards, num_micro = self._shard(items)
         outs = self._run("completion_logprobs", shards, num_micro)
         flat = [row for o in outs for row in o]

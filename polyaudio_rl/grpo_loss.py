@@ -36,7 +36,7 @@ class TrainItem:
     micro-batches equal on every worker (ZeRO collectives need that); it contributes nothing.
     """
 
-    prompt: MultiAudioPrompt
+    prompt: MultiAudioPrompt  # the Learner also accepts a datagen Sample here and builds the prompt itself
     completion_ids: list[int]
     advantage: float = 0.0
     old_logprobs: list[float] | None = None
@@ -258,7 +258,7 @@ def _forward(model: Any, mb: MicroBatch) -> Any:
     emb = _core(model).get_input_embeddings()(ids)  # completion (and padding) positions; prompts replaced below
     rows = [torch.cat([pe.to(emb.dtype), emb[i, pe.shape[0]:]]) for i, pe in enumerate(mb.prompt_embeds)]
     inputs_embeds = torch.stack(rows)
-    if torch.is_grad_enabled():  # gradient checkpointing (reentrant) needs an input that requires grad
+    if torch.is_grad_enabled() and not inputs_embeds.requires_grad:  # reentrant grad checkpointing needs one
         inputs_embeds.requires_grad_(True)
     return model(inputs_embeds=inputs_embeds, attention_mask=mb.model_inputs["attention_mask"], use_cache=False)
 

@@ -122,13 +122,19 @@ def test_grpo_two_workers_resume_equals_uninterrupted(ray_local, tiny_ckpt, tiny
 
 
 def test_sharding_does_not_change_the_update(ray_local, tiny_ckpt, tiny_processor, tmp_path):
-    """One GRPO step on 1 worker and on 2 workers (uneven shards, fillers) gives the same loss and adapter."""
+    """One GRPO step on 1 worker and on 2 workers (uneven shards, fillers) gives the same loss and adapter.
+
+    The 2-worker learner gets the datagen Samples instead of built prompts (the driver may pass either)."""
+    from dataclasses import replace
+
     from actors.learner import Learner
 
     items, rewards = _batches(tiny_processor, n_batches=1, seed=3)[0]
     items, rewards = items[:5], rewards[:5]  # 5 completions: shards of 3 and 2
     results = {}
     for n in (1, 2):
+        if n == 2:
+            items = [replace(it, prompt=it.prompt.sample) for it in items]
         cfg = _cfg(tiny_ckpt, tmp_path, f"learner.num_workers={n}", "model.lora.dropout=0.0", "grpo.lr=1e-3",
                    "grpo.loss_agg=seq-mean-token-mean", "learner.zero_stage=2")
         learner = Learner(cfg, "grpo")
