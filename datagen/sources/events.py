@@ -235,9 +235,11 @@ class PlacedEvent:
     start: float
     end: float
     source: str
+    category: str = ""
 
     def as_dict(self) -> dict:
-        return {"label": self.label, "start": round(self.start, 6), "end": round(self.end, 6), "source": self.source}
+        return {"label": self.label, "start": round(self.start, 6), "end": round(self.end, 6), "source": self.source,
+                "category": self.category}
 
 
 def mix_scene(cat: EventCatalogue, files: list[EventFile], rng: np.random.Generator, min_seconds: float = 5.0,
@@ -266,7 +268,7 @@ def mix_scene(cat: EventCatalogue, files: list[EventFile], rng: np.random.Genera
         pos += int(min_gap * SR) + int(g)
         gain = float(10 ** (rng.uniform(-4.0, 0.0) / 20))
         y[pos: pos + s.size] += gain * s
-        events.append(PlacedEvent(f.label, pos / SR, (pos + s.size) / SR, f.path))
+        events.append(PlacedEvent(f.label, pos / SR, (pos + s.size) / SR, f.path, f.category))
         pos += s.size
     peak = float(np.max(np.abs(y)))
     if peak > 0.99:

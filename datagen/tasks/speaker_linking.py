@@ -65,5 +65,5 @@ def generate(ctx, rng, n):
     q = choose(rng, Q_WHICH).format(x=ask)
     ans = choose(rng, ["Clip {o} is spoken by the same person as clip {a}.",
                        "The speaker of clip {a} is heard again in clip {o}."]).format(o=other, a=ask)
-    return Draft(clips, q, ans, {"type": "clip", "value": other}, [ask, other],
+    return Draft(clips, q, ans, {"type": "clip", "value": other}, sorted([ask, other]),
                  extra={"variant": "which", "voices": [s.id for s in voices], "linked": [x, y]})

@@ -37,7 +37,7 @@ def bench_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def train_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("train"))
-    cfg = load_config(None, ["items_per_task={train: 4}"], preset="ci", seed=7, workers=1)
+    cfg = load_config(None, ["items_per_task={train: 2}"], preset="ci", seed=7, workers=1)
     build(cfg, "train", out, progress=False)
     return out
 

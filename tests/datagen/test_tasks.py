@@ -159,15 +159,15 @@ def test_keys_follow_from_content(samples):
         assert tr
     for s in samples["odd_one_out"]:
         k = s.key["value"]
-        attr = (lambda m: m["kind"] if m["kind"] != "events" else m["events"][0]["label"]) \
-            if s.metadata["variant"] == "kind" else (lambda m: m["families"][0])
-        vals = [attr(m) for m in s.metadata["clips"]]
-        if s.metadata["variant"] == "instrument_family":
-            assert all(v == s.metadata["common"] for i, v in enumerate(vals, 1) if i != k)
-            assert vals[k - 1] == s.metadata["odd"]
+        if s.metadata["variant"] == "kind":
+            cls = [m["kind"] if m["kind"] != "events" else m["events"][0]["category"] for m in s.metadata["clips"]]
+            assert all(c == s.metadata["common"] for m in s.metadata["clips"] for c in
+                       ([e["category"] for e in m.get("events", [])] or [m["kind"]])
+                       if s.metadata["clips"].index(m) != k - 1)
         else:
-            assert s.metadata["clips"][k - 1]["kind"] != s.metadata["clips"][(k % len(vals))]["kind"] or \
-                vals[k - 1] != vals[k % len(vals)]
+            cls = [m["families"][0] for m in s.metadata["clips"]]
+        assert cls[k - 1] == s.metadata["odd"] and cls.count(s.metadata["odd"]) == 1
+        assert all(c == s.metadata["common"] for i, c in enumerate(cls, 1) if i != k)
     for s in samples["captioning"]:
         for kw in s.key["keywords"]:
             assert kw.lower() in s.answer.lower() or kw == "speech"
