@@ -1,0 +1,52 @@
+"""Input checks of a rollout batch (no engine): audio-token arithmetic and per-sample rejections."""
+import numpy as np
+import pytest
+
+from polyaudio_rl.prompts import build_prompt
+from polyaudio_rl.rollout_engine import RolloutInputError, audio_token_count, check_prompts, prompt_token_count
+from tests.conftest import make_sample
+
+
+@pytest.mark.parametrize("seconds, tokens", [(1.0, 25), (1.5, 37), (2.0, 50), (30.0, 750), (0.0, 0)])
+def test_audio_token_count(seconds, tokens):
+    # mel frames = n/160; conv stride 2: (f-1)//2+1; avg-pool 2: (c-2)//2+1. 1 s: 100 -> 50 -> 25.
+    assert audio_token_count(int(seconds * 16000)) == tokens
+
+
+def test_prompt_token_count_matches_the_processor(tiny_processor):
+    from polyaudio_rl.prompts import processor_inputs
+
+    p = build_prompt(make_sample("n", (1.0, 2.0, 1.5)), tiny_processor)
+    assert prompt_token_count(p, tiny_processor.tokenizer) == processor_inputs([p], tiny_processor)["input_ids"].shape[1]
+
+
+@pytest.fixture
+def check(tiny_processor):
+    def _check(prompts, gids=None, **kw):
+        limits = dict(max_clips=5, max_clip_seconds=30.0, max_model_len=1024, max_new_tokens=8)
+        limits.update(kw)
+        check_prompts(prompts, gids or [p.sample_id for p in prompts], tokenizer=tiny_processor.tokenizer, **limits)
+
+    return _check
+
+
+def test_every_bad_sample_is_named_and_good_ones_are_not(tiny_processor, check):
+    ok = build_prompt(make_sample("ok", (1.0, 1.0)), tiny_processor)
+    six = build_prompt(make_sample("six", (0.5,) * 6), tiny_processor, max_clips=10)
+    long = build_prompt(make_sample("long", (1.0, 30.5)), tiny_processor, max_clip_seconds=60.0)
+    check([ok])
+    with pytest.raises(RolloutInputError) as err:
+        check([ok, six, long])
+    msg = str(err.value)
+    assert "2 problem(s)" in msg and "sample six: 6 clips, more than the allowed 5" in msg
+    assert "sample long, clip 2: 30.50 s, over the 30 s limit" in msg and "sample ok" not in msg
+    with pytest.raises(RolloutInputError, match="sample ok: prompt of .* exceeds rollout.max_model_len 60"):
+        check([ok], max_model_len=60)
+    with pytest.raises(RolloutInputError, match="group id 'g' repeats item 0"):
+        check([ok, ok], ["g", "g"])
+    with pytest.raises(RolloutInputError, match="empty rollout batch"):
+        check([])
+    bad = build_prompt(make_sample("nan", (1.0, 1.0)), tiny_processor)
+    bad.audios[1] = np.zeros((2, 10), dtype=np.float32)
+    with pytest.raises(RolloutInputError, match="sample nan, clip 2: audio must be a 1-D"):
+        check([bad])
