@@ -67,20 +67,6 @@ FIG3_SYSTEM = (
 )
 FIG3_USER = "K = {k}. Target label: {label}. Topic: {topic}."
 
-# Figure 2: Prompt for Diverse Response Generation (used to rephrase template answers when enabled).
-FIG2_USER = """Generate a natural, conversational response to identify which audio clip answers the question.
-
-Question: {question}
-Correct answer: The {ordinal} audio
-Emotion/characteristic: {characteristic}
-
-Generate a response that:
-1. Clearly identifies the {ordinal} audio as the answer
-2. Sounds natural and conversational
-3. Varies the phrasing (don't always say "demonstrates" or "exhibits")
-4. Is 1-2 sentences long
-Response:"""
-
 ANSWER_PREFIXES = ("Yes, ", "No, ", "Not enough information, ")
 _LABELS = ("Voice:", "Tone:", "Punctuation:", "Delivery:")
 
@@ -214,11 +200,8 @@ def authored_entailment(ctx, rng, n: int):
     for c in obj["clips"]:
         sp = _speaker_for(ctx, c["speaker"])
         sents = [s for s in re.split(r"(?<=[.!?])\s+", c["transcript"].strip()) if s]
-        d = ctx.speech(sp, sents, None, llm_speaker=c["speaker"])
-        if sp.engine == "openai":
-            d.wav = ctx.check_len(ctx.synth.say(sp, c["transcript"], c["instructions"]), "speech")
-            d.meta["instructions"] = c["instructions"]
-        clips.append(d)
+        instr = c["instructions"] if sp.engine == "openai" else None  # Figure 7's block, sent to the TTS
+        clips.append(ctx.speech(sp, sents, None, instructions=instr, llm_speaker=c["speaker"]))
     qas = sorted(obj["qa"], key=lambda q: -len(set(q["uses"])))
     qa = qas[int(rng.integers(max(1, sum(len(set(q["uses"])) >= 2 for q in qas))))]
     label = next(p for p in ANSWER_PREFIXES if qa["answer"].startswith(p)).rstrip(", ")

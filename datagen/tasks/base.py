@@ -66,8 +66,11 @@ class Context:
             raise SourceError("clip too long", f"{what}: {wav.size / SR:.1f} s > {self.cfg.max_clip_seconds} s")
         return wav
 
-    def speech(self, speaker: Speaker, sentences: list[str], rng=None, **meta: Any) -> ClipDraft:
-        instr = tts_instructions(rng) if (speaker.engine == "openai" and rng is not None) else ""
+    def speech(self, speaker: Speaker, sentences: list[str], rng=None, instructions: str | None = None,
+               **meta: Any) -> ClipDraft:
+        """``speaker`` saying ``sentences`` (0.35 s apart). OpenAI voices get Figure 7's Voice/Tone/Punctuation/
+        Delivery block: ``instructions`` if given, else one drawn with ``rng``."""
+        instr = instructions or (tts_instructions(rng) if (speaker.engine == "openai" and rng is not None) else "")
         parts = [self.synth.say(speaker, s, instr) for s in sentences]
         wav = self.check_len(concat(parts, 0.35), f"speech by {speaker.id}")
         text = " ".join(sentences)
