@@ -63,7 +63,7 @@ class BuildReport:
             for lic in c.licence.split("; "):
                 self.sources[lic] += 1
             self.kinds[m.get("kind", "?")] += 1
-            if m.get("kind") == "speech":
+            if m.get("speaker"):
                 self.speakers[m["speaker"]] += 1
             for e in m.get("events", []):
                 self.event_labels[e["label"]] += 1

@@ -40,7 +40,7 @@ def draft_to_sample(ctx: Context, task: str, index: int, seed: int, attempt: int
         wav = quantize(wav)
         clips.append(Clip(encode(wav, SR, ctx.cfg.audio_format), SR, round(wav.size / SR, 6), c.source_id, c.licence))
         metas.append(c.meta)
-    speakers = sorted({m["speaker"] for m in metas if m.get("kind") == "speech"})
+    speakers = sorted({m["speaker"] for m in metas if m.get("speaker")})
     events = [{"clip": i, **e} for i, m in enumerate(metas, 1) for e in m.get("events", [])]
     meta = {"generator": f"{GENERATOR_VERSION}/{task}", "seed": ctx.cfg.seed, "item_seed": seed, "attempt": attempt,
             "n_clips": len(clips), "clips": metas, "speakers": speakers, "events": events, **draft.extra}

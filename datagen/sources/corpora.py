@@ -150,16 +150,59 @@ class CorpusSet:
     def has_captions(self) -> bool:
         return bool(self.captioned)
 
-    def captioned_clip(self, ctx, rng):
-        from ..tasks.base import ClipDraft
-        from ..text import content_words
+    # -- pools used by the task generators -----------------------------------------------------------
+    def by_speaker(self) -> dict[str, list[CorpusRow]]:
+        """Speech rows (LibriSpeech) by speaker id."""
+        out: dict[str, list[CorpusRow]] = {}
+        for r in self.rows:
+            if r.speaker:
+                out.setdefault(r.speaker, []).append(r)
+        return out
 
-        row = self.captioned[int(rng.integers(len(self.captioned)))]
+    def with_events(self) -> list[CorpusRow]:
+        """Rows with timestamped events (PicoAudio): [[label, start, end], ...] or [{label, start, end}, ...]."""
+        return [r for r in self.rows if r.events]
+
+    def with_tempo(self) -> list[CorpusRow]:
+        out = []
+        for r in self.rows:
+            try:
+                if float(r.extra.get("tempo", "")) > 0:
+                    out.append(r)
+            except (TypeError, ValueError):
+                pass
+        return out
+
+    @staticmethod
+    def events_of(row: CorpusRow) -> list[dict]:
+        evs = []
+        for e in row.events:
+            if isinstance(e, dict):
+                evs.append({"label": str(e["label"]), "start": float(e["start"]), "end": float(e["end"])})
+            else:
+                evs.append({"label": str(e[0]), "start": float(e[1]), "end": float(e[2])})
+        return evs
+
+    def clip(self, ctx, row: CorpusRow, **meta):
+        """The row's audio as a clip (16 kHz mono; longer than max_clip_seconds => SourceError, never truncated)."""
+        from ..tasks.base import ClipDraft
+
         wav = read_audio(row.path, SR)
         if wav.size > ctx.cfg.max_clip_seconds * SR:
             raise SourceError("clip too long", f"{row.path}: {wav.size / SR:.1f} s > {ctx.cfg.max_clip_seconds} s")
+        m = {"kind": "corpus", "corpus": row.corpus, "path": row.path, **row.extra, **meta}
+        if row.transcript:
+            m["transcript"] = row.transcript
+        if row.speaker:
+            m["speaker"] = f"{row.corpus}:{row.speaker}"
+        if row.events:
+            m["events"] = self.events_of(row)
+        return ClipDraft(wav, m, f"{row.corpus}:{os.path.basename(row.path)}", f"{row.corpus} (see its licence)")
+
+    def captioned_clip(self, ctx, rng):
+        from ..text import content_words
+
+        row = self.captioned[int(rng.integers(len(self.captioned)))]
         caption = row.caption or ("sounds of " + ", ".join(row.labels))
-        kws = [l.lower() for l in row.labels][:5] or sorted(content_words(caption))[:5]
-        meta = {"kind": "corpus", "corpus": row.corpus, "path": row.path, "caption": caption, "keywords": kws,
-                "labels": row.labels, **row.extra}
-        return ClipDraft(wav, meta, f"{row.corpus}:{os.path.basename(row.path)}", f"{row.corpus} (see its licence)")
+        kws = [l.lower() for l in row.labels if l.lower() in caption.lower()][:5] or sorted(content_words(caption))[:5]
+        return self.clip(ctx, row, caption=caption, keywords=kws, labels=row.labels)

@@ -80,7 +80,32 @@ def _mode(ctx, rng, n):
                  extra={"variant": "mode", "keys": [p.key for p in pieces]})
 
 
+def _corpus_tempo(ctx, rng, n):
+    """Music4All-style rows with a tempo: the fastest/slowest of n tracks whose tempos differ by >= 15 BPM."""
+    rows = sorted(ctx.corpora.with_tempo(), key=lambda r: float(r.extra["tempo"]))
+    order = [rows[int(i)] for i in rng.permutation(len(rows))]
+    picks: list = []
+    for r in order:
+        if all(abs(float(r.extra["tempo"]) - float(p.extra["tempo"])) >= 15 for p in picks):
+            picks.append(r)
+        if len(picks) == n:
+            break
+    if len(picks) < n:
+        raise ValueError("corpus has too few tracks with distinct tempos")
+    tempos = [round(float(r.extra["tempo"])) for r in picks]
+    fastest = bool(rng.random() < 0.5)
+    k = tempos.index(max(tempos) if fastest else min(tempos)) + 1
+    x = ("faster" if fastest else "slower") if n == 2 else ("fastest" if fastest else "slowest")
+    clips = [ctx.corpora.clip(ctx, r) for r in picks]
+    q = choose(rng, TEMPO_Q).format(x=x, n=n)
+    ans = f"Clip {k} has the {x} tempo, at about {tempos[k - 1]} beats per minute."
+    return Draft(clips, q, ans, {"type": "clip", "value": k}, list(range(1, n + 1)),
+                 extra={"variant": "tempo", "tempos": tempos, "asked": x, "source": "corpus"})
+
+
 @register("comparison")
 def generate(ctx, rng, n):
+    if ctx.corpora is not None and len(ctx.corpora.with_tempo()) >= n and rng.random() < ctx.cfg.corpus_fraction:
+        return _corpus_tempo(ctx, rng, n)
     v = rng.choice(["events", "tempo", "mode"], p=[0.5, 0.3, 0.2])
     return {"events": _events, "tempo": _tempo, "mode": _mode}[str(v)](ctx, rng, n)

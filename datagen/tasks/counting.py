@@ -14,8 +14,29 @@ QUESTIONS = [
 ]
 
 
+def _corpus(ctx, rng, n):
+    """PicoAudio-style rows with timestamps: count a label over n rows (the annotated occurrences)."""
+    rows = ctx.corpora.with_events()
+    if len(rows) < n:
+        raise ValueError(f"corpus has {len(rows)} rows with events, need {n}")
+    picks = [rows[int(i)] for i in rng.choice(len(rows), n, replace=False)]
+    labels = sorted({e["label"] for r in picks for e in ctx.corpora.events_of(r)})
+    target = labels[int(rng.integers(len(labels)))]
+    per = [sum(e["label"] == target for e in ctx.corpora.events_of(r)) for r in picks]
+    clips = [ctx.corpora.clip(ctx, r) for r in picks]
+    total = sum(per)
+    q = f"How many times does {target} occur across all {n} audio clips?"
+    detail = join_and([f"{c} in clip {i + 1}" for i, c in enumerate(per)])
+    ans = f"{target[0].upper() + target[1:]} occurs {total} {'time' if total == 1 else 'times'} in total: {detail}."
+    return Draft(clips, q, ans, {"type": "count", "value": total, "tolerance": 0},
+                 [i + 1 for i, c in enumerate(per) if c > 0], extra={"target": target, "per_clip": per,
+                                                                      "source": "corpus"})
+
+
 @register("counting")
 def generate(ctx, rng, n):
+    if ctx.corpora is not None and ctx.corpora.with_events() and rng.random() < ctx.cfg.corpus_fraction:
+        return _corpus(ctx, rng, n)
     labels = ctx.events.labels()
     target = ctx.lex.pick(rng, labels)
     others = [l for l in labels if l != target]

@@ -22,8 +22,51 @@ Q_NAME = [
 ]
 
 
+def _corpus(ctx, rng, n):
+    """Real speakers (LibriSpeech-style manifest: path, transcript, speaker): one speaker in exactly two clips."""
+    pool = ctx.corpora.by_speaker()
+    multi = sorted(s for s, rows in pool.items() if len(rows) >= 2)
+    v = multi[int(rng.integers(len(multi)))]
+    others = sorted(s for s in pool if s != v)
+    if n == 2:
+        same = bool(rng.random() < 0.5)
+        a, b = (int(i) for i in rng.choice(len(pool[v]), 2, replace=False))
+        rows = [pool[v][a], pool[v][b] if same else pool[others[int(rng.integers(len(others)))]][0]]
+        clips = [ctx.corpora.clip(ctx, r) for r in rows]
+        q = choose(rng, Q_SAME).format(a="clip 1", b="clip 2")
+        ans = ("Yes, the same person speaks in both clips." if same else
+               "No, clips 1 and 2 are spoken by two different people.")
+        return Draft(clips, q, ans, {"type": "yesno", "value": "Yes" if same else "No"}, [1, 2],
+                     extra={"variant": "same", "voices": [c.meta["speaker"] for c in clips], "source": "corpus"})
+    x, y = sorted(int(i) + 1 for i in rng.choice(n, 2, replace=False))
+    pair = [pool[v][int(i)] for i in rng.choice(len(pool[v]), 2, replace=False)]
+    rows = []
+    for i in range(1, n + 1):
+        if i in (x, y):
+            rows.append(pair[0] if i == x else pair[1])
+        else:
+            o = pool[others[int(rng.integers(len(others)))]]
+            rows.append(o[int(rng.integers(len(o)))])
+    clips = [ctx.corpora.clip(ctx, r) for r in rows]
+    ask, other = (x, y) if rng.random() < 0.5 else (y, x)
+    q = choose(rng, Q_WHICH).format(x=ask)
+    ans = f"Clip {other} is spoken by the same person as clip {ask}."
+    return Draft(clips, q, ans, {"type": "clip", "value": other}, sorted([ask, other]),
+                 extra={"variant": "which", "voices": [c.meta["speaker"] for c in clips], "linked": [x, y],
+                        "source": "corpus"})
+
+
+def _corpus_ok(ctx, n) -> bool:
+    if ctx.corpora is None:
+        return False
+    pool = ctx.corpora.by_speaker()
+    return any(len(r) >= 2 for r in pool.values()) and len(pool) >= 2
+
+
 @register("speaker_linking")
 def generate(ctx, rng, n):
+    if _corpus_ok(ctx, n) and rng.random() < ctx.cfg.corpus_fraction:
+        return _corpus(ctx, rng, n)
     if len(ctx.speakers) < 2:
         raise ValueError("speaker_linking needs at least two speakers")
     v = ctx.pick_speakers(rng, 1)[0]

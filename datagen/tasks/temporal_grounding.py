@@ -19,8 +19,30 @@ ANSWERS = [
 ]
 
 
+def _corpus(ctx, rng, n):
+    """PicoAudio-style rows with timestamps: a label heard once in one row and absent from the other rows."""
+    rows = ctx.corpora.with_events()
+    ev = ctx.corpora.events_of
+    cands = [(r, e) for r in rows for e in ev(r) if [x["label"] for x in ev(r)].count(e["label"]) == 1]
+    r0, e0 = cands[int(rng.integers(len(cands)))]
+    rest = [r for r in rows if r is not r0 and e0["label"] not in {x["label"] for x in ev(r)}]
+    if len(rest) < n - 1:
+        raise ValueError(f"corpus has too few rows without {e0['label']!r}")
+    k = int(rng.integers(1, n + 1))
+    picks = [rest[int(i)] for i in rng.choice(len(rest), n - 1, replace=False)]
+    picks.insert(k - 1, r0)
+    clips = [ctx.corpora.clip(ctx, r) for r in picks]
+    p = e0["label"]
+    q = choose(rng, QUESTIONS).format(p=p, n=n)
+    ans = ANSWERS[0].format(p=p, k=k, s=e0["start"], e=e0["end"])
+    key = {"type": "interval", "clip": k, "start": e0["start"], "end": e0["end"]}
+    return Draft(clips, q, ans, key, [k], extra={"target": p, "source": "corpus"})
+
+
 @register("temporal_grounding")
 def generate(ctx, rng, n):
+    if ctx.corpora is not None and ctx.corpora.with_events() and rng.random() < ctx.cfg.corpus_fraction:
+        return _corpus(ctx, rng, n)
     labels = ctx.events.labels()
     target = ctx.lex.pick(rng, labels)
     others = [l for l in labels if l != target]
