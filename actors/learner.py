@@ -308,8 +308,12 @@ class Learner:
             ).remote(cfg, stage, r, n, self.model_path)
             for r in range(n)
         ]
-        addr, port = ray.get(self.workers[0].address.remote())
-        infos = ray.get([w.setup.remote(addr, port, resume_from) for w in self.workers])
+        try:
+            addr, port = ray.get(self.workers[0].address.remote())
+            infos = ray.get([w.setup.remote(addr, port, resume_from) for w in self.workers])
+        except BaseException:
+            self.shutdown()  # never leave half-started workers (and their placement group) behind
+            raise
         self.info = infos[0]
         self.step = infos[0]["step"]
         self.client_state = infos[0]["client_state"]  # what the checkpoint's writer stored (data position, ...)

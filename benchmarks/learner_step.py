@@ -127,7 +127,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r['stage']}\nZ{r['zero']} cache {r['cache']}" for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(6, 1.2 * len(rows) * 2), 3.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(rows)), 3.5))
     ax1.bar(labels, [r["tokens_per_s"] for r in rows], color="tab:blue")
     ax1.set_ylabel("completion tokens / s")
     ax2.bar(labels, [max(r["peak_rss_mb_per_worker"]) for r in rows], color="tab:orange")

@@ -96,6 +96,14 @@ def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True) 
     ckpt = None
     metrics_f = (run_dir / "sft_metrics.jsonl").open("a")
     bar = tqdm(total=total, initial=step, desc="sft", disable=not progress)
+    saved_step, position = step, pos
+
+    def save(at_step: int, position: dict[str, int]) -> str:
+        nonlocal saved_step
+        saved_step = at_step
+        state = {"data_position": position, "skipped": skipped}
+        return learner.save_checkpoint(str(run_dir / "checkpoints" / f"step-{at_step:06d}"), state)
+
     try:
         for epoch, index, chunk in batches(len(samples), cfg.sft.batch_size, cfg.seed, pos["epoch"], pos["index"],
                                            cfg.sft.epochs):
@@ -119,13 +127,13 @@ def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True) 
             metrics_f.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}", skipped=len(skipped))
+            position = {"epoch": epoch if index < len(samples) else epoch + 1,
+                        "index": index if index < len(samples) else 0}
             every = cfg.learner.checkpoint_every
-            done = (cfg.sft.max_steps and step >= cfg.sft.max_steps) or (epoch == cfg.sft.epochs - 1 and index >= len(samples))
-            if (every and step % every == 0) or done:
-                state = {"data_position": {"epoch": epoch if index < len(samples) else epoch + 1,
-                                           "index": index if index < len(samples) else 0},
-                         "skipped": skipped}
-                ckpt = learner.save_checkpoint(str(run_dir / "checkpoints" / f"step-{step:06d}"), state)
+            if every and step % every == 0:
+                ckpt = save(step, position)
+        if step > saved_step:  # the final state, whatever checkpoint_every says
+            ckpt = save(step, position)
     finally:
         bar.close()
         metrics_f.close()
