@@ -260,6 +260,14 @@ def build(cfg: DatagenConfig, split: str, out: str, progress: bool = True) -> Bu
     return rep
 
 
+def build_split(split: str, out: str, preset: str = "ci", seed: int = 0, workers: int = 0,
+                progress: bool = True, **overrides) -> BuildReport:
+    """Convenience for callers such as DataConfig.build_if_missing: build one split with a preset."""
+    cfg = DatagenConfig(preset=preset, seed=seed, workers=workers, **overrides)
+    cfg.validate()
+    return build(cfg, split, out, progress=progress)
+
+
 def format_report(rep: BuildReport) -> str:
     d = rep.as_dict()
     ks = sorted({int(k) for c in d["counts"].values() for k in c})

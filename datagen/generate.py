@@ -9,7 +9,7 @@ from .audio import SR, SourceError, encode, quantize
 from .schema import Clip, Sample, SampleError
 from .sources.speech import stable_hash
 from .tasks import get_task
-from .tasks.base import GENERATOR_VERSION, Context, Draft
+from .tasks.base import GENERATOR_VERSION, Context, Draft, tidy_question
 
 
 def n_clips_for(index: int, lo: int, hi: int) -> int:
@@ -45,7 +45,7 @@ def draft_to_sample(ctx: Context, task: str, index: int, seed: int, attempt: int
     meta = {"generator": f"{GENERATOR_VERSION}/{task}", "seed": ctx.cfg.seed, "item_seed": seed, "attempt": attempt,
             "n_clips": len(clips), "clips": metas, "speakers": speakers, "events": events, **draft.extra}
     s = Sample(id=f"{ctx.split}-{task}-{index:06d}", task=task, split=ctx.split, clips=clips,
-               question=draft.question, answer=draft.answer, key=draft.key, relevant_clips=list(draft.relevant),
+               question=tidy_question(draft.question), answer=draft.answer, key=draft.key, relevant_clips=list(draft.relevant),
                choices=list(draft.choices), metadata=meta)
     s.validate(max_clips=ctx.cfg.max_clips, max_clip_seconds=ctx.cfg.max_clip_seconds)
     if len(s.clips) != n_clips_for(index, ctx.cfg.min_clips, ctx.cfg.max_clips):

@@ -6,6 +6,7 @@ the question, answer and key say (the metadata records every spoken sentence, sp
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -135,6 +136,16 @@ def count_phrase(n: int, label: str) -> str:
     if n == 1:
         return phrase(label)
     return f"{number_words(n)} {plural(label)}"
+
+
+_NCLIPS = re.compile(r"\b([2-5]) (audio clips|clips|music clips|recordings|tracks)\b")
+
+
+def tidy_question(q: str) -> str:
+    """'these 3 clips' -> 'these three clips'; 'all 2 clips' -> 'both clips'."""
+    q = _NCLIPS.sub(lambda m: f"{number_words(int(m.group(1)))} {m.group(2)}", q)
+    return re.sub(r"\b(all|All) two\b", lambda m: "both" if m.group(1) == "all" else "Both", q).replace(
+        "the both", "both")
 
 
 def letters(n: int) -> list[str]:

@@ -51,9 +51,6 @@ def generate(ctx, rng, n):
         clips.append(scene_from_counts(ctx, rng, counts))
     total = sum(per)
     q = choose(rng, QUESTIONS).format(p=phrase(target), pl=plural(target), n=n)
-    q = q.replace("all 2 audio clips", "both audio clips").replace("all 2 clips", "both clips").replace(
-        "the 2 clips", "the two clips").replace("these 2 clips", "these two clips").replace(
-        "the 2 recordings", "the two recordings")
     detail = join_and([f"{c} in clip {i + 1}" for i, c in enumerate(per)])
     what = phrase(target) if total == 1 else f"{total} {plural(target)}"
     ans = choose(rng, [
