@@ -33,6 +33,7 @@ class BuildReport:
     written: int = 0
     counts: dict = field(default_factory=lambda: defaultdict(Counter))   # task -> n_clips -> items
     rejects: Counter = field(default_factory=Counter)                      # reason -> items skipped
+    rejects_by_task: Counter = field(default_factory=Counter)              # task -> items skipped
     reject_examples: dict = field(default_factory=dict)                    # reason -> one detail message
     retries: Counter = field(default_factory=Counter)                      # reason -> failed attempts that were retried
     durations: list = field(default_factory=list)                          # clip durations (s)
@@ -50,6 +51,7 @@ class BuildReport:
     def add(self, res) -> None:
         if res.sample is None:
             self.rejects[res.reason] += 1
+            self.rejects_by_task[res.task] += 1
             self.reject_examples.setdefault(res.reason, res.detail)
             return
         for r in res.retries:
@@ -78,7 +80,8 @@ class BuildReport:
             "counts": {t: {str(k): v for k, v in sorted(c.items())} for t, c in sorted(self.counts.items())},
             "clip_count_histogram": {str(k): sum(c[k] for c in self.counts.values()) for k in range(1, 6)
                                      if any(k in c for c in self.counts.values())},
-            "rejects": dict(self.rejects), "reject_examples": self.reject_examples, "retries": dict(self.retries),
+            "rejects": dict(self.rejects), "rejects_by_task": dict(self.rejects_by_task),
+            "reject_examples": self.reject_examples, "retries": dict(self.retries),
             "durations": {"clips": int(len(self.durations)), "mean": round(float(d.mean()), 3),
                           "min": round(float(d.min()), 3), "max": round(float(d.max()), 3),
                           "p50": round(float(np.percentile(d, 50)), 3), "total_hours": round(float(d.sum()) / 3600, 4)},
@@ -274,9 +277,11 @@ def format_report(rep: BuildReport) -> str:
     lines = [f"datagen build: split={rep.split} preset={rep.preset} seed={rep.seed}: {rep.written}/{rep.planned} "
              f"items in {rep.seconds:.1f} s ({rep.written / max(rep.seconds, 1e-9):.2f} items/s, "
              f"{rep.workers} workers), {len(rep.shards)} shards, {rep.bytes / 1e6:.1f} MB audio",
-             f"{'task':<24}" + "".join(f"{k:>6}" for k in ks) + f"{'total':>8}"]
-    for t, c in d["counts"].items():
-        lines.append(f"{t:<24}" + "".join(f"{c.get(str(k), 0):>6}" for k in ks) + f"{sum(c.values()):>8}")
+             f"{'task':<24}" + "".join(f"{k:>6}" for k in ks) + f"{'total':>8}{'skipped':>9}"]
+    for t in sorted(set(d["counts"]) | set(d["rejects_by_task"])):
+        c = d["counts"].get(t, {})
+        lines.append(f"{t:<24}" + "".join(f"{c.get(str(k), 0):>6}" for k in ks) + f"{sum(c.values()):>8}"
+                     f"{d['rejects_by_task'].get(t, 0):>9}")
     du = d["durations"]
     lines.append(f"clips: {du['clips']}  duration mean {du['mean']} s, min {du['min']}, max {du['max']}, "
                  f"total {du['total_hours']} h")

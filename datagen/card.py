@@ -51,10 +51,12 @@ def render_markdown(d: dict) -> str:
            f"{d['written']} items written of {d['planned']} planned; {d['skipped']} skipped. "
            f"Generator {d.get('generator_version', '?')}. Build took {d['build_seconds']} s on {d['workers']} workers.",
            "", "## Items per task and clip count", "",
-           "| task | " + " | ".join(f"{k} clips" for k in ks) + " | total |",
-           "|---|" + "---|" * (len(ks) + 1)]
-    for t, c in d["counts"].items():
-        out.append(f"| {t} | " + " | ".join(str(c.get(str(k), 0)) for k in ks) + f" | {sum(c.values())} |")
+           "| task | " + " | ".join(f"{k} clips" for k in ks) + " | total | skipped |",
+           "|---|" + "---|" * (len(ks) + 2)]
+    for t in sorted(set(d["counts"]) | set(d.get("rejects_by_task", {}))):
+        c = d["counts"].get(t, {})
+        out.append(f"| {t} | " + " | ".join(str(c.get(str(k), 0)) for k in ks) + f" | {sum(c.values())} | "
+                   f"{d.get('rejects_by_task', {}).get(t, 0)} |")
     out += ["", f"Clip-count histogram: {d['clip_count_histogram']}", "",
             f"## Durations\n\n{du['clips']} clips; mean {du['mean']} s, median {du['p50']} s, min {du['min']} s, "
             f"max {du['max']} s; total {du['total_hours']} h. Clip kinds: {d['clip_kinds']}.", "",

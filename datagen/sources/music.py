@@ -153,9 +153,8 @@ class MusicRenderer:
     def _synth(self):
         import fluidsynth
 
-        fs = fluidsynth.Synth(samplerate=float(SR))
-        for k in ("synth.reverb.active", "synth.chorus.active"):
-            fs.setting(k, 0)
+        # settings must be in place before the synth is created (pyfluidsynth passes kwargs to fluid_settings)
+        fs = fluidsynth.Synth(samplerate=float(SR), **{"synth.reverb.active": 0, "synth.chorus.active": 0})
         sfid = fs.sfload(self.soundfont)
         if sfid < 0:
             raise SourceError("unreadable source file", f"soundfont {self.soundfont}")

@@ -55,6 +55,7 @@ def test_failing_tts_engine_items_are_skipped_and_counted(tmp_path):
     assert [s.task for s in samples] == ["counting", "counting"]  # the rest of the build is kept
     card = json.load(open(tmp_path / "out" / "datacard.json"))
     assert card["rejects"] == {"speech engine failed": 2} and card["skipped"] == 2
+    assert card["rejects_by_task"] == {"needle_qa": 2}
 
 
 def test_missing_and_unreadable_event_files_are_counted(tmp_path):
