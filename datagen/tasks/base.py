@@ -180,8 +180,14 @@ FILLERS = [
 ]
 
 
-def filler(ctx: Context, rng, avoid_items=(), avoid_names=()) -> str:
+def filler(ctx: Context, rng, avoid_items=(), avoid_names=(), template: str | None = None) -> str:
+    """A neutral sentence; it always names a person, place or item from this split's word banks."""
     items = [i for i in ctx.lex.items if i not in avoid_items]
     names = [n for n in ctx.lex.names if n not in avoid_names]
-    return choose(rng, FILLERS).format(name=ctx.lex.pick(rng, names), place=ctx.lex.pick(rng, ctx.lex.places),
-                                       item=ctx.lex.pick(rng, items))
+    return (template or choose(rng, FILLERS)).format(
+        name=ctx.lex.pick(rng, names), place=ctx.lex.pick(rng, ctx.lex.places), item=ctx.lex.pick(rng, items))
+
+
+def fillers(ctx: Context, rng, k: int, **kw) -> list[str]:
+    """``k`` neutral sentences from distinct templates (no clip repeats itself)."""
+    return [filler(ctx, rng, template=t, **kw) for t in ctx.lex.pick(rng, FILLERS, k)]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..text import number_words
 from . import register
-from .base import Draft, choose, filler
+from .base import Draft, choose, filler, fillers
 
 Q_NUM = [
     "A key fact is mentioned in one of the clips. How many {item} did {name} count at the {place}?",
@@ -39,11 +39,11 @@ def generate(ctx, rng, n):
             else:
                 sents.append(f"Last week I repaired some {items[i]} near the {ctx.lex.pick(rng, ctx.lex.places)}.")
         else:
-            sents = [filler(ctx, rng, avoid_items=[item])]
             if i == k:
+                sents = [filler(ctx, rng, avoid_items=[item])]
                 sents.insert(int(rng.integers(0, 2)), f"{names[0]} counted {number_words(num)} {item} at the {place}.")
             else:
-                sents.append(filler(ctx, rng, avoid_items=[item], avoid_names=[names[0]]))
+                sents = fillers(ctx, rng, 2, avoid_items=[item], avoid_names=[names[0]])
         clips.append(ctx.speech(speakers[i - 1], sents, rng))
     if by_name:
         who = names[k]

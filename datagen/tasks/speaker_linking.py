@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import register
-from .base import Draft, choose, filler
+from .base import Draft, choose, fillers
 
 Q_SAME = [
     "Are {a} and {b} spoken by the same person?",
@@ -75,7 +75,7 @@ def generate(ctx, rng, n):
     if n == 2:
         same = bool(rng.random() < 0.5)
         voices = [v, v if same else pick_other()]
-        clips = [ctx.speech(s, [filler(ctx, rng), filler(ctx, rng)], rng) for s in voices]
+        clips = [ctx.speech(s, fillers(ctx, rng, 2), rng) for s in voices]
         q = choose(rng, Q_SAME).format(a="clip 1", b="clip 2")
         ans = ("Yes, the same person speaks in both clips." if same else
                "No, clips 1 and 2 are spoken by two different people.")
@@ -93,7 +93,7 @@ def generate(ctx, rng, n):
         clips = []
         for i, s in enumerate(voices, 1):
             intro = i != y and (s.id != v.id or i == x)
-            sents = ([f"Hi, this is {name_of[s.id]}."] if intro else []) + [filler(ctx, rng), filler(ctx, rng)]
+            sents = ([f"Hi, this is {name_of[s.id]}."] if intro else []) + fillers(ctx, rng, 2)
             clips.append(ctx.speech(s, sents, rng, speaker_name=name_of[s.id]))
         who = name_of[v.id]
         q = choose(rng, Q_NAME).format(x=x, y=y)
@@ -103,7 +103,7 @@ def generate(ctx, rng, n):
         key = {"type": "value", "value": who, "aliases": [who.lower()], "clips": [x, y]}
         return Draft(clips, q, ans, key, [x, y], extra={"variant": "name", "voices": [s.id for s in voices],
                                                          "linked": [x, y]})
-    clips = [ctx.speech(s, [filler(ctx, rng), filler(ctx, rng)], rng) for s in voices]
+    clips = [ctx.speech(s, fillers(ctx, rng, 2), rng) for s in voices]
     ask, other = (x, y) if rng.random() < 0.5 else (y, x)
     q = choose(rng, Q_WHICH).format(x=ask)
     ans = choose(rng, ["Clip {o} is spoken by the same person as clip {a}.",
