@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import register
-from .base import Draft, choose, join_and, letters
+from .base import Draft, choose, letters
 
 DAY = [
     "At six in the morning, {name} unlocked the doors of the {place}.",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..sources.events import phrase
+from ..text import ORDINALS
 from . import register
 from .base import Draft, choose, scene_from_counts
 
@@ -55,7 +56,6 @@ def generate(ctx, rng, n):
         clips.append(scene_from_counts(ctx, rng, counts))
     ev = next(e for e in clips[k - 1].meta["events"] if e["label"] == target)
     p = phrase(target)
-    from ..text import ORDINALS
     q = choose(rng, QUESTIONS).format(p=p, n=n)
     ans = choose(rng, ANSWERS).format(p=p, k=k, s=ev["start"], e=ev["end"], o=ORDINALS[k - 1])
     key = {"type": "interval", "clip": k, "start": ev["start"], "end": ev["end"]}
