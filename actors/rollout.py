@@ -42,7 +42,7 @@ from polyaudio_rl.rollout_engine import (
     check_prompts,
     make_engine,
 )
-from polyaudio_rl.weight_sync import Fingerprint, SyncResult, WeightSyncer, make_probe
+from polyaudio_rl.weight_sync import Fingerprint, SyncResult, WeightSyncer, make_probe, sync_tolerance
 
 
 class RolloutError(RuntimeError):
@@ -62,8 +62,7 @@ class RolloutActor:
         self.started = time.time()
         self.engine = make_engine(model_path, cfg.rollout, EngineSpec.from_config(cfg))
         probe = make_probe(self.engine.processor, cfg.rollout.probe_tokens)
-        self.syncer = WeightSyncer(self.engine, probe, cfg.rollout.sync_mode, cfg.rollout.sync_check_tolerance,
-                                   actor=index)
+        self.syncer = WeightSyncer(self.engine, probe, cfg.rollout.sync_mode, sync_tolerance(cfg), actor=index)
         self.stats = {"batches": 0, "groups": 0, "tokens": 0, "syncs": 0}
         self.start_s = time.time() - self.started
 

@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
     from polyaudio_rl.config import load_config
     from polyaudio_rl.model import load_processor, resolve_path
     from polyaudio_rl.rollout_engine import EngineSpec, HFEngine, VLLMEngine
-    from polyaudio_rl.weight_sync import make_probe
+    from polyaudio_rl.weight_sync import make_probe, sync_tolerance
 
     cfg = load_config(args.config, [f"rollout.max_new_tokens={args.max_new_tokens}",
                                     f"rollout.enforce_eager={str(args.eager).lower()}", "model.lora.dropout=0.0"])
@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
         if part in ("vllm", "adapter"):
             mode = "merged" if part == "vllm" else "adapter"
             res["sync"][mode] = bench_sync(eng, mode, peft, processor, probe, args.sync_versions,
-                                           cfg.rollout.sync_check_tolerance)
+                                           sync_tolerance(cfg))
             synced = "vllm (merged sync)" if part == "vllm" else "vllm + LoRA (adapter sync)"
             res["generate"][synced + ", after sync"] = bench_generate(eng, prompts, args.group_size, args.repeats)
         eng.close()

@@ -75,6 +75,13 @@ class SyncResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def sync_tolerance(cfg: Any) -> float:
+    """``rollout.sync_check_tolerance``, or by ``model.dtype`` when it is 0 (fp32: 1e-3; bf16/fp16: 5e-2)."""
+    if cfg.rollout.sync_check_tolerance > 0:
+        return cfg.rollout.sync_check_tolerance
+    return 1e-3 if cfg.model.dtype == "float32" else 5e-2
+
+
 def make_probe(processor: Any, num_tokens: int = 16) -> Probe:
     """The same probe on every process: two deterministic tones and ``num_tokens`` fixed completion tokens."""
     sr = 16000
@@ -203,5 +210,5 @@ class WeightSyncer:
 
 __all__ = [
     "Fingerprint", "Probe", "SyncError", "SyncResult", "WeightSyncer", "adapter_hub_tensors", "make_probe",
-    "merged_hub_weights", "reference_logprobs", "weights_digest",
+    "merged_hub_weights", "reference_logprobs", "sync_tolerance", "weights_digest",
 ]

@@ -53,9 +53,9 @@ class RolloutConfig:
     )
     max_lora_rank: int = cfg_field(0, "vLLM max_lora_rank for adapter sync; 0: model.lora.rank.")
     sync_check_tolerance: float = cfg_field(
-        1e-3,
-        "Max |Δ log-prob| between an actor and the learner on the probe completion for a sync to count as taken "
-        "(fp32 on CPU agrees to ~1e-6; use ~5e-2 for bfloat16 on GPUs).",
+        0.0,
+        "Max |Δ log-prob| between an actor and the learner on the probe completion for a sync to count as taken. "
+        "0: by model.dtype — 1e-3 for float32 (CPU agrees to ~1e-6), 5e-2 for bfloat16/float16.",
     )
     probe_tokens: int = cfg_field(16, "Length of the fixed probe completion whose log-probs fingerprint a policy.")
 
@@ -81,5 +81,7 @@ class RolloutConfig:
             raise ValueError(f"rollout.kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"rollout.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.sync_check_tolerance < 0:
+            raise ValueError(f"rollout.sync_check_tolerance must be >= 0, got {self.sync_check_tolerance}")
         if self.probe_tokens < 1:
             raise ValueError(f"rollout.probe_tokens must be >= 1, got {self.probe_tokens}")

@@ -8,7 +8,7 @@ import pytest
 
 from polyaudio_rl.prompts import build_prompt
 from polyaudio_rl.rollout_engine import EngineSpec, HFEngine, SyncError, VLLMEngine, hf_completion_logprobs
-from polyaudio_rl.weight_sync import WeightSyncer, adapter_hub_tensors, make_probe, reference_logprobs
+from polyaudio_rl.weight_sync import WeightSyncer, adapter_hub_tensors, make_probe, reference_logprobs, sync_tolerance
 from tests.actors.rollout_fixtures import StandInLearner, small_cfg
 from tests.conftest import make_sample
 
@@ -31,7 +31,7 @@ def engine(tiny_ckpt, cfg):
 
 def test_adapter_sync_changes_outputs_matches_learner_and_detects_a_skipped_sync(engine, cfg, tiny_ckpt,
                                                                                  tiny_processor):
-    tol = cfg.rollout.sync_check_tolerance
+    tol = sync_tolerance(cfg)
     learner = StandInLearner(tiny_ckpt, cfg.model.lora.rank, cfg.model.lora.alpha)
     probe = make_probe(tiny_processor, cfg.rollout.probe_tokens)
     prompts = [build_prompt(make_sample("a0", (1.0, 2.0, 1.5)), tiny_processor),
@@ -62,7 +62,7 @@ def test_adapter_sync_changes_outputs_matches_learner_and_detects_a_skipped_sync
 
 
 def test_hf_engine_adapter_sync_matches_learner(cfg, tiny_ckpt, tiny_processor):
-    tol = cfg.rollout.sync_check_tolerance
+    tol = sync_tolerance(cfg)
     learner = StandInLearner(tiny_ckpt, cfg.model.lora.rank, cfg.model.lora.alpha)
     hf = HFEngine(tiny_ckpt, cfg.rollout, EngineSpec.from_config(cfg))
     syncer = WeightSyncer(hf, make_probe(tiny_processor, cfg.rollout.probe_tokens), "adapter", tol)

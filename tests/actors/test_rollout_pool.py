@@ -10,7 +10,7 @@ import ray
 from actors.rollout import RolloutError, RolloutPool
 from polyaudio_rl.prompts import build_prompt
 from polyaudio_rl.rollout_engine import RolloutInputError, SyncError
-from polyaudio_rl.weight_sync import make_probe, merged_hub_weights, reference_logprobs
+from polyaudio_rl.weight_sync import make_probe, merged_hub_weights, reference_logprobs, sync_tolerance
 from tests.actors.rollout_fixtures import StandInLearner, small_cfg
 from tests.conftest import make_sample
 
@@ -89,7 +89,7 @@ def test_sync_reports_version_and_fingerprint_per_actor_and_a_skipped_sync_is_de
     before = pool.fingerprints()
     results = pool.sync(merged_hub_weights(peft), version=1, expected=expected)
     assert [(r.actor, r.version) for r in results] == [(0, 1), (1, 1)]
-    tol = cfg.rollout.sync_check_tolerance
+    tol = sync_tolerance(cfg)
     assert all(r.max_abs_diff <= tol and r.fingerprint.max_abs_diff(before[r.actor]) > 0.05 for r in results)
     _check_groups(pool.generate(prompts), prompts, 1)
 
@@ -150,7 +150,7 @@ def test_hf_fallback_engine_in_the_pool_with_merged_sync(local_ray, tiny_ckpt, p
         peft = learner.step(seed=4)
         expected = reference_logprobs(peft, tiny_processor, probe)
         [res] = hf_pool.sync(merged_hub_weights(peft), version=1, expected=expected)
-        assert res.version == 1 and res.max_abs_diff <= cfg.rollout.sync_check_tolerance
+        assert res.version == 1 and res.max_abs_diff <= sync_tolerance(cfg)
         _check_groups(hf_pool.generate(prompts[:2]), prompts[:2], 1)
     finally:
         hf_pool.shutdown()
