@@ -242,7 +242,7 @@ class PlacedEvent:
                 "category": self.category}
 
 
-def mix_scene(cat: EventCatalogue, files: list[EventFile], rng: np.random.Generator, min_seconds: float = 5.0,
+def mix_scene(cat: EventCatalogue, files: list[EventFile], rng: np.random.Generator, min_seconds: float | None = None,
               max_seconds: float = 30.0, min_gap: float = 0.35, bg_db: float | None = None) -> tuple[np.ndarray, list[PlacedEvent], dict]:
     """Place ``files`` in the given order, without overlap, at random onsets on a noise background.
 
@@ -250,6 +250,8 @@ def mix_scene(cat: EventCatalogue, files: list[EventFile], rng: np.random.Genera
     ``start``/``end`` are exact to 1/16000 s; ``end`` is where the trimmed file stops.
     """
     sounds = [cat.load(f) for f in files]
+    if min_seconds is None:  # scenes of varied length (4-12 s, longer when the events need it)
+        min_seconds = float(rng.uniform(4.0, 12.0))
     total_ev = sum(s.size for s in sounds) / SR
     need = total_ev + min_gap * (len(sounds) + 1)
     if need > max_seconds:
