@@ -9,6 +9,7 @@ rank in a placement group, MASTER_ADDR/PORT from rank 0, ``torch.distributed`` (
 Driver-side API (:class:`Learner`)::
 
     learner = Learner(cfg, stage="grpo")              # or stage="sft"; resume_from=<checkpoint dir>
+    learner = Learner(cfg, stage="grpo", init_adapter=<SFT checkpoint dir>)  # GRPO from the SFT adapter
     metrics = learner.train_grpo_step(items, rewards)  # items: list[TrainItem]; rewards → advantages here
     weights = learner.get_weights("merged")            # {hub name: tensor} for vLLM load_weights
     learner.save_checkpoint(path, client_state={...}); learner.shutdown()
@@ -76,7 +77,8 @@ class LearnerWorker:
         return ray.util.get_node_ip_address(), _free_port()
 
     # ----------------------------------------------------------------------------------------------------------
-    def setup(self, master_addr: str, master_port: int, resume_from: str | None = None) -> dict[str, Any]:
+    def setup(self, master_addr: str, master_port: int, resume_from: str | None = None,
+              init_adapter: str | None = None) -> dict[str, Any]:
         import deepspeed
 
         from polyaudio_rl import checkpoint
@@ -101,8 +103,8 @@ class LearnerWorker:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
         self.model = add_lora(model, cfg.model.lora, freeze_audio=cfg.model.freeze_audio_encoder)
-        if resume_from:
-            checkpoint.load_adapter_weights(resume_from, self.model)
+        if resume_from or init_adapter:  # resume: this stage's state; init: another stage's adapter (SFT → GRPO)
+            checkpoint.load_adapter_weights(resume_from or init_adapter, self.model)
         self.dtype = DTYPES[cfg.model.dtype]
 
         lr = cfg.grpo.lr if self.stage == "grpo" else cfg.sft.lr
@@ -280,7 +282,8 @@ class LearnerWorker:
 class Learner:
     """The driver's handle on the learner worker group (see the module docstring)."""
 
-    def __init__(self, cfg: Config, stage: str = "grpo", resume_from: str | None = None, ray_init: bool = True):
+    def __init__(self, cfg: Config, stage: str = "grpo", resume_from: str | None = None, ray_init: bool = True,
+                 init_adapter: str | None = None):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -310,7 +313,7 @@ class Learner:
         ]
         try:
             addr, port = ray.get(self.workers[0].address.remote())
-            infos = ray.get([w.setup.remote(addr, port, resume_from) for w in self.workers])
+            infos = ray.get([w.setup.remote(addr, port, resume_from, init_adapter) for w in self.workers])
         except BaseException:
             self.shutdown()  # never leave half-started workers (and their placement group) behind
             raise

@@ -58,15 +58,15 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; on resume the last record per step wins."""
-    by_step: dict[int, dict[str, Any]] = {}
+    """The records of a metrics.jsonl in step order; on resume the last record per (phase, step) wins."""
+    by_key: dict[tuple[str, int], dict[str, Any]] = {}
     with Path(path).open() as fh:
         for line in fh:
             line = line.strip()
             if line:
                 rec = json.loads(line)
-                by_step[rec["step"]] = rec
-    return [by_step[s] for s in sorted(by_step)]
+                by_key[(str(rec.get("phase", "")), rec["step"])] = rec
+    return sorted(by_key.values(), key=lambda r: (r["step"], str(r.get("phase", ""))))
 
 
 def plot_curves(path: str | Path, out_png: str | Path, keys: tuple[str, ...] = ("reward/total", "reward/correctness", "kl"),

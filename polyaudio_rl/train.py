@@ -1,0 +1,228 @@
+"""``python -m polyaudio_rl.train``: the whole run — data, tiny checkpoint, LoRA SFT, GRPO, evaluation.
+
+    python -m polyaudio_rl.train [--config configs/X.yaml] [--run-dir DIR] [--resume RUN_DIR] [key=value ...]
+    ray job submit --working-dir . -- python -m polyaudio_rl.train --config configs/qwen2_audio_7b_8xa100.yaml
+
+Connects to a running Ray cluster when there is one (``ray job submit`` sets ``RAY_ADDRESS``; or ``ray_address``
+in the config), else starts a local one. With no arguments it runs the embedded default end to end on one CPU
+machine: builds the ``ci`` data and the tiny checkpoint if missing, SFT, GRPO, a held-out evaluation before and after
+GRPO, and writes ``RUN_DIR/metrics.jsonl``, ``RUN_DIR/reward_curves.png`` and ``RUN_DIR/summary.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import Config, ConfigError, load_config, to_dict
+
+
+class ResourceError(RuntimeError):
+    """The config asks for more of a resource than the Ray cluster has."""
+
+
+# ---------------------------------------------------------------------------------------------------- setup
+def connect_ray(cfg: Config) -> dict[str, Any]:
+    """Join ``cfg.ray_address`` / ``RAY_ADDRESS`` when set, else start a local Ray. Returns cluster resources."""
+    import ray
+
+    if not ray.is_initialized():
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+        env = {"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
+                            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+                            "PYTHONPATH": os.pathsep.join(p for p in [str(Path.cwd()), os.environ.get("PYTHONPATH", "")] if p)}}
+        if address:
+            ray.init(address=address, runtime_env=env, log_to_driver=True)
+        else:
+            ray.init(num_cpus=cfg.ray_num_cpus or None, include_dashboard=False, runtime_env=env, log_to_driver=True)
+    return ray.cluster_resources()
+
+
+def check_resources(cfg: Config, resources: dict[str, Any]) -> None:
+    """Fail before anything starts when the placement asks for more GPUs/CPUs than the cluster has."""
+    r, lc = cfg.rollout, cfg.learner
+    gpus = r.num_actors * r.gpus_per_actor + (lc.num_workers if lc.use_gpu else 0)
+    have = float(resources.get("GPU", 0))
+    if gpus > have:
+        raise ResourceError(
+            f"the config needs {gpus:g} GPUs (rollout.num_actors={r.num_actors} × rollout.gpus_per_actor="
+            f"{r.gpus_per_actor:g} + learner.num_workers={lc.num_workers if lc.use_gpu else 0}), "
+            f"but the Ray cluster has {have:g}")
+    cpus = r.num_actors * r.cpus_per_actor + lc.num_workers * lc.cpus_per_worker
+    if cpus > float(resources.get("CPU", 0)):
+        raise ResourceError(f"the config needs {cpus:g} CPUs for rollout actors and learners, the cluster has "
+                            f"{resources.get('CPU', 0):g} (raise ray_num_cpus for a local cluster)")
+
+
+def ensure_data(cfg: Config) -> None:
+    """Build the train/pref/bench splits with datagen when a directory has no shards and building is allowed."""
+    from datagen.schema import shard_paths
+
+    for split, d in (("train", cfg.data.train_dir), ("pref", cfg.data.pref_dir), ("bench", cfg.data.bench_dir)):
+        if shard_paths(d):
+            continue
+        if not cfg.data.build_if_missing:
+            raise FileNotFoundError(f"data.{split}_dir={d!r} has no Parquet shards and data.build_if_missing is false")
+        from datagen.build import build, format_report
+        from datagen.config import DatagenConfig
+
+        dcfg = DatagenConfig(preset=cfg.data.preset, seed=cfg.seed, tasks=list(cfg.data.tasks),
+                             min_clips=cfg.data.min_clips, max_clips=cfg.data.max_clips)
+        print(f"[train] building the {split} split ({cfg.data.preset} preset) in {d}")
+        rep = build(dcfg, split, d, progress=True)
+        print(format_report(rep))
+
+
+def held_out_prompts(cfg: Config, processor: Any, limit: int) -> list[Any]:
+    """The bench split's first ``limit`` prompts (of the configured tasks) for the before/after evaluation."""
+    from datagen.schema import read_samples
+
+    from .prompts import PromptError, build_prompt_from_config
+
+    out = []
+    for s in read_samples(cfg.data.bench_dir):
+        if cfg.data.tasks and s.task not in cfg.data.tasks:
+            continue
+        try:
+            out.append(build_prompt_from_config(s, processor, cfg.data))
+        except (PromptError, ValueError) as exc:
+            print(f"[train] eval: skipping {exc}", file=sys.stderr)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def latest_checkpoint(run_dir: Path, stage: str) -> str | None:
+    ckpts = sorted((run_dir / stage / "checkpoints").glob("step-*"))
+    ckpts = [c for c in ckpts if (c / "meta.json").exists() or any(c.iterdir())]
+    return str(ckpts[-1]) if ckpts else None
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str | None, progress: bool = True
+             ) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from actors.learner import Learner
+    from actors.rollout import RolloutPool
+    from rewards.actor import RewardPool
+
+    from .data_stream import PromptStream
+    from .driver import GRPODriver, evaluate
+    from .metrics import MetricsLogger, plot_curves
+    from .model import load_processor, resolve_path
+
+    model_path = resolve_path(cfg.model)
+    processor = load_processor(model_path)
+    learner = Learner(cfg, stage="grpo", resume_from=resume, init_adapter=init_adapter)
+    state = learner.client_state or {}
+    rollout = RolloutPool(cfg, model_path=model_path)
+    rewards = RewardPool(cfg.reward, answer_tag=cfg.data.answer_tag)
+    stream = PromptStream(cfg.data.pref_dir, model_path, cfg.data, seed=cfg.seed,
+                          position=int(state.get("data_position", 0)))
+    driver = GRPODriver(cfg, stream, rollout, rewards, learner, processor, version=int(state.get("version", 0)))
+    logger = MetricsLogger(run_dir, to_dict(cfg), cfg.wandb_mode)
+    summary: dict[str, Any] = {}
+    try:
+        driver.sync()  # the rollout actors start from the learner's policy (SFT adapter or resumed state)
+        eval_prompts = held_out_prompts(cfg, processor, cfg.eval.max_items or 32)
+        if eval_prompts and not resume:
+            summary["eval_before"] = evaluate(rollout, eval_prompts, cfg.data.answer_tag)
+            logger.log(learner.step, {"phase": "eval_before", "eval/accuracy": summary["eval_before"]["accuracy"]})
+        start = learner.step
+        bar = tqdm(total=cfg.grpo.steps, initial=start, desc="grpo", disable=not progress)
+        for step in range(start + 1, cfg.grpo.steps + 1):
+            res = driver.step(step)
+            logger.log(step, res.metrics)
+            bar.update(1)
+            bar.set_postfix(reward=f"{res.metrics.get('reward/total', float('nan')):.3f}",
+                            kl=f"{res.metrics.get('kl', float('nan')):.4f}")
+            every = cfg.learner.checkpoint_every
+            if (every and step % every == 0) or step == cfg.grpo.steps:
+                learner.save_checkpoint(str(run_dir / "grpo" / "checkpoints" / f"step-{step:06d}"),
+                                        {"data_position": stream.position, "version": driver.version, "step": step})
+        bar.close()
+        if eval_prompts:
+            summary["eval_after"] = evaluate(rollout, eval_prompts, cfg.data.answer_tag)
+            logger.log(cfg.grpo.steps, {"phase": "eval_after", "eval/accuracy": summary["eval_after"]["accuracy"]})
+        summary["bad_rows"] = stream.bad
+        summary["trained_ids"] = driver.trained_ids
+        summary["policy_version"] = driver.version
+    finally:
+        logger.close()
+        stream.close()
+        for part in (rollout, rewards, learner):
+            try:
+                part.shutdown()
+            except Exception as exc:  # noqa: BLE001 - cleanup must go on
+                print(f"[train] shutdown: {exc}", file=sys.stderr)
+    if (run_dir / "metrics.jsonl").exists():
+        summary["plot"] = str(plot_curves(run_dir / "metrics.jsonl", run_dir / "reward_curves.png"))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="PolyAudio-RL training: LoRA SFT then GRPO (see module docstring)")
+    ap.add_argument("--config", default=None, help="YAML config (default configs/tiny_cpu.yaml)")
+    ap.add_argument("--run-dir", default=None, help="output directory (default runs/<timestamp>)")
+    ap.add_argument("--resume", default=None, help="a RUN_DIR to continue exactly (its config.yaml is used)")
+    ap.add_argument("--skip-sft", action="store_true", help="start GRPO from the base model (paper's 'GRPO only')")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.group_size=8")
+    a = ap.parse_args(argv)
+    try:
+        if a.resume:
+            run_dir = Path(a.resume)
+            cfg = load_config(run_dir / "config.yaml", a.overrides)
+        else:
+            cfg = load_config(a.config, a.overrides)
+            run_dir = Path(a.run_dir or cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    cfg.run_dir = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not a.resume:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    try:
+        check_resources(cfg, connect_ray(cfg))
+    except ResourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from .model import resolve_path
+
+    resolve_path(cfg.model)
+    ensure_data(cfg)
+    t0 = time.time()
+    sft_ckpt = latest_checkpoint(run_dir, "sft")
+    if not a.skip_sft and (cfg.sft.max_steps or cfg.sft.epochs) and not (a.resume and sft_ckpt):
+        from .sft import run_sft
+
+        res = run_sft(replace(cfg, run_dir=str(run_dir / "sft")), progress=not a.quiet)
+        sft_ckpt = res["checkpoint"]
+    grpo_resume = latest_checkpoint(run_dir, "grpo") if a.resume else None
+    summary = run_grpo(cfg, run_dir, init_adapter=None if a.skip_sft else sft_ckpt, resume=grpo_resume,
+                       progress=not a.quiet)
+    summary["wall_s"] = time.time() - t0
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    from .metrics import read_metrics
+
+    curve = [r["reward/total"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("reward/total") is not None]
+    if curve:
+        print(f"[train] reward/total: start {curve[0]:.3f} -> end {curve[-1]:.3f} over {len(curve)} steps")
+    for k in ("eval_before", "eval_after"):
+        if k in summary:
+            print(f"[train] {k}: accuracy {summary[k]['accuracy']:.3f} on {summary[k]['n']} held-out items")
+    print(f"[train] run directory: {run_dir}  (metrics.jsonl, reward_curves.png, summary.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
