@@ -28,8 +28,9 @@ def _corpus(ctx, rng, n):
     q = f"How many times does {target} occur across all {n} audio clips?"
     detail = join_and([f"{c} in clip {i + 1}" for i, c in enumerate(per)])
     ans = f"{target[0].upper() + target[1:]} occurs {total} {'time' if total == 1 else 'times'} in total: {detail}."
+    # a count over all clips depends on every clip (a clip with none of the event is evidence too)
     return Draft(clips, q, ans, {"type": "count", "value": total, "tolerance": 0},
-                 [i + 1 for i, c in enumerate(per) if c > 0], extra={"target": target, "per_clip": per,
+                 list(range(1, len(per) + 1)), extra={"target": target, "per_clip": per,
                                                                       "source": "corpus"})
 
 
@@ -59,6 +60,6 @@ def generate(ctx, rng, n):
         "Altogether I count {w}: {d}.",
     ]).format(P=phrase(target)[0].upper() + phrase(target)[1:], t=total, times="time" if total == 1 else "times",
               be="is" if total == 1 else "are", w=what if total > 1 else f"1 ({phrase(target)})", d=detail)
-    relevant = [i + 1 for i, c in enumerate(per) if c > 0]
+    relevant = list(range(1, len(per) + 1))  # every clip is evidence for a count across clips
     return Draft(clips, q, ans, {"type": "count", "value": total, "tolerance": 0}, relevant,
                  extra={"target": target, "per_clip": per})

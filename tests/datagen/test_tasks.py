@@ -121,7 +121,8 @@ def test_keys_follow_from_content(samples):
         target = s.metadata["target"]
         n = sum(e["label"] == target for e in s.metadata["events"])
         assert s.key == {"type": "count", "value": n, "tolerance": 0}
-        assert s.relevant_clips == sorted({e["clip"] for e in s.metadata["events"] if e["label"] == target})
+        assert {e["clip"] for e in s.metadata["events"] if e["label"] == target} <= set(s.relevant_clips)
+        assert s.relevant_clips == list(range(1, len(s.clips) + 1))  # a count across clips depends on every clip
     for s in samples["temporal_grounding"]:
         hits = [e for e in s.metadata["events"] if e["label"] == s.metadata["target"]]
         assert len(hits) == 1 and hits[0]["clip"] == s.key["clip"]

@@ -35,10 +35,7 @@ def test_reference_answers_score_full_marks(ctx, task):
         f = format_reward(s, s.answer)
         assert f.score == 1.0, (s.id, s.answer, f.info)
         p = parsimony(s, s.answer)
-        if task != "counting":
-            # counting: datagen's relevant_clips are the clips holding the event, while its reference answer
-            # also reports "0 in clip k" for the others — parsimony then penalises the reference (open question)
-            assert p.score == 1.0, (s.id, s.answer, s.relevant_clips, p.info)
+        assert p.score == 1.0, (s.id, s.answer, s.relevant_clips, p.info)
         # adversarial answers on the same real sample: nothing, listing every clip, hedging between two clips
         n = len(s.clips)
         assert verify(s, "").score == 0.0
