@@ -61,6 +61,12 @@ class DatagenConfig:
     items_per_task: dict[str, int] = cfg_field({}, "Override items per task for a split, e.g. {bench: 10}.")
     tasks: list[str] = cfg_field([], "Tasks to build (empty: all eleven of Table 2).")
     seed: int = cfg_field(0, "Global seed. Same seed and config => the same content, byte for byte.")
+    odd_one_out_variant: str = cfg_field(
+        "mixed",
+        "odd_one_out generator: 'mixed' (60% kind: speech/music/percussion/alert/keyboard, 40% instrument family), "
+        "'kind', 'family', or 'signal' — an easy curriculum (steady tones vs one noise clip, 0.5–1.5 s, short "
+        "answers) used by the learning test; not part of the paper's data.",
+    )
     min_clips: int = cfg_field(2, "Fewest clips per item (paper: 2-5, Section 3). Counts cycle min..max (balanced).")
     max_clips: int = cfg_field(5, "Most clips per item (paper: 2-5).")
     max_clip_seconds: float = cfg_field(30.0, "Longest clip (Qwen2-Audio's 30 s window). Longer => item rejected.")
@@ -91,6 +97,9 @@ class DatagenConfig:
     max_attempts: int = cfg_field(3, "Attempts (fresh sub-seeds) per item before it is skipped and counted.")
 
     def validate(self) -> None:
+        if self.odd_one_out_variant not in ("mixed", "kind", "family", "signal"):
+            raise ValueError(f"datagen.odd_one_out_variant must be mixed, kind, family or signal, "
+                             f"got {self.odd_one_out_variant!r}")
         if self.preset not in PRESETS:
             raise ValueError(f"datagen.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         for t in self.tasks:

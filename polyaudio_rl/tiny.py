@@ -33,6 +33,8 @@ CHAT_TEMPLATE = (
     "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+LM_HEAD_STD = 0.1
+
 _WORDS = (
     "the a an of to in and or is are was were be been it this that these those which who what when where why how "
     "audio clip clips first second third fourth fifth last one two three four five six seven eight nine ten zero "
@@ -140,6 +142,10 @@ def write_tiny(out: str | Path, seed: int = 0) -> Path:
         config = build_config(len(tokenizer), audio_id, eos_id, pad_id)
         torch.manual_seed(seed)
         model = Qwen2AudioForConditionalGeneration(config).eval()
+        # lm_head std 0.1 instead of 0.02: after the final RMSNorm |h| ≈ sqrt(hidden), so with 0.02 no logit can
+        # exceed ~2.6 and the tiny model could never put more than ~1% on a token, however it is fine-tuned.
+        with torch.no_grad():
+            model.lm_head.weight.normal_(0.0, LM_HEAD_STD)
         state = {hub_key(k): v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(tmp)

