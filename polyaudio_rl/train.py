@@ -41,7 +41,9 @@ def connect_ray(cfg: Config) -> dict[str, Any]:
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=True)
         else:
-            ray.init(num_cpus=cfg.ray_num_cpus or None, include_dashboard=False, runtime_env=env, log_to_driver=True)
+            # address="local": a new local Ray, never a `ray start` cluster that happens to run on this machine
+            ray.init(address="local", num_cpus=cfg.ray_num_cpus or None, include_dashboard=False, runtime_env=env,
+                     log_to_driver=True)
     return ray.cluster_resources()
 
 

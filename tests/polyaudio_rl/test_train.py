@@ -78,11 +78,15 @@ def test_unknown_override_is_a_clear_error(tmp_path):
 
 
 def test_ray_job_submit_to_a_head_node_runs_the_driver(tiny_ckpt, data, tmp_path):
+    import secrets
+
     port, dash = _free_port(), _free_port()
+    env = _env()
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))  # Ray 2.60: token auth on by default
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=6", "--include-dashboard=true",
          f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     run_dir = tmp_path / "job-run"
     try:
         deadline = time.time() + 120
@@ -95,7 +99,7 @@ def test_ray_job_submit_to_a_head_node_runs_the_driver(tiny_ckpt, data, tmp_path
         job = subprocess.run(
             ["ray", "job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={ROOT}", "--",
              "python", "-m", "polyaudio_rl.train", "--run-dir", str(run_dir), "--quiet", *overrides(tiny_ckpt, data)],
-            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
         assert "succeeded" in job.stdout
     finally:
