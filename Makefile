@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml scripts/setup_venv.sh
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m polyaudio_rl.demo
+	$(PY) -m polyaudio_rl.train
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
