@@ -294,7 +294,8 @@ class Learner:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.cfg, self.stage = cfg, stage
         if ray_init and not ray.is_initialized():
-            ray.init(address=cfg.ray_address or None, num_cpus=cfg.ray_num_cpus or None, log_to_driver=True)
+            ray.init(address=cfg.ray_address or "local", num_cpus=None if cfg.ray_address else (cfg.ray_num_cpus or None),
+                     log_to_driver=True)
         self.model_path = resolve_path(cfg.model)  # written once here, never raced by the workers
         lc = cfg.learner
         n = lc.num_workers

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config(a.config, a.overrides)
     processor = load_processor(resolve_path(base.model))
     items, rewards = _batch(processor, a.prompts, a.group_size, a.clips, a.completion_len)
-    ray.init(num_cpus=max(a.workers, base.ray_num_cpus or 0, 2), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(a.workers, base.ray_num_cpus or 0, 2), include_dashboard=False, log_to_driver=False)
     rows = []
     try:
         for zero in a.zero:

@@ -196,7 +196,7 @@ def start(cfg: ServeConfig, policy: str, judge: str, *, ray_address: str = "", n
         if ray_address:
             ray.init(address=ray_address, **kw)
         else:
-            ray.init(num_cpus=num_cpus or max(6, os.cpu_count() or 1), **kw)
+            ray.init(address="local", num_cpus=num_cpus or max(6, os.cpu_count() or 1), **kw)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg, policy, judge), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{cfg.host}:{cfg.port}/v1"

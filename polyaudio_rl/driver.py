@@ -125,6 +125,9 @@ class GRPODriver:
                 lengths.append(len(c.token_ids))
         m.update(reward_metrics(scores, self.cfg.reward.weights))
         m["groups/dropped_unscored"] = float(dropped_groups)
+        scored = [gs.total for gs in scores.groups if not any(t is None for t in gs.total)]
+        m["groups/zero_spread_frac"] = (sum(max(t) - min(t) <= self.cfg.grpo.zero_spread_tol for t in scored)
+                                        / len(scored)) if scored else 0.0
         if train_items:
             lm = self.learner.train_grpo_step(train_items, rewards)
             m.update({k if "/" in k else f"learner/{k}" if k not in ("loss", "kl", "clip_frac", "entropy", "grad_norm")

@@ -57,6 +57,13 @@ def check_resources(cfg: Config, resources: dict[str, Any]) -> None:
             f"the config needs {gpus:g} GPUs (rollout.num_actors={r.num_actors} × rollout.gpus_per_actor="
             f"{r.gpus_per_actor:g} + learner.num_workers={lc.num_workers if lc.use_gpu else 0}), "
             f"but the Ray cluster has {have:g}")
+    if r.placement_strategy == "STRICT_SPREAD":
+        import ray
+
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        if r.num_actors > nodes:
+            raise ResourceError(f"rollout.placement_strategy=STRICT_SPREAD needs one node per rollout actor "
+                                f"({r.num_actors}), but the Ray cluster has {nodes} alive node(s)")
     cpus = r.num_actors * r.cpus_per_actor + lc.num_workers * lc.cpus_per_worker
     if cpus > float(resources.get("CPU", 0)):
         raise ResourceError(f"the config needs {cpus:g} CPUs for rollout actors and learners, the cluster has "
@@ -196,11 +203,24 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not a.resume:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    import ray
+
+    started_ray = not ray.is_initialized()
     try:
         check_resources(cfg, connect_ray(cfg))
     except ResourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if started_ray:
+            ray.shutdown()
         return 2
+    try:
+        return _run(cfg, run_dir, a)
+    finally:
+        if started_ray:  # leave no Ray behind that a later run (or a `ray start` on this machine) would trip over
+            ray.shutdown()
+
+
+def _run(cfg: Config, run_dir: Path, a: argparse.Namespace) -> int:
     from .model import resolve_path
 
     resolve_path(cfg.model)

@@ -27,7 +27,7 @@ def _sample(sid, durations, answer="Audio 1.", question="Which clip is the loude
 def ray_local():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -64,7 +64,7 @@ def test_shards_roundtrip_and_balance(bench_dir):
 def test_ray_data_reads_the_shards(bench_dir):
     import ray
 
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         ds = ray.data.read_parquet(bench_dir)
         rows = ds.take_all()

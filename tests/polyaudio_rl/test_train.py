@@ -85,7 +85,10 @@ def test_ray_job_submit_to_a_head_node_runs_the_driver(tiny_ckpt, data, tmp_path
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))  # Ray 2.60: token auth on by default
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=6", "--include-dashboard=true",
-         f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
+         f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--disable-usage-stats",
+         # free ports for the agents, so a Ray left by an earlier test on the default ports cannot block the job agent
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     run_dir = tmp_path / "job-run"
     try:
@@ -120,6 +123,8 @@ def test_ray_job_submit_to_a_head_node_runs_the_driver(tiny_ckpt, data, tmp_path
 def test_two_node_cluster_spreads_rollout_actors(tiny_ckpt, data, tmp_path):
     from ray.cluster_utils import Cluster
 
+    assert not ray.is_initialized()  # train.main must join the cluster below, not a Ray left by another test
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
     cluster.add_node(num_cpus=3)
     cluster.wait_for_nodes()
@@ -149,7 +154,7 @@ def test_killed_rollout_actor_is_replaced_and_every_sample_trained_once(tiny_ckp
     from rewards.actor import RewardPool
 
     cfg = load_config(overrides=overrides(tiny_ckpt, data, **{"rollout.num_actors": 2}))
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(ROOT)}})
     parts = []
     try:
