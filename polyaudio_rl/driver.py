@@ -29,6 +29,19 @@ from .data_stream import PromptItem, PromptStream
 from .grpo_loss import TrainItem
 
 
+class LearnerFailure(RuntimeError):
+    """A learner worker died during a step; the run restarts the learner from its last checkpoint."""
+
+
+def _learner_call(fn, *args):
+    import ray
+
+    try:
+        return fn(*args)
+    except ray.exceptions.RayActorError as exc:
+        raise LearnerFailure(f"a learner worker died: {str(exc).splitlines()[0]}") from exc
+
+
 @dataclass
 class StepResult:
     step: int
@@ -74,17 +87,28 @@ class GRPODriver:
         self.processor = processor
         self.version = version
         self.probe = make_probe(processor, cfg.rollout.probe_tokens)
-        self.trained_ids: list[str] = []  # every sample id trained on, in order (to prove none lost/duplicated)
+        self.trained_by_step: dict[int, list[str]] = {}  # sample ids whose update is in the current weights
+
+    @property
+    def trained_ids(self) -> list[str]:
+        """Every sample id trained on, in order (to prove none is lost or counted twice)."""
+        return [sid for step in sorted(self.trained_by_step) for sid in self.trained_by_step[step]]
+
+    def restore(self, learner: Any, stream: PromptStream, step: int) -> None:
+        """Continue with a learner restored at ``step`` and a stream at its data position: updates of later steps
+        were lost with the dead learner, so their samples will be trained on again (and counted once)."""
+        self.learner, self.stream = learner, stream
+        self.trained_by_step = {s: ids for s, ids in self.trained_by_step.items() if s <= step}
 
     # ------------------------------------------------------------------------------------------------ sync
     def expected_probe(self) -> list[float]:
         """The learner's log-probs of the probe completion: what every rollout actor must reproduce."""
         item = TrainItem(self.probe.prompt, list(self.probe.completion_ids))
-        return list(self.learner.completion_logprobs([item])[0])
+        return list(_learner_call(self.learner.completion_logprobs, [item])[0])
 
     def sync(self) -> dict[str, float]:
         t = time.time()
-        weights = self.learner.get_weights(self.cfg.rollout.sync_mode)
+        weights = _learner_call(self.learner.get_weights, self.cfg.rollout.sync_mode)
         expected = self.expected_probe()
         results = self.rollout.sync(weights, self.version + 1, expected)
         self.version += 1
@@ -129,11 +153,11 @@ class GRPODriver:
         m["groups/zero_spread_frac"] = (sum(max(t) - min(t) <= self.cfg.grpo.zero_spread_tol for t in scored)
                                         / len(scored)) if scored else 0.0
         if train_items:
-            lm = self.learner.train_grpo_step(train_items, rewards)
+            lm = _learner_call(self.learner.train_grpo_step, train_items, rewards)
             m.update({k if "/" in k else f"learner/{k}" if k not in ("loss", "kl", "clip_frac", "entropy", "grad_norm")
                       else k: v for k, v in lm.items()})
-            self.trained_ids.extend(it.sample.id for it, gs in zip(items, scores.groups)
-                                    if not any(t is None for t in gs.total))
+            self.trained_by_step[step] = [it.sample.id for it, gs in zip(items, scores.groups)
+                                          if not any(t is None for t in gs.total)]
         t4 = time.time()
         m.update(self.sync())
         t5 = time.time()

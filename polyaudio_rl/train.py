@@ -124,7 +124,7 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
     from rewards.actor import RewardPool
 
     from .data_stream import PromptStream
-    from .driver import GRPODriver, evaluate
+    from .driver import GRPODriver, LearnerFailure, evaluate
     from .metrics import MetricsLogger, plot_curves
     from .model import load_processor, resolve_path
 
@@ -139,6 +139,7 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
     driver = GRPODriver(cfg, stream, rollout, rewards, learner, processor, version=int(state.get("version", 0)))
     logger = MetricsLogger(run_dir, to_dict(cfg), cfg.wandb_mode)
     summary: dict[str, Any] = {"rollout_actors": rollout.stats()}  # pid, node id, engine per actor
+    restarts = 0
     try:
         driver.sync()  # the rollout actors start from the learner's policy (SFT adapter or resumed state)
         eval_prompts = held_out_prompts(cfg, processor, cfg.eval.max_items or 32)
@@ -147,8 +148,26 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
             logger.log(learner.step, {"phase": "eval_before", "eval/accuracy": summary["eval_before"]["accuracy"]})
         start = learner.step
         bar = tqdm(total=cfg.grpo.steps, initial=start, desc="grpo", disable=not progress)
-        for step in range(start + 1, cfg.grpo.steps + 1):
-            res = driver.step(step)
+        step = start + 1
+        while step <= cfg.grpo.steps:
+            try:
+                res = driver.step(step)
+            except LearnerFailure as exc:
+                if restarts >= cfg.learner.max_restarts:
+                    raise
+                restarts += 1
+                ckpt = latest_checkpoint(run_dir, "grpo")
+                print(f"[train] {exc}; restarting the learner from {ckpt or 'its initial adapter'} "
+                      f"({restarts}/{cfg.learner.max_restarts})", file=sys.stderr)
+                learner.shutdown()
+                learner = Learner(cfg, stage="grpo", resume_from=ckpt, init_adapter=None if ckpt else init_adapter)
+                stream.close()
+                stream = PromptStream(cfg.data.pref_dir, model_path, cfg.data, seed=cfg.seed,
+                                      position=int((learner.client_state or {}).get("data_position", 0)))
+                driver.restore(learner, stream, learner.step)
+                driver.sync()
+                step = learner.step + 1
+                continue
             logger.log(step, res.metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{res.metrics.get('reward/total', float('nan')):.3f}",
@@ -157,6 +176,7 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
             if (every and step % every == 0) or step == cfg.grpo.steps:
                 learner.save_checkpoint(str(run_dir / "grpo" / "checkpoints" / f"step-{step:06d}"),
                                         {"data_position": stream.position, "version": driver.version, "step": step})
+            step += 1
         bar.close()
         if eval_prompts:
             summary["eval_after"] = evaluate(rollout, eval_prompts, cfg.data.answer_tag)
@@ -165,6 +185,7 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
         summary["trained_ids"] = driver.trained_ids
         summary["policy_version"] = driver.version
         summary["rollout_resends"] = rollout.resends
+        summary["learner_restarts"] = restarts
     finally:
         logger.close()
         stream.close()

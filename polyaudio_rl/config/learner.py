@@ -24,6 +24,10 @@ class LearnerConfig:
         True, "Run the (frozen) audio encoder once per prompt per step and reuse its embeddings for all G completions, "
         "the reference pass and the μ inner epochs. Ignored when model.freeze_audio_encoder is false."
     )
+    max_restarts: int = cfg_field(
+        2, "Times the driver rebuilds a learner group whose worker died, from the last GRPO checkpoint (its data "
+        "position included), before failing the run."
+    )
     checkpoint_every: int = cfg_field(10, "Write a checkpoint every K optimizer steps (0: only at the end).")
 
     def validate(self) -> None:

@@ -180,3 +180,41 @@ def test_killed_rollout_actor_is_replaced_and_every_sample_trained_once(tiny_ckp
         for p in parts:
             (p.close if hasattr(p, "close") else p.shutdown)()
         ray.shutdown()
+
+
+def test_dead_learner_worker_is_restarted_from_the_last_checkpoint(tiny_ckpt, data, tmp_path):
+    import threading
+
+    import psutil
+
+    run_dir = tmp_path / "learner-restart"
+    result = {}
+
+    def run():
+        result["rc"] = train.main(["--run-dir", str(run_dir), "--quiet", "--skip-sft",
+                                   *overrides(tiny_ckpt, data, **{"grpo.steps": 6, "learner.checkpoint_every": 2,
+                                                                  "eval.max_items": 1, "ray_num_cpus": 6})])
+
+    th = threading.Thread(target=run)
+    th.start()
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 600
+    killed = None
+    while th.is_alive() and time.time() < deadline and killed is None:
+        done = [json.loads(l) for l in metrics.read_text().splitlines()] if metrics.exists() else []
+        if any(r.get("phase") == "grpo" and r["step"] >= 3 for r in done):
+            workers = [p for p in psutil.process_iter(["pid", "cmdline"])
+                       if any("ray::LearnerWorker" in c for c in (p.info["cmdline"] or []))]
+            if workers:
+                killed = workers[0].pid
+                os.kill(killed, signal.SIGKILL)  # a crashed learner process, mid-run
+        time.sleep(0.5)
+    th.join(timeout=900)
+    ray.shutdown()
+    assert killed is not None and result.get("rc") == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["learner_restarts"] == 1
+    # steps after the step-2 checkpoint were redone: 6 steps × 3 prompts, each step's samples counted once
+    assert len(summary["trained_ids"]) == 6 * 3
+    steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines() if '"grpo"' in l]
+    assert max(steps) == 6
