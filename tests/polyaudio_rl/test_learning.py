@@ -45,6 +45,7 @@ def _summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.timeout(2400)
 def test_grpo_after_sft_raises_held_out_correctness_and_flipped_sign_does_not(tiny_ckpt, signal_data, tmp_path):
     run = tmp_path / "grpo"
     assert train.main(["--run-dir", str(run), "--quiet", *_overrides(tiny_ckpt, signal_data)]) == 0
