@@ -191,3 +191,15 @@ def filler(ctx: Context, rng, avoid_items=(), avoid_names=(), template: str | No
 def fillers(ctx: Context, rng, k: int, **kw) -> list[str]:
     """``k`` neutral sentences from distinct templates (no clip repeats itself)."""
     return [filler(ctx, rng, template=t, **kw) for t in ctx.lex.pick(rng, FILLERS, k)]
+
+
+def wants_corpus_events(ctx: Context, rng) -> bool:
+    """Draw this item from a configured corpus with event labels (share ``cfg.corpus_fraction``)?"""
+    return ctx.corpora is not None and ctx.corpora.with_events() and rng.random() < ctx.cfg.corpus_fraction
+
+
+def pick_event_target(ctx: Context, rng) -> tuple[str, list[str]]:
+    """A target event label and the other labels (distractors)."""
+    labels = ctx.events.labels()
+    target = ctx.lex.pick(rng, labels)
+    return target, [l for l in labels if l != target]

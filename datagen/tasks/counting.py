@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..sources.events import phrase, plural
 from . import register
-from .base import Draft, choose, join_and, scene_from_counts
+from .base import pick_event_target, wants_corpus_events, Draft, choose, join_and, scene_from_counts
 
 QUESTIONS = [
     "How many times does {p} occur across all {n} audio clips?",
@@ -36,11 +36,9 @@ def _corpus(ctx, rng, n):
 
 @register("counting")
 def generate(ctx, rng, n):
-    if ctx.corpora is not None and ctx.corpora.with_events() and rng.random() < ctx.cfg.corpus_fraction:
+    if wants_corpus_events(ctx, rng):
         return _corpus(ctx, rng, n)
-    labels = ctx.events.labels()
-    target = ctx.lex.pick(rng, labels)
-    others = [l for l in labels if l != target]
+    target, others = pick_event_target(ctx, rng)
     per = [int(rng.integers(0, 4)) for _ in range(n)]
     if sum(per) == 0:
         per[int(rng.integers(n))] = int(rng.integers(1, 4))

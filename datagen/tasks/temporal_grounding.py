@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..sources.events import phrase
 from ..text import ORDINALS
 from . import register
-from .base import Draft, choose, scene_from_counts
+from .base import pick_event_target, wants_corpus_events, Draft, choose, scene_from_counts
 
 QUESTIONS = [
     "In which of the clips does the sound of '{p}' occur, and at what timestamp?",
@@ -42,11 +42,9 @@ def _corpus(ctx, rng, n):
 
 @register("temporal_grounding")
 def generate(ctx, rng, n):
-    if ctx.corpora is not None and ctx.corpora.with_events() and rng.random() < ctx.cfg.corpus_fraction:
+    if wants_corpus_events(ctx, rng):
         return _corpus(ctx, rng, n)
-    labels = ctx.events.labels()
-    target = ctx.lex.pick(rng, labels)
-    others = [l for l in labels if l != target]
+    target, others = pick_event_target(ctx, rng)
     k = int(rng.integers(1, n + 1))
     clips = []
     for i in range(1, n + 1):
