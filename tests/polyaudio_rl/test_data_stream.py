@@ -9,6 +9,8 @@ from polyaudio_rl.data_stream import PromptStream
 
 @pytest.fixture(scope="module")
 def ray_local():
+    if ray.is_initialized():  # a Ray left in this process by an earlier test module
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
