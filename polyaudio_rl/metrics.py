@@ -23,7 +23,7 @@ def _clean(v: Any) -> Any:
 
 
 class MetricsLogger:
-    """Append-only JSONL plus optional wandb. Safe to reopen on resume (appends)."""
+    """Append-only JSONL plus optional wandb. Safe to reopen on resume (appends; :meth:`rewind` drops redone steps)."""
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any] | None = None, wandb_mode: str = "offline",
                  project: str = "polyaudio-rl"):
@@ -49,6 +49,18 @@ class MetricsLogger:
         self._fh.flush()
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=int(step))
+
+    def rewind(self, step: int) -> int:
+        """Drop the JSONL rows of steps after ``step`` (work lost with a dead learner or a stopped run that will be
+        redone from the checkpoint at ``step``), so every step has one row. Returns how many rows were dropped."""
+        self._fh.close()
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+        self._fh = self.path.open("a")
+        return len(lines) - len(keep)
 
     def close(self) -> None:
         self._fh.close()

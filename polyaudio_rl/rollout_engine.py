@@ -183,7 +183,8 @@ class RolloutEngine(abc.ABC):
         if n < 1:
             raise RolloutInputError(f"group size must be >= 1, got {n}")
         self.check(prompts, group_ids)
-        groups = self._generate(prompts, n, greedy=greedy, ignore_eos=ignore_eos)
+        seeds = [request_seed(self.cfg.seed, gid) for gid in group_ids]
+        groups = self._generate(prompts, n, seeds, greedy=greedy, ignore_eos=ignore_eos)
         if len(groups) != len(prompts) or any(len(g) != n for g in groups):
             raise RuntimeError(f"{self.name} engine returned {[len(g) for g in groups]} completions for "
                                f"{len(prompts)} prompts × n={n}")
@@ -194,8 +195,9 @@ class RolloutEngine(abc.ABC):
         ]
 
     @abc.abstractmethod
-    def _generate(self, prompts: list[MultiAudioPrompt], n: int, *, greedy: bool, ignore_eos: bool) -> list["_Comps"]:
-        ...
+    def _generate(self, prompts: list[MultiAudioPrompt], n: int, seeds: list[int], *, greedy: bool,
+                  ignore_eos: bool) -> list["_Comps"]:
+        """``seeds[i]`` seeds prompt i's sampling (see :func:`request_seed`)."""
 
     @abc.abstractmethod
     def completion_logprobs(self, prompt: MultiAudioPrompt, completion_ids: Sequence[int]) -> list[float]:
@@ -211,6 +213,18 @@ class RolloutEngine(abc.ABC):
 
     def close(self) -> None:
         pass
+
+
+def request_seed(seed: int, group_id: str) -> int:
+    """The sampling seed of one group: a stable hash of (``rollout.seed``, group id).
+
+    A group's completions therefore depend only on the policy weights, the prompt and its group id (which names
+    the step and the data position) — not on which actor ran it, what it ran before, or whether the run was
+    resumed: ``--resume`` and a re-sent shard of a dead actor reproduce the same samples.
+    """
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{group_id}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
 class _Comps(list):
@@ -282,18 +296,19 @@ class VLLMEngine(RolloutEngine):
         self._lora_next_id = 1
         self._adapter_root = tempfile.mkdtemp(prefix="polyaudio-adapters-")
 
-    def _sampling(self, n: int, greedy: bool, ignore_eos: bool) -> Any:
+    def _sampling(self, n: int, greedy: bool, ignore_eos: bool, seed: int | None) -> Any:
         from vllm import SamplingParams
 
         c = self.cfg
         return SamplingParams(n=n, max_tokens=c.max_new_tokens, temperature=0.0 if greedy else c.temperature,
-                              top_p=1.0 if greedy else c.top_p, logprobs=0, ignore_eos=ignore_eos)
+                              top_p=1.0 if greedy else c.top_p, logprobs=0, ignore_eos=ignore_eos,
+                              seed=None if greedy else seed)
 
-    def _generate(self, prompts, n, *, greedy, ignore_eos):
+    def _generate(self, prompts, n, seeds, *, greedy, ignore_eos):
         reps = n if greedy else 1  # vLLM allows greedy only with n=1: send such a prompt n times
-        sp = self._sampling(n // reps, greedy, ignore_eos)
         inputs = [to_vllm_input(p) for p in prompts for _ in range(reps)]
-        outs = self.llm.generate(inputs, sp, lora_request=self._lora, use_tqdm=False)
+        sps = [self._sampling(n // reps, greedy, ignore_eos, seed) for seed in seeds for _ in range(reps)]
+        outs = self.llm.generate(inputs, sps, lora_request=self._lora, use_tqdm=False)
         groups = []
         for i, p in enumerate(prompts):
             comps = _Comps()
@@ -451,13 +466,13 @@ class HFEngine(RolloutEngine):
         self.params = {hub_key(n): p for n, p in self.model.named_parameters()}
         self._base: dict[str, torch.Tensor] = {}  # originals of weights an adapter modifies
         self.eos = _eos_ids(self.model_path, self.tokenizer)
-        self.gen = torch.Generator(device="cpu").manual_seed(rollout_cfg.seed)
 
-    def _generate(self, prompts, n, *, greedy, ignore_eos):
+    def _generate(self, prompts, n, seeds, *, greedy, ignore_eos):
         c = self.cfg
         expanded = [p for p in prompts for _ in range(n)]  # group after group; clips stay with their prompt
         batch = processor_inputs(expanded, self.processor, padding_side="left").to(self.device)
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen)))
+        # one batch samples from one torch generator: seed it from the batch's group seeds (same batch, same draws)
+        torch.manual_seed(request_seed(self.cfg.seed, ",".join(map(str, seeds))))
         kw: dict[str, Any] = dict(max_new_tokens=c.max_new_tokens, return_dict_in_generate=True, output_logits=True,
                                   pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos))
         if greedy or c.temperature == 0:

@@ -138,6 +138,8 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
                           position=int(state.get("data_position", 0)))
     driver = GRPODriver(cfg, stream, rollout, rewards, learner, processor, version=int(state.get("version", 0)))
     logger = MetricsLogger(run_dir, to_dict(cfg), cfg.wandb_mode)
+    if resume:
+        logger.rewind(learner.step)  # steps logged after the checkpoint are redone (identically) below
     summary: dict[str, Any] = {"rollout_actors": rollout.stats()}  # pid, node id, engine per actor
     restarts = 0
     try:
@@ -165,6 +167,7 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
                 stream = PromptStream(cfg.data.pref_dir, model_path, cfg.data, seed=cfg.seed,
                                       position=int((learner.client_state or {}).get("data_position", 0)))
                 driver.restore(learner, stream, learner.step)
+                logger.rewind(learner.step)
                 driver.sync()
                 step = learner.step + 1
                 continue

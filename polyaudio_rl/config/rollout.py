@@ -41,7 +41,9 @@ class RolloutConfig:
         "process RSS and fails on small shared machines). Not used on GPUs.",
     )
     enforce_eager: bool = cfg_field(False, "Disable vLLM graph compilation (faster start, slower generate).")
-    seed: int = cfg_field(0, "vLLM engine seed (sampling is reproducible for the same batch order).")
+    seed: int = cfg_field(0, "Sampling seed: each group is sampled with a stable hash of (seed, group id), so a "
+                             "group's completions depend only on the weights, the prompt and its id (resume and "
+                             "re-sent shards reproduce them).")
     max_restarts: int = cfg_field(2, "Times Ray restarts a dead rollout actor (its in-flight batch is re-sent).")
     max_resends: int = cfg_field(2, "Times one batch shard is re-sent after its actor died before the pool gives up.")
     actor_start_timeout_s: float = cfg_field(600.0, "Seconds to wait for an actor's engine to start (or restart).")

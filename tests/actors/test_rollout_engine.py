@@ -85,6 +85,20 @@ def test_three_clip_batch_yields_g_completions_per_sample_in_order(vllm_engine, 
     assert len({tuple(a.completions[0].token_ids) for a in alone}) > 1  # different prompts, different outputs
 
 
+def test_sampling_depends_only_on_group_id_not_on_batch_or_history(vllm_engine, prompts):
+    """A group's samples are a function of (weights, prompt, group id): what makes --resume and re-sent shards exact."""
+    def tokens(groups):
+        return [[tuple(c.token_ids) for c in g.completions] for g in groups]
+
+    first = vllm_engine.generate(prompts, n=G, group_ids=["7:0:a", "7:1:b", "7:2:c"])
+    vllm_engine.generate(prompts, n=G, group_ids=["x", "y", "z"])  # other work in between moves no shared RNG
+    again = vllm_engine.generate(prompts[1:2], n=G, group_ids=["7:1:b"])  # alone, in another batch
+    assert tokens(again) == tokens(first)[1:2]
+    other = vllm_engine.generate(prompts[1:2], n=G, group_ids=["8:1:b"])  # next step: new draws
+    assert tokens(other) != tokens(first)[1:2]
+    assert len(set(tokens(first)[1])) > 1  # the G members of one group still differ from each other
+
+
 def test_vllm_logprobs_agree_with_transformers(vllm_engine, prompts, tiny_ckpt, tiny_processor):
     groups = vllm_engine.generate(prompts[:1], n=G)
     model = load_model(tiny_ckpt)
