@@ -137,14 +137,15 @@ def test_cached_audio_embeddings_give_the_same_logprobs_and_grads(policy, prompt
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_grpo_update_direction_follows_advantage_sign(tiny_ckpt, prompts, tiny_processor, sign):
-    """One gradient step on the GRPO loss raises Σ_i A_i·log π_i by the first-order amount T·lr·‖∇L‖².
+    """A GRPO step raises log π of the positively-advantaged completions and lowers the negative ones.
 
     On-policy (ratio 1, clip inactive) and with the adapter's B = 0 (policy = reference, so the KL gradient is 0),
-    token-mean GRPO is L = -sign·Σ_i A_i Σ_t log π_it / T. A plain SGD step of size lr therefore moves
-    Σ_i A_i Δlog π_i by sign·T·lr·‖∇L‖² to first order. We take a step sized to move it by 0.05 nats and check
-    the sign and the size. With ``grpo.sign = -1`` the movement reverses: the assertion discriminates.
-    (Per-item signs are not a property of GRPO: completions of one prompt share gradient directions. Adam's
-    per-coordinate normalisation turns float noise into full-size steps, so the test uses plain SGD.)
+    token-mean GRPO is L = -sign·Σ_i A_i Σ_t log π_it / T. A plain SGD step of size lr moves log π_i by
+    sign·(lr/T)·Σ_j A_j g_i·g_j to first order (g_i = ∇ log π_i); on this batch the Gram matrix g_i·g_j is
+    diagonally dominant (cross terms < 0.7 of the diagonal), so every completion moves with its advantage's sign,
+    and Σ_i A_i Δlog π_i = sign·T·lr·‖∇L‖². We take a step sized to move that sum by 0.05 nats and check each item's
+    sign and the sum's size. With ``grpo.sign = -1`` every movement reverses: the assertions discriminate.
+    (Plain SGD, not Adam: Adam's per-coordinate normalisation turns float noise into full-size steps.)
     """
     torch.manual_seed(0)
     model = add_lora(load_model(tiny_ckpt), LoraConfig(rank=8, alpha=16, dropout=0.0))
@@ -172,6 +173,7 @@ def test_grpo_update_direction_follows_advantage_sign(tiny_ckpt, prompts, tiny_p
     torch.optim.SGD(params, lr=lr).step()
     delta = _seq_logp(model, mbs) - before
     adv = torch.tensor([it.advantage for it in items])
+    assert (torch.sign(delta) == torch.sign(adv) * sign).all(), f"Δ log π {delta.tolist()} vs A {adv.tolist()}"
     moved = float((adv * delta).sum())
     assert moved * sign > 0, f"Σ A·Δlog π = {moved} (sign {sign}); Δ {delta.tolist()} vs A {adv.tolist()}"
     assert 0.5 * target < abs(moved) < 1.5 * target, f"Σ A·Δlog π = {moved}, first-order estimate {sign * target}"
