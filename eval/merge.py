@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from polyaudio_rl.atomic import atomic_dir
 
 SHARD_BYTES = 4 * 2**30
 
@@ -90,9 +89,7 @@ def merge_adapter(base: str, adapter_dir: str, out: str | None = None, dtype: st
     state = {hub_key(k): v.detach().contiguous().clone() for k, v in merged.state_dict().items()}
     if any("lora_" in k for k in state):
         raise MergeError(f"adapter {adapter}: LoRA tensors left after merging")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_path.name + ".tmp-", dir=out_path.parent))
-    try:
+    with atomic_dir(out_path) as tmp:
         with torch.no_grad():
             _save_sharded(state, tmp)
         merged.config.save_pretrained(tmp)
@@ -100,11 +97,4 @@ def merge_adapter(base: str, adapter_dir: str, out: str | None = None, dtype: st
             merged.generation_config.save_pretrained(tmp)
         load_processor(str(base)).save_pretrained(tmp)
         (tmp / "merge_info.json").write_text(json.dumps(info, indent=1))
-        os.chmod(tmp, 0o755)
-        if out_path.exists():
-            shutil.rmtree(out_path)
-        os.replace(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return str(out_path)

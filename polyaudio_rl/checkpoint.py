@@ -11,8 +11,8 @@ Layout of ``<dir>/``::
                                         the caller's client state (data position, ...), world size, ZeRO stage
 
 Everything is gathered to full tensors with DeepSpeed's ``safe_get_full_*`` API (works for ZeRO-0..3), so a
-checkpoint does not depend on how optimizer state was partitioned. Rank 0 writes into ``<dir>.tmp-<pid>`` and
-renames it to ``<dir>`` (replacing an older one) only when complete: a crash never leaves a half checkpoint.
+checkpoint does not depend on how optimizer state was partitioned. Rank 0 writes it with
+:func:`polyaudio_rl.atomic.atomic_dir` (a temporary directory renamed when complete): a crash never leaves a half checkpoint.
 Resuming: the adapter is loaded into the PEFT model *before* ``deepspeed.initialize`` (so ZeRO builds its
 partitions from it), then :func:`restore_training_state` sets fp32 masters, moments, step counts, scheduler
 and RNG. Resume with the same number of workers to continue the RNG streams exactly.
@@ -20,15 +20,15 @@ and RNG. Resume with the same number of workers to continue the RNG streams exac
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_dir
 
 ADAPTER_DIR = "adapter"
 STATE_FILE = "trainer_state.json"
@@ -116,10 +116,7 @@ def save_checkpoint(
     if missing:
         raise CheckpointError(f"{path}: could not gather trainable parameters {missing[:3]}")
 
-    tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(path) as tmp:
         lora = {n: w for n, w in weights.items() if "lora_" in n}
         extra = {n: w for n, w in weights.items() if "lora_" not in n}
         peft_model.save_pretrained(str(tmp / ADAPTER_DIR), state_dict=lora, safe_serialization=True)
@@ -143,16 +140,6 @@ def save_checkpoint(
             "meta": meta or {},
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        old = None
-        if path.exists():
-            old = path.parent / f"{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

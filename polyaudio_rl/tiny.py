@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from .atomic import atomic_dir
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
 
@@ -132,9 +131,7 @@ def write_tiny(out: str | Path, seed: int = 0) -> Path:
     from transformers import GenerationConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, WhisperFeatureExtractor
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         tokenizer = build_tokenizer(seed)
         audio_id = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
         eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -157,15 +154,6 @@ def write_tiny(out: str | Path, seed: int = 0) -> Path:
             f"Tiny random-initialised Qwen2-Audio (seed {seed}) written by `python -m polyaudio_rl.tiny`. "
             "Not a trained model: for tests and the embedded default only.\n"
         )
-        os.chmod(tmp, 0o755)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import replace
@@ -109,8 +110,12 @@ def held_out_prompts(cfg: Config, processor: Any, limit: int) -> list[Any]:
 
 
 def latest_checkpoint(run_dir: Path, stage: str) -> str | None:
-    ckpts = sorted((run_dir / stage / "checkpoints").glob("step-*"))
-    ckpts = [c for c in ckpts if (c / "meta.json").exists() or any(c.iterdir())]
+    """The newest complete checkpoint ``RUN_DIR/<stage>/checkpoints/step-NNNNNN`` (temporary dirs left by a killed
+    writer are ignored), or None."""
+    from .checkpoint import STATE_FILE
+
+    ckpts = sorted(c for c in (run_dir / stage / "checkpoints").glob("step-*")
+                   if re.fullmatch(r"step-\d+", c.name) and (c / STATE_FILE).is_file())
     return str(ckpts[-1]) if ckpts else None
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 
 import httpx
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from polyaudio_rl.audio import encode_flac, encode_wav
+from tests.http_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +28,6 @@ def tone(seconds, freq=440.0):
 def part(wave, fmt="wav"):
     data = encode_wav(wave) if fmt == "wav" else encode_flac(wave)
     return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": fmt}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

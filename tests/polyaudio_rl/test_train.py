@@ -19,6 +19,7 @@ import ray
 
 from datagen.build import build_split
 from polyaudio_rl import train
+from tests.http_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -48,12 +49,6 @@ def overrides(tiny_ckpt, data, **extra):
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(PY).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -80,15 +75,15 @@ def test_unknown_override_is_a_clear_error(tmp_path):
 def test_ray_job_submit_to_a_head_node_runs_the_driver(tiny_ckpt, data, tmp_path):
     import secrets
 
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     env = _env()
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))  # Ray 2.60: token auth on by default
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=6", "--include-dashboard=true",
          f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--disable-usage-stats",
          # free ports for the agents, so a Ray left by an earlier test on the default ports cannot block the job agent
-         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"],
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     run_dir = tmp_path / "job-run"
     try:

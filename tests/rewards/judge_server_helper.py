@@ -5,20 +5,13 @@ Loaded by path from the test modules (pytest runs with --import-mode=importlib, 
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from contextlib import contextmanager
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.http_server import free_port, serve_app  # noqa: F401 (free_port is re-exported for the tests)
 
 
 class ScriptedJudge:
@@ -78,17 +71,6 @@ class ScriptedJudge:
 def running_judge():
     """Start a :class:`ScriptedJudge` server; yields it with ``.url`` set to its ``/v1`` base URL."""
     fake = ScriptedJudge()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline, "judge test server did not start"
-        time.sleep(0.02)
-    fake.url = f"http://127.0.0.1:{port}/v1"
-    try:
+    with serve_app(fake.app) as base:
+        fake.url = f"{base}/v1"
         yield fake
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

@@ -1,0 +1,27 @@
+import pytest
+
+from polyaudio_rl.atomic import atomic_dir
+
+
+def test_complete_write_replaces_the_old_directory(tmp_path):
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with atomic_dir(out) as tmp:
+        assert tmp.parent == tmp_path and tmp != out
+        (tmp / "new.txt").write_text("new")
+        assert (out / "old.txt").exists()  # readers still see the old one while the new one is written
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary or old directory left
+
+
+def test_failed_write_leaves_the_old_directory_and_no_temporary(tmp_path):
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_dir(out) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise RuntimeError("disk full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert (out / "old.txt").read_text() == "old"
