@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -131,16 +132,24 @@ class PromptStream:
             keep = set(data_cfg.tasks)
             ds = ds.filter(lambda r: r["task"] in keep)
         self._base = ds
-        self.num_rows = ds.count()
+        self._ids = [r["id"] for r in ds.select_columns(["id"]).take_all()]  # the order and resume work on ids
+        self.num_rows = len(self._ids)
         if self.num_rows == 0:
             raise ValueError(f"{split_dir}: no rows left after the task filter {data_cfg.tasks}")
+        if len(set(self._ids)) != self.num_rows:
+            dup = sorted(i for i, n in Counter(self._ids).items() if n > 1)[:5]
+            raise ValueError(f"{split_dir}: sample ids must be unique within a split; repeated: {dup}")
         self._it: Iterator[PromptItem] | None = None
 
     def _epoch(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
         import ray
 
         seed = self.seed
-        ds = self._base.map(lambda r: {**r, "okey": order_key(seed, epoch, r["id"])}).sort("okey")
+        base = self._base
+        if skip:  # resuming mid-epoch: drop the rows already consumed *before* decoding (reads only the ids)
+            done = set(sorted(self._ids, key=lambda i: order_key(seed, epoch, i))[:skip])
+            base = base.filter(lambda r: r["id"] not in done)
+        ds = base.map(lambda r: {**r, "okey": order_key(seed, epoch, r["id"])}).sort("okey")
         ds = ds.map_batches(
             DecodeStage,
             fn_constructor_kwargs=dict(
@@ -153,9 +162,7 @@ class PromptStream:
             compute=ray.data.ActorPoolStrategy(size=self.decode_actors),
             num_cpus=0.5,
         )
-        for i, rec in enumerate(ds.iter_rows()):
-            if i >= skip:
-                yield rec
+        yield from ds.iter_rows()
 
     def __iter__(self) -> Iterator[PromptItem]:
         if self._it is None:

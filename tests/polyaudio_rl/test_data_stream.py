@@ -29,7 +29,8 @@ def split_dir(tmp_path_factory, sample_factory):
 def test_order_is_seeded_resumable_and_bad_rows_are_counted(ray_local, split_dir, tiny_ckpt):
     cfg = DataConfig()
     stream = PromptStream(split_dir, tiny_ckpt, cfg, seed=3)
-    first = [it.sample.id for it in stream.take(5)]
+    first_items = stream.take(5)
+    first = [it.sample.id for it in first_items]
     rest = [it.sample.id for it in stream.take(4)]  # crosses into epoch 1
     epoch0 = first + rest[: 7 - len(first)]
     assert sorted(epoch0) == [f"s{i}" for i in range(7)]  # every good row once per epoch
@@ -38,10 +39,13 @@ def test_order_is_seeded_resumable_and_bad_rows_are_counted(ray_local, split_dir
     pos_after_first = stream.num_rows  # one full epoch consumed before `rest[2:]`
     again = PromptStream(split_dir, tiny_ckpt, cfg, seed=3, position=pos_after_first)
     assert [it.sample.id for it in again.take(2)] == rest[2:4]
+    # resuming mid-epoch (the consumed rows are dropped before decoding) continues exactly too
+    mid = PromptStream(split_dir, tiny_ckpt, cfg, seed=3, position=first_items[2].position)
+    assert [it.sample.id for it in mid.take(3)] == first[2:5]
     # another seed gives another order
     other = PromptStream(split_dir, tiny_ckpt, cfg, seed=4)
     assert [it.sample.id for it in other.take(7)] != epoch0
-    for st in (stream, again, other):
+    for st in (stream, again, mid, other):
         st.close()
 
 
@@ -52,3 +56,10 @@ def test_items_carry_prompt_and_audio_free_sample(ray_local, split_dir, tiny_ckp
     assert [len(a) for a in item.prompt.audios][0] == 8000
     assert all(c.audio == b"" for c in item.sample.clips) and item.sample.key["type"] == "clip"
     stream.close()
+
+
+def test_repeated_sample_ids_in_a_split_are_an_error_naming_them(ray_local, tmp_path, sample_factory, tiny_ckpt):
+    write_shard(str(tmp_path / "a.parquet"), [sample_factory("twice", (0.5, 0.4)), sample_factory("once", (0.5, 0.6))])
+    write_shard(str(tmp_path / "b.parquet"), [sample_factory("twice", (0.5, 0.7))])
+    with pytest.raises(ValueError, match=r"unique within a split; repeated: \['twice'\]"):
+        PromptStream(str(tmp_path), tiny_ckpt, DataConfig(), seed=0)
