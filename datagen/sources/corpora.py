@@ -4,7 +4,8 @@ A manifest is CSV or JSONL, one row per audio file: a path (absolute, or relativ
 labels / captions / transcripts. Each corpus accepts its usual column names (see ``FIELDS``). Rows with no path,
 a missing file or malformed fields are skipped and counted with the reason; an unreadable audio file is found
 when an item uses it (the item is retried, then skipped and counted). Rows are split between bench and
-train/pref by a stable hash of their path (share ``bench_holdout``), so bench never reuses a train file.
+train/pref by a stable hash of their path relative to the manifest (share ``bench_holdout``), so bench never
+reuses a train file, and the split does not change when the corpus and its manifest move to another folder.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class CorpusRow:
     speaker: str = ""
     events: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    key: str = ""  # the file's path relative to its manifest's folder: where the corpus is mounted does not matter
 
 
 def _get(row: dict, names: list[str]):
@@ -115,7 +117,7 @@ def load_manifest(path: str, corpus: str) -> tuple[list[CorpusRow], Counter, dic
                               _labels(_get(r, fields.get("labels", []))),
                               str(_get(r, fields.get("transcript", [])) or ""),
                               str(_get(r, fields.get("speaker", [])) or ""), events or [],
-                              {k: v for k, v in extra.items() if v is not None}))
+                              {k: v for k, v in extra.items() if v is not None}, os.path.relpath(p, base)))
     return rows, rejects, examples
 
 
@@ -144,7 +146,7 @@ class CorpusSet:
             for k, v in e.items():
                 ex.setdefault(k, v)
         thr = cfg.bench_holdout * 1000
-        keep = [r for r in rows if (stable_hash("corpus", r.path) % 1000 < thr) == (split == "bench")]
+        keep = [r for r in rows if (stable_hash("corpus", r.corpus, r.key) % 1000 < thr) == (split == "bench")]
         return cls(keep, rej, ex)
 
     def has_captions(self) -> bool:

@@ -86,3 +86,22 @@ def test_corpus_rows_split_between_bench_and_train(tmp_path, corpora):
     _, bench = _build(tmp_path, corpora, "bench")
     files = lambda ss: {m["path"] for s in ss for m in s.metadata["clips"] if m["kind"] == "corpus"}  # noqa: E731
     assert files(train) and files(bench) and not files(train) & files(bench)
+
+
+def test_bench_train_split_does_not_depend_on_where_the_corpus_is_mounted(tmp_path, corpora):
+    import shutil
+    from pathlib import Path
+
+    from datagen.sources.corpora import CorpusSet
+
+    moved = tmp_path / "elsewhere" / "mnt"
+    shutil.copytree(Path(corpora["picoaudio"]).parent, moved)
+    again = {k: str(moved / Path(v).name) for k, v in corpora.items()}
+
+    def bench_files(c):
+        cfg = load_config(None, ["bench_holdout=0.25", "corpora=" + json.dumps(c)], preset="ci")
+        return sorted(Path(r.path).name for r in CorpusSet.from_config(cfg, "bench").rows)
+
+    here = bench_files(corpora)
+    assert 0 < len(here) < 52  # some of the 52 rows (24 + 16 + 12) are held out for bench, not all
+    assert bench_files(again) == here
