@@ -275,6 +275,11 @@ class VLLMEngine(RolloutEngine):
         )
         if current_platform.is_cpu():
             kwargs["kv_cache_memory_bytes"] = int(c.kv_cache_memory_gb * 2**30)
+            # Each group is sampled with its own seed (request_seed). With chunked prefill vLLM discards the token
+            # sampled for a partly-prefilled request and rewinds that request's generator offset, which only CUDA
+            # generators have ("CPU Generator does not use offset"). Whole-prompt prefill never discards.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(c.max_model_len, 4096)
         else:
             kwargs["gpu_memory_utilization"] = c.gpu_memory_utilization
         self.adapter_mode = c.sync_mode == "adapter"

