@@ -58,3 +58,13 @@ def make_sample(sample_id: str = "t-0", durations=(1.0, 2.0, 1.5), sr: int = 160
 @pytest.fixture(scope="session")
 def sample_factory():
     return make_sample
+
+
+def build_splits(d, sizes: dict[str, int], tasks: list[str], max_clips: int = 3, **kw):
+    """Build the given splits (``{"train": 4, ...}`` items per task) of the ci preset into ``d/<split>``; returns ``d``."""
+    from datagen.build import build_split
+
+    for split, n in sizes.items():
+        build_split(split, str(d / split), preset="ci", seed=0, workers=2, progress=False, tasks=tasks,
+                    max_clips=max_clips, items_per_task={split: n}, **kw)
+    return d

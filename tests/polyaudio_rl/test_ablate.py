@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datagen.build import build_split
 from polyaudio_rl import ablate
 from polyaudio_rl.config.reward import REWARD_COMPONENTS
+from tests.conftest import build_splits
 
 ROOT = Path(__file__).resolve().parents[2]
 ABL = ROOT / "configs" / "ablations"
@@ -21,11 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    for split, n in (("train", 1), ("pref", 1), ("bench", 1)):
-        build_split(split, str(d / split), preset="ci", seed=0, workers=2, progress=False, tasks=TASKS,
-                    max_clips=3, items_per_task={split: n})
-    return d
+    return build_splits(tmp_path_factory.mktemp("data"), {"train": 1, "pref": 1, "bench": 1}, TASKS)
 
 
 def test_two_rule_ablations_run_and_compare(tiny_ckpt, data, tmp_path, monkeypatch):

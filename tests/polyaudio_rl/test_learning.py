@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from datagen.build import build_split
 from polyaudio_rl import train
+from tests.conftest import build_splits
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,8 @@ CHANCE = 0.5 * (1 / 2) + 0.5 * (1 / 3)  # half the items have 2 clips, half 3
 
 @pytest.fixture(scope="module")
 def signal_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("signal")
-    for split, n in (("train", 64), ("pref", 96), ("bench", 32)):
-        build_split(split, str(d / split), preset="ci", seed=0, workers=2, progress=False, tasks=["odd_one_out"],
-                    max_clips=3, items_per_task={split: n}, odd_one_out_variant="signal")
-    return d
+    return build_splits(tmp_path_factory.mktemp("signal"), {"train": 64, "pref": 96, "bench": 32}, ["odd_one_out"],
+                        odd_one_out_variant="signal")
 
 
 def _overrides(tiny_ckpt, d):

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from datagen.build import build_split
 from polyaudio_rl import train
+from tests.conftest import build_splits
 from tests.http_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,11 +30,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    for split, n in (("train", 4), ("pref", 6), ("bench", 2)):
-        build_split(split, str(d / split), preset="ci", seed=0, workers=2, progress=False, tasks=TASKS,
-                    max_clips=3, items_per_task={split: n})
-    return d
+    return build_splits(tmp_path_factory.mktemp("data"), {"train": 4, "pref": 6, "bench": 2}, TASKS)
 
 
 def overrides(tiny_ckpt, data, **extra):
