@@ -6,10 +6,10 @@ import json
 import os
 import sys
 
-from polyaudio_rl.config.base import ConfigError, build as build_cfg, load_yaml, parse_override, set_dotted
+from polyaudio_rl.core.config.base import ConfigError, build as build_cfg, load_yaml, parse_override, set_dotted
 
 from .config import PRESETS, DatagenConfig
-from .schema import SPLITS, TASKS
+from polyaudio_rl.core.schema import SPLITS, TASKS
 
 
 def load_config(path: str | None, overrides: list[str], **cli) -> DatagenConfig:
@@ -48,7 +48,7 @@ def cmd_inspect(a) -> int:
     import pyarrow.parquet as pq
 
     from .audio import decode
-    from .schema import ARROW_SCHEMA, Sample, shard_paths
+    from polyaudio_rl.core.schema import ARROW_SCHEMA, Sample, shard_paths
 
     card = os.path.join(a.dir, "DATACARD.md")
     if not os.path.isdir(a.dir):
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build one split into Parquet shards + data card")
     b.add_argument("--split", required=True, choices=SPLITS)
-    b.add_argument("--preset", choices=sorted(PRESETS), default=None, help="ci | small | paper (default: ci)")
+    b.add_argument("--preset", choices=sorted(PRESETS), default=None, help="ci | small | paper | starter (default: ci; starter: the signal curriculum the tiny model learns, datagen/tasks/starter.py)")
     b.add_argument("--out", required=True, help="output directory (shards + DATACARD.md)")
     b.add_argument("--seed", type=int, default=None)
     b.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")

@@ -1,16 +1,16 @@
 """Datagen section: preset sizes, audio engines, seeds, parallelism, optional corpora and LLM authoring.
 
-``DataConfig`` (polyaudio_rl/config/data.py) says *where* the splits live and which preset to build;
+``DataConfig`` (polyaudio_rl/core/config/data.py) says *where* the splits live and which preset to build;
 this dataclass says *how* `python -m datagen build` makes them. Build it from a YAML mapping with
-``polyaudio_rl.config.base.build(DatagenConfig, mapping)`` (unknown key => error naming the key).
+``polyaudio_rl.core.config.base.build(DatagenConfig, mapping)`` (unknown key => error naming the key).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from polyaudio_rl.config.base import cfg_field
+from polyaudio_rl.core.config.base import cfg_field
 
-from .schema import SPLITS, TASKS
+from polyaudio_rl.core.schema import SPLITS, TASKS
 
 # Items per task for each (preset, split). Paper (§3, §4.1.1): 110,000 train (SFT), 50,000 pref (GRPO prompts),
 # 2,750 bench = 250 per task. 110,000 / 11 = 10,000 per task; 50,000 / 11 = 4,545.45 -> 4,546 (50,006 items).
@@ -18,7 +18,10 @@ PRESETS: dict[str, dict[str, int]] = {
     "ci": {"train": 4, "pref": 4, "bench": 4},
     "small": {"train": 200, "pref": 100, "bench": 40},
     "paper": {"train": 10_000, "pref": 4_546, "bench": 250},
+    # the starter curriculum (tasks/starter.py) that the tiny random model learns in minutes: `make demo`
+    "starter": {"train": 64, "pref": 96, "bench": 16},
 }
+CURRICULA = ("paper", "starter")
 
 SPEECH_ENGINES = ("espeak-ng", "flite", "openai")
 EVENT_SOURCES = ("freedesktop", "yaru", "oxygen", "hydrogen", "bucklespring")
@@ -60,6 +63,12 @@ class DatagenConfig:
     preset: str = cfg_field("ci", f"Size preset: one of {sorted(PRESETS)} (paper: 110k/50k/2,750; Section 3).")
     items_per_task: dict[str, int] = cfg_field({}, "Override items per task for a split, e.g. {bench: 10}.")
     tasks: list[str] = cfg_field([], "Tasks to build (empty: all eleven of Table 2).")
+    curriculum: str = cfg_field(
+        "paper",
+        "'paper': the eleven tasks of Table 2 (every production config). 'starter': exact-key signal variants of "
+        "odd_one_out (noise among tones), comparison (loudest tone) and counting (beeps over clips) that the random "
+        "tiny model learns on two cores (datagen/tasks/starter.py); preset 'starter' implies it.",
+    )
     seed: int = cfg_field(0, "Global seed. Same seed and config => the same content, byte for byte.")
     odd_one_out_variant: str = cfg_field(
         "mixed",
@@ -100,6 +109,8 @@ class DatagenConfig:
         if self.odd_one_out_variant not in ("mixed", "kind", "family", "signal"):
             raise ValueError(f"datagen.odd_one_out_variant must be mixed, kind, family or signal, "
                              f"got {self.odd_one_out_variant!r}")
+        if self.curriculum not in CURRICULA:
+            raise ValueError(f"datagen.curriculum must be one of {list(CURRICULA)}, got {self.curriculum!r}")
         if self.preset not in PRESETS:
             raise ValueError(f"datagen.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         for t in self.tasks:
@@ -136,5 +147,14 @@ class DatagenConfig:
         """Items per task for ``split`` under this preset (after overrides)."""
         return int(self.items_per_task.get(split, PRESETS[self.preset][split]))
 
+    def is_starter(self) -> bool:
+        return self.curriculum == "starter" or self.preset == "starter"
+
     def task_list(self) -> list[str]:
-        return list(self.tasks) or list(TASKS)
+        if self.tasks:
+            return list(self.tasks)
+        if self.is_starter():
+            from .tasks.starter import STARTER_TASKS
+
+            return list(STARTER_TASKS)
+        return list(TASKS)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..sources.events import phrase, plural
 from . import register
+from .starter import count_beeps, is_starter
 from .base import pick_event_target, wants_corpus_events, Draft, choose, join_and, scene_from_counts
 
 QUESTIONS = [
@@ -36,6 +37,8 @@ def _corpus(ctx, rng, n):
 
 @register("counting")
 def generate(ctx, rng, n):
+    if is_starter(ctx.cfg):
+        return count_beeps(ctx, rng, n)  # the starter curriculum's variant (tasks/starter.py)
     if wants_corpus_events(ctx, rng):
         return _corpus(ctx, rng, n)
     target, others = pick_event_target(ctx, rng)

@@ -1,11 +1,10 @@
 """Odd-one-out (Table 2): the clip that is semantically distinct from the others."""
 from __future__ import annotations
 
-import numpy as np
-
 from ..sources.music import INSTRUMENTS, compose
 from . import register
-from .base import ClipDraft, Draft, choose, filler, scene_from_counts
+from .base import Draft, choose, filler, scene_from_counts
+from .starter import is_starter, odd_noise
 
 QUESTIONS = [
     "Which of these {n} audio clips does not belong with the rest?",
@@ -71,33 +70,13 @@ def _q2(rng, theme):
                         f"One of the two clips does not fit the theme of {theme}. Which one?"])
 
 
-def _signal(ctx, rng, n):
-    """Curriculum variant: n-1 steady sine tones (random pitch, 200–1000 Hz) and one white-noise clip, each
-    0.5–1.5 s. The key is exact by construction; the answer is short. Used by the learning test."""
-    sr = ctx.cfg.sample_rate
-    k = int(rng.integers(1, n + 1))
-    clips = []
-    for i in range(1, n + 1):
-        dur = float(rng.uniform(0.5, 1.5))
-        t = np.arange(int(dur * sr)) / sr
-        if i == k:
-            wav = (0.2 * rng.standard_normal(t.size)).astype(np.float32)
-            meta, sid = {"kind": "signal", "signal": "white noise", "seconds": dur}, f"noise:{dur:.3f}"
-        else:
-            f = float(rng.uniform(200, 1000))
-            wav = (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32)
-            meta, sid = {"kind": "signal", "signal": "sine", "hz": f, "seconds": dur}, f"sine:{f:.1f}:{dur:.3f}"
-        clips.append(ClipDraft(wav, meta, sid, "synthetic (datagen), CC0"))
-    q = choose(rng, ["Which clip is noise rather than a steady tone?", "Which of these clips is the odd one out?"])
-    return Draft(clips, q, f"Clip {k}.", {"type": "clip", "value": k}, list(range(1, n + 1)),
-                 extra={"variant": "signal", "odd": "noise", "common": "tone"})
 
 
 @register("odd_one_out")
 def generate(ctx, rng, n):
     variant = getattr(ctx.cfg, "odd_one_out_variant", "mixed")
-    if variant == "signal":
-        return _signal(ctx, rng, n)
+    if variant == "signal" or is_starter(ctx.cfg):
+        return odd_noise(ctx, rng, n)  # the starter curriculum's variant (tasks/starter.py)
     if variant in ("kind", "family"):
         return (_kinds if variant == "kind" else _family)(ctx, rng, n)
     return (_kinds if rng.random() < 0.6 else _family)(ctx, rng, n)

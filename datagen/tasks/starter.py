@@ -1,0 +1,97 @@
+"""The starter curriculum: exact-key variants of three of Table 2's tasks built from plain signals.
+
+The random tiny Qwen2-Audio (2 audio layers, 2 text layers, random weights) cannot learn speech, sound events or
+music on two CPU cores in minutes; it can learn to tell clips apart by signal kind and level. The starter variants
+keep each task's question form, key type and rule verifier, and change only the audio:
+
+- ``odd_one_out``: steady tones and one white-noise clip — which clip is the odd one out (key ``clip``).
+- ``comparison``: tones at a quiet level and one 20–28 dB louder — which clip is the loudest (key ``clip``).
+- ``counting``: 1 s clips, each holding either one beep or silence — how many beeps over all clips (key ``count``).
+
+Selected by ``DatagenConfig.curriculum='starter'`` (or ``--preset starter``); the paper's eleven tasks stay the
+default. Every item records ``answer_space`` (the answers a guess could give), from which the held-out chance level
+is computed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import ClipDraft, Draft, choose
+
+STARTER_TASKS = ("odd_one_out", "comparison", "counting")
+LICENCE = "synthetic (datagen), CC0"
+BEEP_HZ = 1000.0
+BEEP_S = 0.3
+COUNT_CLIP_S = 1.0
+
+
+def is_starter(cfg) -> bool:
+    return getattr(cfg, "curriculum", "paper") == "starter" or getattr(cfg, "preset", "") == "starter"
+
+
+def _tone(sr: int, hz: float, seconds: float, amp: float) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    ramp = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.01)  # 10 ms fades: no clicks at the ends
+    return (amp * ramp * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def odd_noise(ctx, rng, n) -> Draft:
+    """n-1 steady sine tones (200–1000 Hz) and one white-noise clip, each 0.5–1.5 s."""
+    sr = ctx.cfg.sample_rate
+    k = int(rng.integers(1, n + 1))
+    clips = []
+    for i in range(1, n + 1):
+        dur = float(rng.uniform(0.5, 1.5))
+        if i == k:
+            wav = (0.2 * rng.standard_normal(int(dur * sr))).astype(np.float32)
+            meta, sid = {"kind": "signal", "signal": "white noise", "seconds": dur}, f"noise:{dur:.3f}"
+        else:
+            f = float(rng.uniform(200, 1000))
+            wav = _tone(sr, f, dur, 0.3)
+            meta, sid = {"kind": "signal", "signal": "sine", "hz": f, "seconds": dur}, f"sine:{f:.1f}:{dur:.3f}"
+        clips.append(ClipDraft(wav, meta, sid, LICENCE))
+    q = choose(rng, ["Which clip is noise rather than a steady tone?", "Which of these clips is the odd one out?"])
+    return Draft(clips, q, f"Clip {k}.", {"type": "clip", "value": k}, list(range(1, n + 1)),
+                 extra={"variant": "signal", "odd": "noise", "common": "tone", "answer_space": list(range(1, n + 1))})
+
+
+def loudest(ctx, rng, n) -> Draft:
+    """n tones (300–900 Hz, 0.5–1.5 s); one at amplitude 0.5, the others 20–28 dB quieter."""
+    sr = ctx.cfg.sample_rate
+    k = int(rng.integers(1, n + 1))
+    clips, levels = [], []
+    for i in range(1, n + 1):
+        dur, f = float(rng.uniform(0.5, 1.5)), float(rng.uniform(300, 900))
+        amp = 0.5 if i == k else 0.5 * 10 ** (-float(rng.uniform(20, 28)) / 20)
+        levels.append(round(20 * np.log10(amp / 0.5), 2))
+        clips.append(ClipDraft(_tone(sr, f, dur, amp), {"kind": "signal", "signal": "sine", "hz": f, "seconds": dur,
+                                                         "amplitude": amp, "level_db": levels[-1]},
+                               f"sine:{f:.1f}:{dur:.3f}:{amp:.4f}", LICENCE))
+    x = "louder" if n == 2 else "loudest"
+    q = choose(rng, [f"Which clip is the {x}?", f"Which of these clips has the {x} tone?"])
+    return Draft(clips, q, f"Clip {k}.", {"type": "clip", "value": k}, list(range(1, n + 1)),
+                 extra={"variant": "loudness", "asked": x, "levels_db": levels, "answer_space": list(range(1, n + 1))})
+
+
+def count_beeps(ctx, rng, n) -> Draft:
+    """n clips of 1 s; each holds one 0.3 s 1 kHz beep (at a random onset) or silence; at least one beep."""
+    sr = ctx.cfg.sample_rate
+    per = [int(b) for b in rng.integers(0, 2, size=n)]
+    if sum(per) == 0:
+        per[int(rng.integers(n))] = 1
+    clips = []
+    for c in per:
+        wav = np.zeros(int(COUNT_CLIP_S * sr), dtype=np.float32)
+        meta = {"kind": "signal", "signal": "beeps", "seconds": COUNT_CLIP_S, "beeps": []}
+        if c:
+            onset = round(float(rng.uniform(0.05, COUNT_CLIP_S - BEEP_S - 0.05)), 3)
+            a = int(onset * sr)
+            beep = _tone(sr, BEEP_HZ, BEEP_S, 0.4)
+            wav[a: a + beep.size] = beep
+            meta["beeps"].append({"start": onset, "end": round(onset + BEEP_S, 3)})
+        clips.append(ClipDraft(wav, meta, f"beeps:{c}:{meta['beeps'][0]['start'] if c else 0}", LICENCE))
+    total = sum(per)
+    q = choose(rng, ["How many beeps are there across all {n} clips?", "Count the beeps in these {n} clips. How many "
+                     "are there in total?"]).format(n=n)
+    return Draft(clips, q, f"{total}.", {"type": "count", "value": total, "tolerance": 0}, list(range(1, n + 1)),
+                 extra={"variant": "beeps", "per_clip": per, "target": "beep", "answer_space": list(range(1, n + 1))})
