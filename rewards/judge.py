@@ -13,28 +13,30 @@ Robustness:
 - free text is parsed tolerantly (:func:`parse_score`: "4", "Score: 4/5", "**4** out of 5", ``{"score": 4}``),
   out-of-range or ambiguous numbers are rejected, never clipped;
 - a per-request timeout, bounded retries with exponential backoff and jitter (connection errors, timeouts, HTTP
-  429/5xx, unparseable replies), a semaphore bounding the requests in flight, and an LRU cache keyed by the
-  rendered prompt (question, reference, answer) and model;
+  408/429/5xx, unparseable replies), a semaphore bounding the requests in flight, and an LRU cache
+  (``cachetools.LRUCache``) keyed by the rendered prompt (question, reference, answer) and model;
 - an item whose prompts cannot all be scored is *unscored* (``score=None``, ``error`` says why) and counted in
   :class:`JudgeStats` — never a silent 0.
 
-The official ``openai`` async client does the HTTP (its own retries are off: the policy above is ours).
+The client, the retry policy (``tenacity``: the ``openai`` client's own retries would neither retry an unparseable
+reply nor let every attempt be counted) and the error text are :mod:`polyaudio_rl.core.openai_api`'s.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
-import random
 import re
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import openai
+from cachetools import LRUCache
 from openai import AsyncOpenAI
 
-from polyaudio_rl.config.reward import JudgeConfig
+from polyaudio_rl.core.config.reward import JudgeConfig
+from polyaudio_rl.core.judge_prompts import PROMPTS
+from polyaudio_rl.core.openai_api import RetryableReply, describe, is_transient, make_client, retrying
 
 from .extract import find_numbers
 
@@ -51,40 +53,6 @@ JSON_SCHEMA = {
             "additionalProperties": False,
         },
     },
-}
-
-# Two paraphrases of the paper's rubric (§3.2.2): factual correctness w.r.t. the clips + parsimony of clip usage.
-PROMPTS: dict[str, tuple[str, str]] = {
-    "rubric_a": (
-        "You are a strict, impartial grader of answers to questions about several audio clips.",
-        "You grade an answer to a question about {n_clips} audio clips (Audio 1 to Audio {n_clips}). You cannot "
-        "hear the clips: the reference answer is correct, so judge the model answer against it.\n\n"
-        "Question: {question}\n"
-        "Reference answer: {reference}\n"
-        "{relevant}"
-        "Model answer: {answer}\n\n"
-        "Rate the model answer from 1 to 5 on two criteria:\n"
-        "1. Factual correctness with respect to the provided clips (as established by the reference answer).\n"
-        "2. Parsimony of clip usage: the answer relies only on the clips that matter; penalise answers that rely "
-        "on irrelevant clips, hedge between clips or list every clip.\n"
-        "5 = correct and relies only on the relevant clips; 4 = correct with a minor slip or an unneeded clip; "
-        "3 = partly correct; 2 = mostly wrong, or right only by hedging; 1 = wrong, empty or off-topic.\n"
-        "Reply with the score only: one digit from 1 to 5.",
-    ),
-    "rubric_b": (
-        "You evaluate responses of an audio assistant that listens to multiple audio recordings.",
-        "An assistant listened to {n_clips} recordings and answered a question about them. Compare its response "
-        "with the ground-truth answer, which you should trust.\n\n"
-        "[Question]\n{question}\n\n"
-        "[Ground-truth answer]\n{reference}\n\n"
-        "{relevant}"
-        "[Assistant response]\n{answer}\n\n"
-        "Give one overall score on a 1-5 scale. Consider (a) whether the response is factually right about the "
-        "recordings, and (b) whether it uses the recordings economically: citing recordings that are irrelevant "
-        "to the question, or naming several in the hope one is right, must lower the score.\n"
-        "Scale: 1 very poor, 2 poor, 3 acceptable, 4 good, 5 excellent (fully right, only relevant recordings).\n"
-        "Output just the number (1, 2, 3, 4 or 5).",
-    ),
 }
 
 _JSON_OBJ = re.compile(r"\{[^{}]*\}")
@@ -129,6 +97,14 @@ def parse_score(text: object) -> tuple[float | None, str]:
     return value, ""
 
 
+class _BadReply(RetryableReply):
+    """The reply holds no valid 1–5 score."""
+
+
+class _Malformed(RetryableReply):
+    """The reply is not a chat completion."""
+
+
 @dataclass
 class JudgeResult:
     """Mean 1–5 score over the judge prompts, or None when the item is unscored (``error`` says why)."""
@@ -171,7 +147,7 @@ class JudgeClient:
             raise ValueError(f"reward.judge.prompts: unknown prompt(s) {unknown}; known: {sorted(PROMPTS)}")
         self.cfg = cfg
         self.stats = JudgeStats()
-        self._cache: OrderedDict[str, float] = OrderedDict()
+        self._cache: LRUCache[str, float] | None = LRUCache(cfg.cache_size) if cfg.cache_size > 0 else None
         self._structured = cfg.structured_output if cfg.structured_output != "auto" else "choice"
         self._loop_state: tuple[Any, AsyncOpenAI, asyncio.Semaphore] | None = None
 
@@ -179,8 +155,7 @@ class JudgeClient:
     def _client(self) -> tuple[AsyncOpenAI, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
         if self._loop_state is None or self._loop_state[0] is not loop:
-            client = AsyncOpenAI(base_url=self.cfg.base_url, api_key=self.cfg.api_key or "EMPTY",
-                                 timeout=self.cfg.timeout_s, max_retries=0)
+            client = make_client(self.cfg.base_url, self.cfg.api_key, self.cfg.timeout_s)
             self._loop_state = (loop, client, asyncio.Semaphore(self.cfg.concurrency))
         return self._loop_state[1], self._loop_state[2]
 
@@ -205,71 +180,77 @@ class JudgeClient:
         blob = json.dumps([self.cfg.model, messages], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _request_kwargs(self) -> dict[str, Any]:
+    def _request_kwargs(self, structured: str) -> dict[str, Any]:
         kw: dict[str, Any] = {"max_tokens": self.cfg.max_tokens, "temperature": self.cfg.temperature}
-        if self._structured == "choice":
+        if structured == "choice":
             kw["extra_body"] = {"structured_outputs": {"choice": SCORE_CHOICES}}
-        elif self._structured == "json_schema":
+        elif structured == "json_schema":
             kw["response_format"] = JSON_SCHEMA
         return kw
 
-    def _backoff(self, attempt: int) -> float:
-        base = min(self.cfg.max_backoff_s, self.cfg.backoff_s * (2 ** attempt))
-        return base * random.uniform(0.75, 1.25)
+    def _count_retry(self, _exc: BaseException) -> None:
+        self.stats.retries += 1
 
     # -- one prompt ---------------------------------------------------------------------------------------
+    async def _send(self, client: AsyncOpenAI, sem: asyncio.Semaphore, messages: list[dict[str, str]],
+                    structured: str) -> Any:
+        async with sem:
+            self.stats.requests += 1
+            return await client.chat.completions.create(
+                model=self.cfg.model, messages=messages, timeout=self.cfg.timeout_s, **self._request_kwargs(structured))
+
+    async def _attempt(self, client: AsyncOpenAI, sem: asyncio.Semaphore, messages: list[dict[str, str]]) -> float:
+        """One scored reply, or an exception (counted in the stats by kind); a structured-output rejection under
+        ``auto`` switches to free text for the session and re-sends at once (not a retry)."""
+        try:
+            structured = self._structured
+            try:
+                resp = await self._send(client, sem, messages, structured)
+            except (openai.BadRequestError, openai.UnprocessableEntityError):
+                if self.cfg.structured_output != "auto" or structured == "none":
+                    raise
+                if self._structured != "none":  # the endpoint does not take structured outputs: fall back
+                    self._structured = "none"
+                    self.stats.structured_fallbacks += 1
+                resp = await self._send(client, sem, messages, "none")
+            try:
+                reply = resp.choices[0].message.content if resp.choices else None
+            except (IndexError, AttributeError, TypeError) as exc:  # a reply that is not a chat completion
+                raise _Malformed(f"malformed response: {exc}") from exc
+            score, why = parse_score(reply)
+            if score is None:
+                raise _BadReply(f"bad reply {str(reply)[:80]!r}: {why}")
+            return score
+        except openai.APITimeoutError:
+            self.stats.count_error("timeout")
+            raise
+        except openai.APIConnectionError:
+            self.stats.count_error("connection")
+            raise
+        except openai.APIStatusError as exc:
+            self.stats.count_error(f"http_{exc.status_code}")
+            raise
+        except RetryableReply as exc:
+            self.stats.count_error("malformed" if isinstance(exc, _Malformed) else "bad_reply")
+            raise
+
     async def _ask(self, messages: list[dict[str, str]]) -> tuple[float | None, str]:
         key = self._cache_key(messages)
-        if self.cfg.cache_size > 0 and key in self._cache:
-            self._cache.move_to_end(key)
+        if self._cache is not None and key in self._cache:
             self.stats.cache_hits += 1
             return self._cache[key], "cached"
         client, sem = self._client()
-        last_error = ""
-        attempt = 0
-        while attempt <= self.cfg.max_retries:
-            try:
-                async with sem:
-                    self.stats.requests += 1
-                    resp = await client.chat.completions.create(
-                        model=self.cfg.model, messages=messages, timeout=self.cfg.timeout_s, **self._request_kwargs()
-                    )
-                reply = resp.choices[0].message.content if resp.choices else None
-                score, why = parse_score(reply)
-                if score is not None:
-                    if self.cfg.cache_size > 0:
-                        self._cache[key] = score
-                        while len(self._cache) > self.cfg.cache_size:
-                            self._cache.popitem(last=False)
-                    return score, ""
-                last_error = f"bad reply {str(reply)[:80]!r}: {why}"
-                self.stats.count_error("bad_reply")
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                if self.cfg.structured_output == "auto" and self._structured != "none":
-                    self._structured = "none"  # the endpoint does not take structured outputs: fall back
-                    self.stats.structured_fallbacks += 1
-                    continue  # not a retry: the same attempt without the extra body
-                self.stats.count_error(f"http_{exc.status_code}")
-                return None, f"HTTP {exc.status_code}: {str(exc)[:160]}"
-            except openai.APITimeoutError:
-                last_error = f"timeout after {self.cfg.timeout_s:g} s"
-                self.stats.count_error("timeout")
-            except openai.APIConnectionError as exc:
-                last_error = f"connection error: {exc.__cause__ or exc}"
-                self.stats.count_error("connection")
-            except openai.APIStatusError as exc:
-                last_error = f"HTTP {exc.status_code}: {str(exc)[:160]}"
-                self.stats.count_error(f"http_{exc.status_code}")
-                if exc.status_code != 429 and exc.status_code < 500:
-                    return None, last_error  # 401/403/404…: retrying will not help
-            except (IndexError, AttributeError, TypeError) as exc:  # a reply that is not a chat completion
-                last_error = f"malformed response: {exc}"
-                self.stats.count_error("malformed")
-            if attempt < self.cfg.max_retries:
-                self.stats.retries += 1
-                await asyncio.sleep(self._backoff(attempt))
-            attempt += 1
-        return None, f"gave up after {self.cfg.max_retries + 1} attempts: {last_error}"
+        policy = retrying(self.cfg.max_retries, self.cfg.backoff_s, self.cfg.max_backoff_s, on_retry=self._count_retry)
+        try:
+            score = await policy(self._attempt, client, sem, messages)
+        except (openai.APIError, RetryableReply) as exc:
+            why = describe(exc, self.cfg.timeout_s)
+            if is_transient(exc):
+                return None, f"gave up after {self.cfg.max_retries + 1} attempts: {why}"
+            return None, why  # 400/401/403/404…: retrying will not help
+        if self._cache is not None:
+            self._cache[key] = score
+        return score, ""
 
     # -- public ---------------------------------------------------------------------------------------------
     async def score(self, question: str, reference: str, answer: str, n_clips: int = 0,

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from datagen.schema import write_shard
-from eval.bench import evaluate, judge_to_100, read_results, summarize
-from polyaudio_rl.config import EvalConfig, JudgeConfig
+from polyaudio_rl.core.schema import write_shard
+from eval.bench import evaluate, read_results
+from eval.report import judge_to_100, summarize
+from polyaudio_rl.core.config import EvalConfig, JudgeConfig
 
 _spec = importlib.util.spec_from_file_location("eval_http_helper", Path(__file__).with_name("eval_http_helper.py"))
 helper = importlib.util.module_from_spec(_spec)
