@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from polyaudio_rl.audio import encode_flac, encode_wav
+from polyaudio_rl.core.audio import encode_flac, encode_wav
 from tests.http_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def bench_dir(tmp_path_factory):
     """A small PolyAudio-Bench build: one item of each of the eleven tasks (datagen's generators)."""
     from datagen.build import build
     from datagen.config import DatagenConfig
-    from polyaudio_rl.config.base import build as build_cfg
+    from polyaudio_rl.core.config.base import build as build_cfg
 
     out = tmp_path_factory.mktemp("bench")
     cfg = build_cfg(DatagenConfig, {"items_per_task": {"bench": 1}, "workers": 2})
@@ -49,8 +49,8 @@ def adapter_dir(tiny_ckpt, tmp_path_factory):
     """A PEFT adapter with non-zero B (as after training) for the tiny checkpoint."""
     import torch
 
-    from polyaudio_rl.config import LoraConfig
-    from polyaudio_rl.model import add_lora, load_model
+    from polyaudio_rl.core.config import LoraConfig
+    from polyaudio_rl.core.model import add_lora, load_model
 
     torch.manual_seed(1)
     peft_model = add_lora(load_model(tiny_ckpt), LoraConfig())
@@ -67,7 +67,7 @@ def adapter_dir(tiny_ckpt, tmp_path_factory):
 def endpoint(tiny_ckpt, adapter_dir, bench_dir):
     """policy = tiny checkpoint + adapter (merged by eval.serve --adapter), judge = the plain tiny checkpoint."""
     from eval import serve as eval_serve
-    from polyaudio_rl.config import ServeConfig
+    from polyaudio_rl.core.config import ServeConfig
 
     cfg = ServeConfig(port=free_port(), max_body_mb=4.0)
     try:
@@ -79,7 +79,7 @@ def endpoint(tiny_ckpt, adapter_dir, bench_dir):
 
 def test_replicas_and_autoscaling_from_config(tiny_ckpt):
     from eval.serve import llm_configs
-    from polyaudio_rl.config import ServeConfig
+    from polyaudio_rl.core.config import ServeConfig
 
     cfg = ServeConfig(policy_replicas=2, policy_max_replicas=4, judge_replicas=1, target_ongoing_requests=8.0)
     policy, judge = llm_configs(cfg, tiny_ckpt, tiny_ckpt)
@@ -188,7 +188,7 @@ def test_bench_against_the_endpoints_writes_report_and_resumes(endpoint, bench_d
 
 def test_concat_baseline_against_the_endpoint(endpoint, bench_dir, tmp_path):
     from eval.bench import evaluate
-    from polyaudio_rl.config import EvalConfig, JudgeConfig
+    from polyaudio_rl.core.config import EvalConfig, JudgeConfig
 
     cfg = EvalConfig(max_items=3, max_new_tokens=8, concurrency=3, baseline_protocol="concat")
     rep = asyncio.run(evaluate(str(bench_dir), endpoint, endpoint, str(tmp_path / "concat"), cfg, JudgeConfig(),
@@ -198,7 +198,7 @@ def test_concat_baseline_against_the_endpoint(endpoint, bench_dir, tmp_path):
 
 def test_mmau_pro_multi_audio_through_the_endpoint(endpoint, tmp_path):
     from eval.mmau import evaluate
-    from polyaudio_rl.config import EvalConfig
+    from polyaudio_rl.core.config import EvalConfig
 
     for name, f in (("a.wav", 220), ("b.wav", 440)):
         sf.write(tmp_path / name, tone(0.6, f), 16000)

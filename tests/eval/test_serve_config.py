@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from eval.serve import BodyLimitMiddleware
-from polyaudio_rl.config import ConfigError, load_config
+from polyaudio_rl.core.config import ConfigError, load_config
 
 
 def test_serve_config_errors_name_the_key():

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from eval.validate import RequestError, normalize_audio_parts
-from polyaudio_rl.audio import encode_flac, encode_wav
+from polyaudio_rl.core.audio import encode_flac, encode_wav
 
 
 def tone(seconds, sr=16000, freq=440.0):
