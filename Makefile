@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml scripts/setup_venv.sh
 	GPU=$(GPU) bash scripts/setup_venv.sh
@@ -21,10 +21,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m polyaudio_rl.train
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -q tests
 
-test-fast: $(STAMP)
+lint: $(STAMP)
+	.venv/bin/lint-imports --no-logo  # the one-way layer contract in pyproject.toml
+
+test-fast: $(STAMP) lint
 	$(PY) -m pytest -q tests -m "not slow"
 
 bench: $(STAMP)

@@ -31,9 +31,10 @@ from typing import Any, Sequence
 
 import torch
 
-from polyaudio_rl import core_algos as ca
-from polyaudio_rl.config import Config
-from polyaudio_rl.grpo_loss import (
+from polyaudio_rl.core import core_algos as ca
+from polyaudio_rl.core.config import Config
+from polyaudio_rl.core.weights import lora_tensors, merged_lora_weights, peft_to_hub
+from polyaudio_rl.core.grpo_loss import (
     BatchError,
     GlobalCounts,
     TrainItem,
@@ -81,8 +82,8 @@ class LearnerWorker:
               init_adapter: str | None = None) -> dict[str, Any]:
         import deepspeed
 
-        from polyaudio_rl import checkpoint
-        from polyaudio_rl.model import DTYPES, add_lora, load_model, load_processor
+        from polyaudio_rl.core import checkpoint
+        from polyaudio_rl.core.model import DTYPES, add_lora, load_model, load_processor
 
         cfg = self.cfg
         os.environ.update(
@@ -227,39 +228,25 @@ class LearnerWorker:
     def get_weights(self, mode: str) -> dict[str, torch.Tensor] | None:
         """Collective. Rank 0 returns {hub name: tensor}: the LoRA tensors ('adapter') or, for 'merged', every
         weight the training changes with LoRA folded in (W + s·B·A, un-padded, hub layout)."""
+        import deepspeed
         from deepspeed.utils import safe_get_full_fp32_param
-        from peft.tuners.lora import LoraLayer
 
-        from polyaudio_rl.tiny import hub_key
-
-        def hub(name: str) -> str:
-            name = name.replace(".default.", ".").removesuffix(".default")
-            return hub_key(name.removeprefix("base_model.model."))
-
-        out: dict[str, torch.Tensor] = {}
         gathered = {n: safe_get_full_fp32_param(p) for n, p in self.model.named_parameters() if p.requires_grad}
         if mode == "adapter":
-            out = {hub(n): t.detach().cpu().clone() for n, t in gathered.items() if t is not None}
+            out = lora_tensors(gathered.items())
         elif mode == "merged":
-            import deepspeed
-
-            for mname, module in self.model.named_modules():
-                if not isinstance(module, LoraLayer) or not hasattr(module, "base_layer"):
-                    continue
-                base = module.base_layer.weight
-                params = [base] + list(module.lora_A.parameters()) + list(module.lora_B.parameters())
-                with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.learner.zero_stage == 3):
-                    w = base.detach().float() + module.get_delta_weight("default").detach().float()
-                    out[hub(mname + ".weight")] = w.to(self.dtype).cpu().clone()
+            zero3 = self.cfg.learner.zero_stage == 3
+            out = merged_lora_weights(self.model, dtype=self.dtype,
+                                      gather=lambda ps: deepspeed.zero.GatheredParameters(ps, enabled=zero3))
             for n, t in gathered.items():  # other trainable tensors (audio encoder, when unfrozen)
                 if "lora_" not in n and t is not None:
-                    out[hub(n)] = t.detach().to(self.dtype).cpu().clone()
+                    out[peft_to_hub(n)] = t.detach().to(self.dtype).cpu().clone()
         else:
             raise ValueError(f"get_weights: mode must be 'adapter' or 'merged', got {mode!r}")
         return out if self.rank == 0 else None
 
     def save_checkpoint(self, path: str, client_state: dict[str, Any], meta: dict[str, Any]) -> str | None:
-        from polyaudio_rl import checkpoint
+        from polyaudio_rl.core import checkpoint
 
         p = checkpoint.save_checkpoint(path, self.engine, self.model, self.rank, self.step, client_state, meta)
         return str(p) if p else None
@@ -288,7 +275,7 @@ class Learner:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from polyaudio_rl.model import resolve_path
+        from polyaudio_rl.core.model import resolve_path
 
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -327,13 +314,13 @@ class Learner:
     def _prepare(self, items: Sequence[TrainItem]) -> list[TrainItem]:
         """Items whose ``prompt`` is a datagen ``Sample`` (or its row dict) get their MultiAudioPrompt built here
         (once per sample object, so a group shares one prompt)."""
-        from polyaudio_rl.prompts import MultiAudioPrompt, build_prompt_from_config
+        from polyaudio_rl.core.prompts import MultiAudioPrompt, build_prompt_from_config
 
         out, built = [], {}
         for it in items:
             if not isinstance(it.prompt, MultiAudioPrompt):
                 if self.processor is None:
-                    from polyaudio_rl.model import load_processor
+                    from polyaudio_rl.core.model import load_processor
 
                     self.processor = load_processor(self.model_path)
                 key = id(it.prompt)
@@ -478,7 +465,7 @@ class Learner:
         return outs[0]
 
     def save_checkpoint(self, path: str, client_state: dict[str, Any] | None = None) -> str:
-        """Atomic checkpoint (see polyaudio_rl/checkpoint.py); ``client_state`` is the caller's data position etc."""
+        """Atomic checkpoint (see polyaudio_rl/core/checkpoint.py); ``client_state`` is the caller's data position etc."""
         import ray
 
         meta = {"stage": self.stage, "model_path": self.model_path, "zero_stage": self.cfg.learner.zero_stage}

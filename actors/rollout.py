@@ -32,9 +32,9 @@ from typing import Any, Sequence
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
-from polyaudio_rl.config import Config
-from polyaudio_rl.prompts import MultiAudioPrompt
-from polyaudio_rl.rollout_engine import (
+from polyaudio_rl.core.config import Config
+from polyaudio_rl.core.prompts import MultiAudioPrompt
+from actors.rollout_engine import (
     EngineSpec,
     RolloutGroup,
     RolloutInputError,
@@ -42,7 +42,7 @@ from polyaudio_rl.rollout_engine import (
     check_prompts,
     make_engine,
 )
-from polyaudio_rl.weight_sync import Fingerprint, SyncResult, WeightSyncer, make_probe, sync_tolerance
+from actors.weight_sync import Fingerprint, SyncResult, WeightSyncer, make_probe, sync_tolerance
 
 
 class RolloutError(RuntimeError):
@@ -127,7 +127,7 @@ class RolloutPool:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from polyaudio_rl.model import load_processor, resolve_path
+        from polyaudio_rl.core.model import load_processor, resolve_path
 
         if not ray.is_initialized():
             raise RuntimeError("RolloutPool needs a running Ray (ray.init() or a cluster address) first")
@@ -263,7 +263,7 @@ class RolloutPool:
              ) -> list[SyncResult]:
         """Push ``weights`` (``{hub name: tensor}``: merged weights or LoRA tensors per ``rollout.sync_mode``, or an
         ObjectRef to them) as policy ``version`` to every actor; each verifies against ``expected`` (the learner's
-        probe log-probs, see :mod:`polyaudio_rl.weight_sync`). Returns one :class:`SyncResult` per actor."""
+        probe log-probs, see :mod:`actors.weight_sync`). Returns one :class:`SyncResult` per actor."""
         if version <= self.version:
             raise ValueError(f"sync version {version} must be newer than the pool's {self.version}")
         ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)

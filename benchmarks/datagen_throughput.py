@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datagen.__main__ import load_config  # noqa: E402
 from datagen.build import build, make_context  # noqa: E402
 from datagen.generate import make_item  # noqa: E402
-from datagen.schema import TASKS  # noqa: E402
+from polyaudio_rl.core.schema import TASKS  # noqa: E402
 
 
 def main() -> int:

@@ -49,7 +49,7 @@ class FixedLength:
 def ensure_pref(cfg, out: Path) -> str:
     """A ``ci``-preset pref split of the config's tasks, built once under ``out`` (never touches the demo data)."""
     from datagen.build import build_split
-    from datagen.schema import shard_paths
+    from polyaudio_rl.core.schema import shard_paths
 
     d = out / "grpo_step_data" / "pref"
     if not shard_paths(str(d)):
@@ -67,7 +67,7 @@ def bench_engine(cfg, engine: str, warmup: int, steps: int) -> dict:
     from actors.rollout import RolloutPool
     from polyaudio_rl.data_stream import PromptStream
     from polyaudio_rl.driver import GRPODriver
-    from polyaudio_rl.model import load_processor, resolve_path
+    from polyaudio_rl.core.model import load_processor, resolve_path
     from rewards.actor import RewardPool
 
     cfg = replace(cfg, rollout=replace(cfg.rollout, engine=engine))
@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
 
     import ray
 
-    from polyaudio_rl.config import load_config
+    from polyaudio_rl.core.config import load_config
     from polyaudio_rl.train import check_resources, connect_ray
 
     out = Path(a.out)

@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 
 
 def _batch(processor, n_prompts: int, group: int, n_clips: int, length: int, seed: int = 0):
-    from polyaudio_rl.grpo_loss import TrainItem
-    from polyaudio_rl.prompts import prompt_from_arrays
+    from polyaudio_rl.core.grpo_loss import TrainItem
+    from polyaudio_rl.core.prompts import prompt_from_arrays
 
     rng = np.random.default_rng(seed)
     sr, items, rewards = 16000, [], []
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from polyaudio_rl.config import load_config
-    from polyaudio_rl.model import load_processor, resolve_path
+    from polyaudio_rl.core.config import load_config
+    from polyaudio_rl.core.model import load_processor, resolve_path
 
     base = load_config(a.config, a.overrides)
     processor = load_processor(resolve_path(base.model))

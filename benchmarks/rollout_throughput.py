@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 
 def _prompts(processor, n_prompts: int, n_clips: int):
-    from polyaudio_rl.prompts import prompt_from_arrays
+    from polyaudio_rl.core.prompts import prompt_from_arrays
 
     sr, out = 16000, []
     for i in range(n_prompts):
@@ -44,8 +44,8 @@ def _prompts(processor, n_prompts: int, n_clips: int):
 
 
 def _learner(model_path: str, lora_cfg):
-    from polyaudio_rl.config import LoraConfig
-    from polyaudio_rl.model import add_lora, load_model
+    from polyaudio_rl.core.config import LoraConfig
+    from polyaudio_rl.core.model import add_lora, load_model
 
     torch.manual_seed(0)
     return add_lora(load_model(model_path), LoraConfig(rank=lora_cfg.rank, alpha=lora_cfg.alpha, dropout=0.0))
@@ -75,13 +75,14 @@ def bench_generate(engine, prompts, g: int, repeats: int) -> dict:
 
 
 def bench_sync(engine, mode: str, peft, processor, probe, versions: int, tol: float) -> dict:
-    from polyaudio_rl.weight_sync import WeightSyncer, adapter_hub_tensors, merged_hub_weights, reference_logprobs
+    from actors.weight_sync import WeightSyncer, reference_logprobs
+    from polyaudio_rl.core.weights import lora_tensors, merged_lora_weights
 
     syncer = WeightSyncer(engine, probe, mode, tol)
     push, probe_s, diffs = [], [], []
     for v in range(1, versions + 1):
         _set_b(peft, v)
-        weights = merged_hub_weights(peft) if mode == "merged" else adapter_hub_tensors(peft)
+        weights = merged_lora_weights(peft) if mode == "merged" else lora_tensors(peft.named_parameters())
         expected = reference_logprobs(peft, processor, probe)
         res = syncer.sync(weights, v, expected)
         push.append(res.push_s)
@@ -109,10 +110,10 @@ def main(argv=None) -> dict:
 
     from tqdm import tqdm
 
-    from polyaudio_rl.config import load_config
-    from polyaudio_rl.model import load_processor, resolve_path
-    from polyaudio_rl.rollout_engine import EngineSpec, HFEngine, VLLMEngine
-    from polyaudio_rl.weight_sync import make_probe, sync_tolerance
+    from polyaudio_rl.core.config import load_config
+    from polyaudio_rl.core.model import load_processor, resolve_path
+    from actors.rollout_engine import EngineSpec, HFEngine, VLLMEngine
+    from actors.weight_sync import make_probe, sync_tolerance
 
     cfg = load_config(args.config, [f"rollout.max_new_tokens={args.max_new_tokens}",
                                     f"rollout.enforce_eager={str(args.eager).lower()}", "model.lora.dropout=0.0"])

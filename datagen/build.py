@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import DatagenConfig
-from .schema import write_shard
+from polyaudio_rl.core.schema import write_shard
 
 CHUNK = 4  # items per unit of work sent to a worker (progress granularity)
 

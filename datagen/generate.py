@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .audio import SR, SourceError, encode, quantize
-from .schema import Clip, Sample, SampleError
+from polyaudio_rl.core.schema import Clip, Sample, SampleError
 from .sources.speech import stable_hash
 from .tasks import get_task
 from .tasks.base import GENERATOR_VERSION, Context, Draft, tidy_question

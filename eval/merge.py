@@ -1,7 +1,8 @@
 """Merge a trained PEFT LoRA adapter into the base Qwen2-Audio weights: a full checkpoint vLLM can serve.
 
-vLLM 0.32's Qwen2-Audio has no LoRA support (DESIGN notes), so the evaluated policy is the base model with the
-adapter folded in (W + BA·scale, PEFT's ``merge_and_unload``), written in the hub layout (``polyaudio_rl.tiny.hub_key``
+vLLM 0.32's own Qwen2-Audio has no LoRA support (the rollout engines add it with :mod:`actors.vllm_lora`; Serve
+uses vLLM's class unchanged), so the evaluated policy is the base model with the
+adapter folded in (W + BA·scale, PEFT's ``merge_and_unload``), written in the hub layout (``polyaudio_rl.core.weights.hub_key``
 names, safetensors shards + index) next to the base config, processor and chat template. A ``merge_info.json``
 records the adapter's hash: a second call with the same adapter and base reuses the merged directory.
 """
@@ -11,7 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from polyaudio_rl.atomic import atomic_dir
+from polyaudio_rl.core.atomic import atomic_dir
+from polyaudio_rl.core.weights import hub_state_dict
 
 SHARD_BYTES = 4 * 2**30
 
@@ -62,8 +64,7 @@ def merge_adapter(base: str, adapter_dir: str, out: str | None = None, dtype: st
     import torch
     from peft import PeftModel
 
-    from polyaudio_rl.model import load_model, load_processor
-    from polyaudio_rl.tiny import hub_key
+    from polyaudio_rl.core.model import load_model, load_processor
 
     adapter = Path(adapter_dir)
     digest = _adapter_hash(adapter)
@@ -86,7 +87,7 @@ def merge_adapter(base: str, adapter_dir: str, out: str | None = None, dtype: st
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise MergeError(f"adapter {adapter}: cannot be applied to {base}: {exc}") from exc
     merged = peft_model.merge_and_unload()
-    state = {hub_key(k): v.detach().contiguous().clone() for k, v in merged.state_dict().items()}
+    state = hub_state_dict(merged)
     if any("lora_" in k for k in state):
         raise MergeError(f"adapter {adapter}: LoRA tensors left after merging")
     with atomic_dir(out_path) as tmp:

@@ -30,10 +30,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, load_config
-from .config.reward import REWARD_COMPONENTS
+from .core.config import ConfigError, load_config
+from .core.config.reward import REWARD_COMPONENTS
 
-JUDGE_CPUS = 6  # logical CPUs Ray Serve needs for the two LLM deployments + ingress + proxy (DESIGN.md)
+# Logical CPUs Ray Serve needs for the two LLM deployments + ingress + proxy: with fewer, the OpenAI ingress replica
+# is never scheduled beside the LLM servers' placement groups on a 2-core machine.
+JUDGE_CPUS = 6
 
 
 def needs_judge(cfg: Any) -> bool:
@@ -64,7 +66,7 @@ class Session:
         """The tiny-checkpoint judge (and policy) via eval.serve on this cluster; returns its /v1 URL."""
         from eval import serve as eval_serve
 
-        from .model import resolve_path
+        from .core.model import resolve_path
 
         if not self.judge_url:
             scfg = replace(self.cfg.serve, host="127.0.0.1", port=_free_port())
@@ -99,7 +101,7 @@ class Session:
 # ---------------------------------------------------------------------------------------------------- one run
 def collect(run_dir: Path) -> dict[str, Any]:
     """Held-out correctness (before/after GRPO) and the mean of each reward component over the GRPO steps."""
-    from .metrics import read_metrics
+    from .core.metrics import read_metrics
 
     summary = json.loads((run_dir / "summary.json").read_text())
     steps = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("phase") == "grpo"]

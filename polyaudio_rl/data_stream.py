@@ -2,7 +2,7 @@
 
 Stages (all CPU):
 
-1. ``read_parquet`` the split's shards (schema: :mod:`datagen.schema`), keep the configured tasks;
+1. ``read_parquet`` the split's shards (schema: :mod:`polyaudio_rl.core.schema`), keep the configured tasks;
 2. a seeded order per epoch (sort by ``hash(seed, epoch, id)``), the same on every run: resuming at position k
    skips exactly the first k rows of that order;
 3. ``map_batches(DecodeStage)`` on an actor pool: decode each clip (FLAC/WAV) to mono float32 at 16 kHz, validate
@@ -21,10 +21,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from datagen.schema import ARROW_SCHEMA, Sample, SampleError, shard_paths
+from polyaudio_rl.core.schema import ARROW_SCHEMA, Sample, SampleError, shard_paths
 
-from .audio import AudioError
-from .prompts import MultiAudioPrompt, PromptError, build_prompt
+from .core.audio import AudioError
+from .core.prompts import MultiAudioPrompt, PromptError, build_prompt
 
 AUDIO_FREE_COLUMNS = [n for n in ARROW_SCHEMA.names if n != "clips"]
 
@@ -51,7 +51,7 @@ class DecodeStage:
 
     def __init__(self, processor_path: str, max_clips: int, min_clips: int, max_clip_seconds: float,
                  system_prompt: str, answer_tag: bool):
-        from .model import load_processor
+        from .core.model import load_processor
 
         self.processor = load_processor(processor_path)
         self.kw = dict(max_clips=max_clips, min_clips=min_clips, max_clip_seconds=max_clip_seconds,
@@ -68,8 +68,10 @@ class DecodeStage:
                 prompt = build_prompt(row, self.processor, **self.kw)
                 prompt.sample.validate(self.kw["max_clips"], self.kw["max_clip_seconds"])
                 text, pcm, err = prompt.text, [a.astype(np.float32).tobytes() for a in prompt.audios], ""
-            except (AudioError, PromptError, SampleError, KeyError, TypeError, ValueError) as exc:
-                text, pcm, err = "", [], str(exc) if str(exc).startswith("sample") else f"sample {row.get('id')}: {exc}"
+            except (AudioError, PromptError, SampleError) as exc:  # these name the sample and clip themselves
+                text, pcm, err = "", [], str(exc)
+            except (KeyError, TypeError, ValueError) as exc:  # a malformed row: name it here
+                text, pcm, err = "", [], f"sample {row.get('id')}: {type(exc).__name__}: {exc}"
             light = {k: v for k, v in row.items() if k not in ("clips", "okey")}
             light["clips"] = [
                 {"sample_rate": c["sample_rate"], "duration": c["duration"],

@@ -24,9 +24,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import Config
+from .core.config import Config
 from .data_stream import PromptItem, PromptStream
-from .grpo_loss import TrainItem
+from .core.grpo_loss import TrainItem
 
 
 class LearnerFailure(RuntimeError):
@@ -72,12 +72,23 @@ def reward_metrics(batch_scores: Any, weights: dict[str, float]) -> dict[str, fl
     return out
 
 
+TOP_LEVEL_LEARNER_METRICS = ("loss", "kl", "clip_frac", "entropy", "grad_norm")
+
+
+def learner_metric_name(key: str) -> str:
+    """The metrics.jsonl name of a learner statistic: the headline ones stay top-level (``loss``, ``kl``, ...),
+    names that already have a section (``x/y``) are kept, the rest go under ``learner/``."""
+    if "/" in key or key in TOP_LEVEL_LEARNER_METRICS:
+        return key
+    return f"learner/{key}"
+
+
 class GRPODriver:
     """Owns the stream, the rollout and reward pools and the learner for one GRPO run."""
 
     def __init__(self, cfg: Config, stream: PromptStream, rollout_pool: Any, reward_pool: Any, learner: Any,
                  processor: Any, version: int = 0):
-        from .weight_sync import make_probe
+        from actors.weight_sync import make_probe
 
         self.cfg = cfg
         self.stream = stream
@@ -154,8 +165,7 @@ class GRPODriver:
                                         / len(scored)) if scored else 0.0
         if train_items:
             lm = _learner_call(self.learner.train_grpo_step, train_items, rewards)
-            m.update({k if "/" in k else f"learner/{k}" if k not in ("loss", "kl", "clip_frac", "entropy", "grad_norm")
-                      else k: v for k, v in lm.items()})
+            m.update({learner_metric_name(k): v for k, v in lm.items()})
             self.trained_by_step[step] = [it.sample.id for it, gs in zip(items, scores.groups)
                                           if not any(t is None for t in gs.total)]
         t4 = time.time()

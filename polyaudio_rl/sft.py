@@ -19,8 +19,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .config import Config, ConfigError, load_config
-from .grpo_loss import TrainItem
+from .core.config import Config, ConfigError, load_config
+from .core.grpo_loss import TrainItem
 
 ANSWER_END = "<|im_end|>"
 
@@ -38,7 +38,7 @@ def sft_target_ids(sample: Any, processor: Any, answer_tag: bool = False) -> lis
 
 def load_train_split(cfg: Config) -> list[Any]:
     """The train split's samples; built with ``datagen`` first when missing and ``data.build_if_missing``."""
-    from datagen.schema import read_samples, shard_paths
+    from polyaudio_rl.core.schema import read_samples, shard_paths
 
     d = cfg.data.train_dir
     if not shard_paths(d):
@@ -48,7 +48,7 @@ def load_train_split(cfg: Config) -> list[Any]:
         from datagen.build import build
         from datagen.config import DatagenConfig
 
-        from .config.base import build as build_cfg
+        from .core.config.base import build as build_cfg
 
         build(build_cfg(DatagenConfig, {"preset": cfg.data.preset, "seed": cfg.seed}), "train", d)
     samples = read_samples(d)
@@ -77,8 +77,8 @@ def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True) 
 
     from actors.learner import Learner
 
-    from .model import load_processor, resolve_path
-    from .prompts import PromptError, build_prompt_from_config
+    from .core.model import load_processor, resolve_path
+    from .core.prompts import PromptError, build_prompt_from_config
 
     run_dir = Path(cfg.run_dir or f"runs/sft-{time.strftime('%Y%m%d-%H%M%S')}")
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

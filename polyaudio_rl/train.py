@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, ConfigError, load_config, to_dict
+from .core.config import Config, ConfigError, load_config, to_dict
 
 
 class ResourceError(RuntimeError):
@@ -73,7 +73,7 @@ def check_resources(cfg: Config, resources: dict[str, Any]) -> None:
 
 def ensure_data(cfg: Config) -> None:
     """Build the train/pref/bench splits with datagen when a directory has no shards and building is allowed."""
-    from datagen.schema import shard_paths
+    from polyaudio_rl.core.schema import shard_paths
 
     for split, d in (("train", cfg.data.train_dir), ("pref", cfg.data.pref_dir), ("bench", cfg.data.bench_dir)):
         if shard_paths(d):
@@ -92,9 +92,9 @@ def ensure_data(cfg: Config) -> None:
 
 def held_out_prompts(cfg: Config, processor: Any, limit: int) -> list[Any]:
     """The bench split's first ``limit`` prompts (of the configured tasks) for the before/after evaluation."""
-    from datagen.schema import read_samples
+    from polyaudio_rl.core.schema import read_samples
 
-    from .prompts import PromptError, build_prompt_from_config
+    from .core.prompts import PromptError, build_prompt_from_config
 
     out = []
     for s in read_samples(cfg.data.bench_dir):
@@ -112,7 +112,7 @@ def held_out_prompts(cfg: Config, processor: Any, limit: int) -> list[Any]:
 def latest_checkpoint(run_dir: Path, stage: str) -> str | None:
     """The newest complete checkpoint ``RUN_DIR/<stage>/checkpoints/step-NNNNNN`` (temporary dirs left by a killed
     writer are ignored), or None."""
-    from .checkpoint import STATE_FILE
+    from .core.checkpoint import STATE_FILE
 
     ckpts = sorted(c for c in (run_dir / stage / "checkpoints").glob("step-*")
                    if re.fullmatch(r"step-\d+", c.name) and (c / STATE_FILE).is_file())
@@ -130,8 +130,8 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
 
     from .data_stream import PromptStream
     from .driver import GRPODriver, LearnerFailure, evaluate
-    from .metrics import MetricsLogger, plot_curves
-    from .model import load_processor, resolve_path
+    from .core.metrics import MetricsLogger, plot_curves
+    from .core.model import load_processor, resolve_path
 
     model_path = resolve_path(cfg.model)
     processor = load_processor(model_path)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg: Config, run_dir: Path, a: argparse.Namespace) -> int:
-    from .model import resolve_path
+    from .core.model import resolve_path
 
     resolve_path(cfg.model)
     ensure_data(cfg)
@@ -266,7 +266,7 @@ def _run(cfg: Config, run_dir: Path, a: argparse.Namespace) -> int:
                        progress=not a.quiet)
     summary["wall_s"] = time.time() - t0
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    from .metrics import read_metrics
+    from .core.metrics import read_metrics
 
     curve = [r["reward/total"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("reward/total") is not None]
     if curve:

@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from polyaudio_rl.config.reward import RewardConfig
+from polyaudio_rl.core.config.reward import RewardConfig
 
 from .scorer import BatchScores, Group, ItemScores, RewardScorer, finalize
 

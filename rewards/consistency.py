@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from datagen.schema import Sample
+from polyaudio_rl.core.schema import Sample
 
 from .registry import RewardResult, register_reward
 from .verifiers import iou, verify

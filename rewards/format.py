@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from datagen.schema import Sample
+from polyaudio_rl.core.schema import Sample
 
 from .cliprefs import clips_referenced, is_hedged
 from .extract import Extracted, extract_answer

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from datagen.schema import Sample
+from polyaudio_rl.core.schema import Sample
 
 from .cliprefs import clips_referenced
 from .extract import extract_answer

@@ -2,7 +2,7 @@
 
 Item-level rewards (``level="item"``)::
 
-    fn(sample: datagen.schema.Sample, completion: str, **ctx) -> RewardResult
+    fn(sample: polyaudio_rl.core.schema.Sample, completion: str, **ctx) -> RewardResult
 
 Group-level rewards (``level="group"``, e.g. consistency, which needs every completion of a group and of the
 batch) take the whole batch; see :mod:`rewards.consistency`.
@@ -12,7 +12,7 @@ endpoint is down): callers count unscored items and never replace them by 0. ``i
 (what was parsed, why it failed).
 
 The registered components are the keys of ``reward.weights`` in the config
-(:data:`polyaudio_rl.config.reward.REWARD_COMPONENTS`): ``correctness``, ``parsimony``, ``consistency``, ``format``.
+(:data:`polyaudio_rl.core.config.reward.REWARD_COMPONENTS`): ``correctness``, ``parsimony``, ``consistency``, ``format``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from datagen.schema import KEY_TYPES, TASKS, Sample
+from polyaudio_rl.core.registry import Registry
+from polyaudio_rl.core.schema import KEY_TYPES, TASKS, Sample
 
 
 class RewardError(ValueError):
@@ -54,7 +55,7 @@ class RewardSpec:
     doc: str
 
 
-REWARDS: dict[str, RewardSpec] = {}
+REWARDS: Registry[RewardSpec] = Registry("reward")
 
 
 def register_reward(name: str, level: str = "item") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -63,9 +64,9 @@ def register_reward(name: str, level: str = "item") -> Callable[[Callable[..., A
         raise ValueError(f"reward {name}: level must be 'item' or 'group', got {level!r}")
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in REWARDS and REWARDS[name].fn is not fn:
-            raise ValueError(f"reward {name!r} is already registered by {REWARDS[name].fn.__module__}")
-        REWARDS[name] = RewardSpec(name, fn, level, (fn.__doc__ or "").strip().split("\n")[0])
+        if name in REWARDS and REWARDS[name].fn is fn:
+            return fn  # the module was imported again
+        REWARDS.add(name, RewardSpec(name, fn, level, (fn.__doc__ or "").strip().split("\n")[0]))
         return fn
 
     return deco
@@ -74,10 +75,7 @@ def register_reward(name: str, level: str = "item") -> Callable[[Callable[..., A
 def get_reward(name: str) -> RewardSpec:
     """The registered component ``name``; an unknown name is an error listing the known ones."""
     _load_builtin()
-    try:
-        return REWARDS[name]
-    except KeyError:
-        raise KeyError(f"unknown reward {name!r}; registered: {', '.join(sorted(REWARDS))}") from None
+    return REWARDS[name]
 
 
 def list_rewards() -> list[str]:
@@ -94,7 +92,7 @@ def check_sample(sample: Sample) -> None:
     """Raise :class:`RewardError` naming the sample when it cannot be rewarded (task, key, clips)."""
     sid = getattr(sample, "id", "<no id>")
     if not isinstance(sample, Sample):
-        raise RewardError(f"sample {sid}: expected a datagen.schema.Sample, got {type(sample).__name__}")
+        raise RewardError(f"sample {sid}: expected a polyaudio_rl.core.schema.Sample, got {type(sample).__name__}")
     if sample.task not in TASKS:
         raise RewardError(f"sample {sid}: unknown task {sample.task!r} (known: {', '.join(TASKS)})")
     if not isinstance(sample.key, dict) or not sample.key:

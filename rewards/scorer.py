@@ -22,16 +22,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from datagen.schema import Clip, Sample
-from polyaudio_rl.config.reward import REWARD_COMPONENTS, RewardConfig
+from polyaudio_rl.core.schema import Clip, Sample
+from polyaudio_rl.core.config.reward import REWARD_COMPONENTS, RewardConfig
 
-from .consistency import GroupAnswers, clip_fingerprint, consistency
+from .consistency import GroupAnswers, clip_fingerprint
 from .extract import extract_answer
-from .format import format_reward
 from .judge import JudgeClient
-from .parsimony import parsimony
-from .registry import check_sample
-from .verifiers import verify
+from .registry import check_sample, get_reward
+
+# The item-level components every completion gets, through the reward registry; rule correctness is logged as
+# ``correctness_rule`` (``correctness`` is rule, judge or both, by ``reward.correctness_mode``).
+ITEM_REWARDS = ("correctness", "parsimony", "format")
+ITEM_KEYS = {"correctness": "correctness_rule"}
 
 
 class TooManyUnscored(RuntimeError):
@@ -135,18 +137,15 @@ class RewardScorer:
         judge_jobs = []
         for g in groups:
             check_sample(g.sample)
-            comps: dict[str, list[float | None]] = {"correctness_rule": [], "parsimony": [], "format": []}
+            comps: dict[str, list[float | None]] = {ITEM_KEYS.get(n, n): [] for n in ITEM_REWARDS}
             infos: list[dict[str, Any]] = []
             parsed = []
             for c in g.completions:
-                rule = verify(g.sample, c, **ctx)
-                par = parsimony(g.sample, c, **ctx)
-                fmt = format_reward(g.sample, c, **ctx)
-                comps["correctness_rule"].append(rule.score)
-                comps["parsimony"].append(par.score)
-                comps["format"].append(fmt.score)
-                parsed.append(rule.info.get("parsed"))
-                infos.append({"correctness_rule": rule.info, "parsimony": par.info, "format": fmt.info})
+                results = {ITEM_KEYS.get(n, n): get_reward(n).fn(g.sample, c, **ctx) for n in ITEM_REWARDS}
+                for key, res in results.items():
+                    comps[key].append(res.score)
+                parsed.append(results["correctness_rule"].info.get("parsed"))
+                infos.append({key: res.info for key, res in results.items()})
                 if self.judge is not None:
                     judge_jobs.append(self.judge.score(
                         question=g.sample.question, reference=g.sample.answer,
@@ -198,7 +197,8 @@ def finalize(cfg: RewardConfig, groups: list[Group], items: list[ItemScores],
     if len(groups) != len(items):
         raise ValueError(f"finalize: {len(groups)} groups but {len(items)} item scores")
     ctx = {"cfg": cfg}
-    cons = consistency([GroupAnswers(g.sample, it.parsed, g.fingerprint) for g, it in zip(groups, items)], **ctx)
+    cons = get_reward("consistency").fn(
+        [GroupAnswers(g.sample, it.parsed, g.fingerprint) for g, it in zip(groups, items)], **ctx)
     mode = cfg.correctness_mode if cfg.weights.get("correctness", 0) > 0 else "rule"
     enabled = [k for k in REWARD_COMPONENTS if cfg.weights.get(k, 0) > 0]
     out = []

@@ -53,7 +53,8 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from datagen.schema import Sample
+from polyaudio_rl.core.registry import Registry
+from polyaudio_rl.core.schema import Sample
 
 from .cliprefs import clip_sequence, clip_spans, clips_referenced, is_hedged
 from .extract import (
@@ -70,24 +71,16 @@ from .extract import (
 from .registry import RewardError, RewardResult, check_sample, register_reward
 
 Verifier = Callable[..., RewardResult]
-KEY_VERIFIERS: dict[str, Verifier] = {}
-TASK_VERIFIERS: dict[str, Verifier] = {}
+KEY_VERIFIERS: Registry[Verifier] = Registry("key-type verifier")
+TASK_VERIFIERS: Registry[Verifier] = Registry("task verifier")
 
 
 def register_key_verifier(key_type: str) -> Callable[[Verifier], Verifier]:
-    def deco(fn: Verifier) -> Verifier:
-        KEY_VERIFIERS[key_type] = fn
-        return fn
-
-    return deco
+    return KEY_VERIFIERS.register(key_type)
 
 
 def register_task_verifier(task: str) -> Callable[[Verifier], Verifier]:
-    def deco(fn: Verifier) -> Verifier:
-        TASK_VERIFIERS[task] = fn
-        return fn
-
-    return deco
+    return TASK_VERIFIERS.register(task)
 
 
 def _opt(ctx: dict[str, Any], name: str, default: Any) -> Any:

@@ -23,14 +23,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> str:
     """Path of a tiny random Qwen2-Audio checkpoint (seed 0), written once per test session."""
-    from polyaudio_rl.tiny import write_tiny
+    from polyaudio_rl.core.tiny import write_tiny
 
     return str(write_tiny(tmp_path_factory.mktemp("ckpt") / "tiny-qwen2-audio", seed=0))
 
 
 @pytest.fixture(scope="session")
 def tiny_processor(tiny_ckpt):
-    from polyaudio_rl.model import load_processor
+    from polyaudio_rl.core.model import load_processor
 
     return load_processor(tiny_ckpt)
 
@@ -42,8 +42,8 @@ def tone(seconds: float, freq: float = 440.0, sr: int = 16000, amp: float = 0.3)
 
 def make_sample(sample_id: str = "t-0", durations=(1.0, 2.0, 1.5), sr: int = 16000, question: str = "Which clip is the loudest?"):
     """A schema-valid Sample whose clips are FLAC-encoded tones of the given durations."""
-    from datagen.schema import Clip, Sample
-    from polyaudio_rl.audio import encode_flac
+    from polyaudio_rl.core.schema import Clip, Sample
+    from polyaudio_rl.core.audio import encode_flac
 
     clips = [
         Clip(audio=encode_flac(tone(d, 220.0 * (i + 1), sr), sr), sample_rate=sr, duration=d, source_id=f"tone{i}", licence="CC0")

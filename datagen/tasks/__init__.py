@@ -1,24 +1,19 @@
 """Task registry: one generator per task of Table 2, registered by name (like verl's core_algos registries)."""
 from __future__ import annotations
 
+from polyaudio_rl.core.registry import Registry
+
 from .base import Context, Draft, GeneratorFn
 
-TASK_REGISTRY: dict[str, GeneratorFn] = {}
+TASK_REGISTRY: Registry[GeneratorFn] = Registry("task")
 
 
 def register(name: str):
-    def deco(fn: GeneratorFn) -> GeneratorFn:
-        if name in TASK_REGISTRY:
-            raise ValueError(f"task {name!r} registered twice")
-        TASK_REGISTRY[name] = fn
-        return fn
-
-    return deco
+    """Decorator: register a task generator under ``name``."""
+    return TASK_REGISTRY.register(name)
 
 
 def get_task(name: str) -> GeneratorFn:
-    if name not in TASK_REGISTRY:
-        raise KeyError(f"unknown task {name!r} (registered: {', '.join(sorted(TASK_REGISTRY))})")
     return TASK_REGISTRY[name]
 
 

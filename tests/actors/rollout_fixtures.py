@@ -1,8 +1,8 @@
 """Shared helpers of the rollout tests: a config for small engines and a stand-in learner."""
 import torch
 
-from polyaudio_rl.config import LoraConfig, load_config
-from polyaudio_rl.model import add_lora, load_model
+from polyaudio_rl.core.config import LoraConfig, load_config
+from polyaudio_rl.core.model import add_lora, load_model
 
 
 def small_cfg(**over):

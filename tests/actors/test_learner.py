@@ -10,8 +10,8 @@ pytestmark = pytest.mark.slow
 
 
 def _sample(sid, durations, answer="Audio 1.", question="Which clip is the loudest?"):
-    from datagen.schema import Clip, Sample
-    from polyaudio_rl.audio import encode_flac
+    from polyaudio_rl.core.schema import Clip, Sample
+    from polyaudio_rl.core.audio import encode_flac
 
     sr = 16000
     clips = []
@@ -33,7 +33,7 @@ def ray_local():
 
 
 def _cfg(tiny_ckpt, tmp_path, *extra):
-    from polyaudio_rl.config import load_config
+    from polyaudio_rl.core.config import load_config
 
     return load_config(overrides=[
         f"model.path={tiny_ckpt}", "model.lora.dropout=0.1", "learner.num_workers=2", "learner.micro_batch_size=2",
@@ -43,8 +43,8 @@ def _cfg(tiny_ckpt, tmp_path, *extra):
 
 def _batches(tiny_processor, n_batches=3, seed=0):
     """Scored groups: 2 prompts × 3 completions; half the completions carry (synthetic) rollout log-probs."""
-    from polyaudio_rl.grpo_loss import TrainItem
-    from polyaudio_rl.prompts import build_prompt
+    from polyaudio_rl.core.grpo_loss import TrainItem
+    from polyaudio_rl.core.prompts import build_prompt
 
     prompts = [build_prompt(_sample("g-a", (0.5, 1.0)), tiny_processor),
                build_prompt(_sample("g-b", (1.0, 0.5)), tiny_processor)]
@@ -66,7 +66,7 @@ def test_grpo_two_workers_resume_equals_uninterrupted(ray_local, tiny_ckpt, tiny
     from peft import PeftModel, get_peft_model_state_dict
 
     from actors.learner import Learner
-    from polyaudio_rl.model import load_model
+    from polyaudio_rl.core.model import load_model
 
     cfg = _cfg(tiny_ckpt, tmp_path, "learner.zero_stage=2", "grpo.inner_epochs=2", "grpo.lr=1e-3",
                "grpo.kl_coef=0.04", "grpo.dynamic_sampling=true")
@@ -152,7 +152,7 @@ def test_sharding_does_not_change_the_update(ray_local, tiny_ckpt, tiny_processo
 
 
 def test_sft_cli_zero3_resume_equals_uninterrupted(ray_local, tiny_ckpt, tmp_path):
-    from datagen.schema import write_shard
+    from polyaudio_rl.core.schema import write_shard
     from polyaudio_rl.sft import run_sft
     from safetensors.torch import load_file
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from polyaudio_rl.model import load_model
-from polyaudio_rl.prompts import build_prompt
-from polyaudio_rl.rollout_engine import (
+from polyaudio_rl.core.model import load_model
+from polyaudio_rl.core.prompts import build_prompt
+from actors.rollout_engine import (
     EngineSpec,
     HFEngine,
     RolloutInputError,
@@ -18,12 +18,12 @@ from polyaudio_rl.rollout_engine import (
     VLLMEngine,
     hf_completion_logprobs,
 )
-from polyaudio_rl.weight_sync import (
+from actors.weight_sync import (
     WeightSyncer,
     make_probe,
-    merged_hub_weights,
     reference_logprobs,
 )
+from polyaudio_rl.core.weights import merged_lora_weights
 from tests.actors.rollout_fixtures import StandInLearner, small_cfg
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def test_three_clip_batch_yields_g_completions_per_sample_in_order(vllm_engine, 
             assert all(np.isfinite(lp) and lp <= 0 for lp in c.logprobs)
             assert c.finish_reason in ("stop", "length")
     # the engine's own prompt length (audio tokens expanded) is what the input check predicts
-    from polyaudio_rl.rollout_engine import prompt_token_count
+    from actors.rollout_engine import prompt_token_count
 
     assert [g.num_prompt_tokens for g in groups] == [prompt_token_count(p, vllm_engine.tokenizer) for p in prompts]
     # groups are each prompt's own: batch greedy == one-prompt-at-a-time greedy
@@ -138,7 +138,7 @@ def test_merged_sync_changes_outputs_and_matches_learner(vllm_engine, prompts, l
 
     peft = learner.step(seed=1)
     expected = reference_logprobs(peft, tiny_processor, probe)
-    res = syncer.sync(merged_hub_weights(peft), version=1, expected=expected)
+    res = syncer.sync(merged_lora_weights(peft), version=1, expected=expected)
     assert res.version == 1 and vllm_engine.version == 1 and res.max_abs_diff <= TOL
     assert res.fingerprint.max_abs_diff(before_fp) > 0.05  # the policy really changed
 
@@ -159,11 +159,11 @@ def test_merged_sync_changes_outputs_and_matches_learner(vllm_engine, prompts, l
         syncer.verify(expected2)
     # a push of stale weights (version 1's again) under version 2 is caught too, and the engine is marked unsynced
     with pytest.raises(SyncError, match="not in effect"):
-        syncer.sync(merged_hub_weights(learner.step(seed=1)), version=2, expected=expected2)
+        syncer.sync(merged_lora_weights(learner.step(seed=1)), version=2, expected=expected2)
     assert vllm_engine.version == -1
     # the right weights then sync fine
     peft = learner.step(seed=2)
-    ok = syncer.sync(merged_hub_weights(peft), version=3, expected=expected2)
+    ok = syncer.sync(merged_lora_weights(peft), version=3, expected=expected2)
     assert ok.max_abs_diff <= TOL and vllm_engine.version == 3
 
 
@@ -190,7 +190,7 @@ def test_bad_samples_rejected_before_the_engine_with_their_ids(vllm_engine, tiny
     with pytest.raises(RolloutInputError, match="repeats"):
         vllm_engine.generate([ok, ok], n=2)
     tight = _cfg(**{"rollout.max_model_len": 96})
-    from polyaudio_rl.rollout_engine import check_prompts
+    from actors.rollout_engine import check_prompts
 
     with pytest.raises(RolloutInputError, match="fine: prompt of .* tokens .* exceeds rollout.max_model_len 96"):
         check_prompts([ok], ["fine"], max_clips=5, max_clip_seconds=30.0, max_model_len=tight.rollout.max_model_len,
@@ -198,6 +198,6 @@ def test_bad_samples_rejected_before_the_engine_with_their_ids(vllm_engine, tiny
 
 
 def _inputs(prompt, processor):
-    from polyaudio_rl.prompts import processor_inputs
+    from polyaudio_rl.core.prompts import processor_inputs
 
     return processor_inputs([prompt], processor)

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from polyaudio_rl.prompts import build_prompt
-from polyaudio_rl.rollout_engine import RolloutInputError, audio_token_count, check_prompts, prompt_token_count
+from polyaudio_rl.core.prompts import build_prompt
+from actors.rollout_engine import RolloutInputError, audio_token_count, check_prompts, prompt_token_count
 from tests.conftest import make_sample
 
 
@@ -14,7 +14,7 @@ def test_audio_token_count(seconds, tokens):
 
 
 def test_prompt_token_count_matches_the_processor(tiny_processor):
-    from polyaudio_rl.prompts import processor_inputs
+    from polyaudio_rl.core.prompts import processor_inputs
 
     p = build_prompt(make_sample("n", (1.0, 2.0, 1.5)), tiny_processor)
     assert prompt_token_count(p, tiny_processor.tokenizer) == processor_inputs([p], tiny_processor)["input_ids"].shape[1]

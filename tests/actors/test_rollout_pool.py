@@ -8,9 +8,10 @@ import pytest
 import ray
 
 from actors.rollout import RolloutError, RolloutPool
-from polyaudio_rl.prompts import build_prompt
-from polyaudio_rl.rollout_engine import RolloutInputError, SyncError
-from polyaudio_rl.weight_sync import make_probe, merged_hub_weights, reference_logprobs, sync_tolerance
+from polyaudio_rl.core.prompts import build_prompt
+from actors.rollout_engine import RolloutInputError, SyncError
+from actors.weight_sync import make_probe, reference_logprobs, sync_tolerance
+from polyaudio_rl.core.weights import merged_lora_weights
 from tests.actors.rollout_fixtures import StandInLearner, small_cfg
 from tests.conftest import make_sample
 
@@ -87,7 +88,7 @@ def test_sync_reports_version_and_fingerprint_per_actor_and_a_skipped_sync_is_de
     peft = learner.step(seed=1)
     expected = reference_logprobs(peft, tiny_processor, probe)
     before = pool.fingerprints()
-    results = pool.sync(merged_hub_weights(peft), version=1, expected=expected)
+    results = pool.sync(merged_lora_weights(peft), version=1, expected=expected)
     assert [(r.actor, r.version) for r in results] == [(0, 1), (1, 1)]
     tol = sync_tolerance(cfg)
     assert all(r.max_abs_diff <= tol and r.fingerprint.max_abs_diff(before[r.actor]) > 0.05 for r in results)
@@ -136,7 +137,7 @@ def test_sync_to_a_dead_actor_fails_loudly(pool, prompts, learner, probe, tiny_p
     ray.kill(pool.actors[1], no_restart=True)
     peft = learner.step(seed=3)
     with pytest.raises(SyncError, match="rollout actor 1 is down"):
-        pool.sync(merged_hub_weights(peft), version=2, expected=reference_logprobs(peft, tiny_processor, probe))
+        pool.sync(merged_lora_weights(peft), version=2, expected=reference_logprobs(peft, tiny_processor, probe))
     with pytest.raises(RolloutError, match="rollout actor 1 is down"):
         pool.generate(prompts)
 
@@ -149,7 +150,7 @@ def test_hf_fallback_engine_in_the_pool_with_merged_sync(local_ray, tiny_ckpt, p
         _check_groups(hf_pool.generate(prompts[:2]), prompts[:2], 0)
         peft = learner.step(seed=4)
         expected = reference_logprobs(peft, tiny_processor, probe)
-        [res] = hf_pool.sync(merged_hub_weights(peft), version=1, expected=expected)
+        [res] = hf_pool.sync(merged_lora_weights(peft), version=1, expected=expected)
         assert res.version == 1 and res.max_abs_diff <= sync_tolerance(cfg)
         _check_groups(hf_pool.generate(prompts[:2]), prompts[:2], 1)
     finally:

@@ -13,7 +13,7 @@ import soundfile as sf
 from datagen.__main__ import load_config, main
 from datagen.build import build, check_setup
 from datagen.generate import make_item
-from datagen.schema import read_samples, shard_paths
+from polyaudio_rl.core.schema import read_samples, shard_paths
 from datagen.sources.corpora import CorpusSet, load_manifest
 from datagen.sources.events import EventCatalogue, EventFile
 from datagen.sources.speech import EngineMissing

@@ -13,7 +13,7 @@ import pytest
 from datagen.__main__ import load_config, main
 from datagen.audio import decode
 from datagen.build import build
-from datagen.schema import ARROW_SCHEMA, TASKS, read_samples, shard_paths
+from polyaudio_rl.core.schema import ARROW_SCHEMA, TASKS, read_samples, shard_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -12,7 +12,7 @@ import soundfile as sf
 
 from datagen.__main__ import load_config
 from datagen.build import build
-from datagen.schema import read_samples
+from polyaudio_rl.core.schema import read_samples
 
 
 @pytest.fixture(scope="module")

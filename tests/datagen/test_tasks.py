@@ -13,7 +13,7 @@ import pytest
 from datagen.audio import SR, concat, decode
 from datagen.config import DatagenConfig
 from datagen.generate import make_item
-from datagen.schema import TASKS
+from polyaudio_rl.core.schema import TASKS
 from datagen.sources.speech import roster
 from datagen.tasks.base import Context
 from datagen.text import content_words, number_words

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from eval.merge import MergeError, merge_adapter
-from polyaudio_rl.config import LoraConfig
-from polyaudio_rl.model import add_lora, load_model
+from polyaudio_rl.core.config import LoraConfig
+from polyaudio_rl.core.model import add_lora, load_model
 
 
 def test_merged_checkpoint_matches_the_adapter_model(tiny_ckpt, tmp_path):

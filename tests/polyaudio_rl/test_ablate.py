@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from polyaudio_rl import ablate
-from polyaudio_rl.config.reward import REWARD_COMPONENTS
+from polyaudio_rl.core.config.reward import REWARD_COMPONENTS
 from tests.conftest import build_splits
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,8 +2,8 @@
 import pytest
 import ray
 
-from datagen.schema import write_shard
-from polyaudio_rl.config import DataConfig
+from polyaudio_rl.core.schema import write_shard
+from polyaudio_rl.core.config import DataConfig
 from polyaudio_rl.data_stream import PromptStream
 
 

@@ -1,7 +1,7 @@
 """SFT pieces that need no workers: answer targets and the resumable data order."""
 import pytest
 
-from polyaudio_rl.checkpoint import CheckpointError, read_state
+from polyaudio_rl.core.checkpoint import CheckpointError, read_state
 from polyaudio_rl.sft import batches, sft_target_ids
 
 

@@ -138,10 +138,10 @@ def test_two_node_cluster_spreads_rollout_actors(tiny_ckpt, data, tmp_path):
 def test_killed_rollout_actor_is_replaced_and_every_sample_trained_once(tiny_ckpt, data, tmp_path):
     from actors.learner import Learner
     from actors.rollout import RolloutPool
-    from polyaudio_rl.config import load_config
+    from polyaudio_rl.core.config import load_config
     from polyaudio_rl.data_stream import PromptStream
     from polyaudio_rl.driver import GRPODriver
-    from polyaudio_rl.model import load_processor
+    from polyaudio_rl.core.model import load_processor
     from rewards.actor import RewardPool
 
     cfg = load_config(overrides=overrides(tiny_ckpt, data, **{"rollout.num_actors": 2}))

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import soundfile as sf
 
-from datagen.schema import Clip, Sample
+from polyaudio_rl.core.schema import Clip, Sample
 
 
 def wav_bytes(freq: float, seconds: float = 0.05, sr: int = 16000) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from datagen.schema import TASKS
+from polyaudio_rl.core.schema import TASKS
 
 _spec = importlib.util.spec_from_file_location("reward_samples", Path(__file__).with_name("reward_samples.py"))
 reward_samples = importlib.util.module_from_spec(_spec)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from datagen.schema import TASKS
-from polyaudio_rl.config.reward import JudgeConfig, RewardConfig
+from polyaudio_rl.core.schema import TASKS
+from polyaudio_rl.core.config.reward import JudgeConfig, RewardConfig
 from rewards.actor import RewardPool
 from rewards.scorer import Group, RewardScorer
 

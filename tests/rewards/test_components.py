@@ -10,7 +10,7 @@ from rewards.consistency import GroupAnswers, clip_fingerprint, consistency, gro
 from rewards.format import format_reward
 from rewards.parsimony import parsimony
 from rewards.registry import RewardResult, get_reward, list_rewards
-from polyaudio_rl.config.reward import REWARD_COMPONENTS
+from polyaudio_rl.core.config.reward import REWARD_COMPONENTS
 
 _spec = importlib.util.spec_from_file_location("reward_samples", Path(__file__).with_name("reward_samples.py"))
 reward_samples = importlib.util.module_from_spec(_spec)

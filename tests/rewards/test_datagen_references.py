@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from datagen.schema import TASKS
+from polyaudio_rl.core.schema import TASKS
 
 datagen_build = pytest.importorskip("datagen.build")
 from datagen.config import DatagenConfig  # noqa: E402

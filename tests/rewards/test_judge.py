@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from polyaudio_rl.config.reward import JudgeConfig
+from polyaudio_rl.core.config.reward import JudgeConfig
 from rewards.judge import SCORE_CHOICES, JudgeClient, parse_score
 
 _spec = importlib.util.spec_from_file_location("judge_server_helper", Path(__file__).with_name("judge_server_helper.py"))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from datagen.schema import TASKS
-from polyaudio_rl.config import ConfigError, load_config
-from polyaudio_rl.config.reward import DEFAULT_WEIGHTS, JudgeConfig, RewardConfig
+from polyaudio_rl.core.schema import TASKS
+from polyaudio_rl.core.config import ConfigError, load_config
+from polyaudio_rl.core.config.reward import DEFAULT_WEIGHTS, JudgeConfig, RewardConfig
 from rewards.scorer import Group, RewardScorer, TooManyUnscored
 
 

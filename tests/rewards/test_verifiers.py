@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from datagen.schema import Sample
+from polyaudio_rl.core.schema import Sample
 from rewards.registry import RewardError
 from rewards.verifiers import kendall_partial, verify
 

@@ -13,7 +13,7 @@ Output per prompt: a :class:`RolloutGroup` — the prompt's group id and sample 
 in the order of the prompts given; a group is never split.
 
 Both engines also take weights (``load_merged``: hub-named tensors, ``load_adapter``: LoRA tensors) and score a
-fixed completion (``completion_logprobs``): the primitives that :mod:`polyaudio_rl.weight_sync` builds the
+fixed completion (``completion_logprobs``): the primitives that :mod:`actors.weight_sync` builds the
 versioned, verified sync on.
 
 Bad input is rejected before the engine (:func:`check_prompts`): too many clips, a clip over the limit, a prompt
@@ -30,18 +30,18 @@ from typing import Any, Sequence
 
 import torch
 
-from .audio import TARGET_SR
-from .prompts import AUDIO_PLACEHOLDER, MultiAudioPrompt, processor_inputs, to_vllm_input
+from polyaudio_rl.core.audio import TARGET_SR
+from polyaudio_rl.core.prompts import AUDIO_PLACEHOLDER, MultiAudioPrompt, processor_inputs, to_vllm_input
+from polyaudio_rl.core.registry import Registry
+from polyaudio_rl.core.weights import (
+    SyncError, apply_lora_tensors, check_hub_weights, checkpoint_shapes, hub_key, write_peft_adapter,
+)
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class RolloutInputError(ValueError):
     """One or more prompts cannot be rolled out; the message names each sample id and the problem."""
-
-
-class SyncError(RuntimeError):
-    """A weight sync failed or did not take effect (names the actor/engine, version and the evidence)."""
 
 
 @dataclass
@@ -123,6 +123,7 @@ def check_prompts(
         if not isinstance(p, MultiAudioPrompt):
             problems.append(f"item {i}: not a MultiAudioPrompt ({type(p).__name__}); build it with build_prompt")
             continue
+        n_before = len(problems)
         if gid in seen:
             problems.append(f"sample {sid}: group id {gid!r} repeats item {seen[gid]} (group ids must be unique)")
         seen[gid] = i
@@ -144,7 +145,7 @@ def check_prompts(
                                 "(Qwen2-Audio would silently truncate it)")
             if len(a) == 0:
                 problems.append(f"sample {sid}, clip {k + 1}: empty audio")
-        if not problems or not any(s.startswith(f"sample {sid}") for s in problems):
+        if len(problems) == n_before:  # the token count needs well-formed clips
             n_tok = prompt_token_count(p, tokenizer)
             if n_tok + max_new_tokens > max_model_len:
                 problems.append(f"sample {sid}: prompt of {n_tok} tokens + {max_new_tokens} new tokens exceeds "
@@ -161,7 +162,7 @@ class RolloutEngine(abc.ABC):
     name = "base"
 
     def __init__(self, model_path: str, rollout_cfg: Any, spec: EngineSpec):
-        from .model import load_processor
+        from polyaudio_rl.core.model import load_processor
 
         self.model_path = str(model_path)
         self.cfg = rollout_cfg
@@ -185,18 +186,18 @@ class RolloutEngine(abc.ABC):
         self.check(prompts, group_ids)
         seeds = [request_seed(self.cfg.seed, gid) for gid in group_ids]
         groups = self._generate(prompts, n, seeds, greedy=greedy, ignore_eos=ignore_eos)
-        if len(groups) != len(prompts) or any(len(g) != n for g in groups):
-            raise RuntimeError(f"{self.name} engine returned {[len(g) for g in groups]} completions for "
+        if len(groups) != len(prompts) or any(len(g.completions) != n for g in groups):
+            raise RuntimeError(f"{self.name} engine returned {[len(g.completions) for g in groups]} completions for "
                                f"{len(prompts)} prompts × n={n}")
         return [
-            RolloutGroup(group_id=gid, sample_id=p.sample_id, policy_version=self.version, completions=list(comps),
-                         num_prompt_tokens=comps.n_prompt)
-            for p, gid, comps in zip(prompts, group_ids, groups)
+            RolloutGroup(group_id=gid, sample_id=p.sample_id, policy_version=self.version,
+                         completions=list(s.completions), num_prompt_tokens=s.n_prompt)
+            for p, gid, s in zip(prompts, group_ids, groups)
         ]
 
     @abc.abstractmethod
     def _generate(self, prompts: list[MultiAudioPrompt], n: int, seeds: list[int], *, greedy: bool,
-                  ignore_eos: bool) -> list["_Comps"]:
+                  ignore_eos: bool) -> list[Sampled]:
         """``seeds[i]`` seeds prompt i's sampling (see :func:`request_seed`)."""
 
     @abc.abstractmethod
@@ -227,10 +228,12 @@ def request_seed(seed: int, group_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{group_id}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-class _Comps(list):
-    """A prompt's completions plus its (expanded) prompt length."""
+@dataclass
+class Sampled:
+    """What an engine sampled for one prompt: its completions and its prompt length in tokens (audio expanded)."""
 
-    n_prompt: int = 0
+    completions: list[Completion]
+    n_prompt: int
 
 
 def _finish(ids: list[int], lps: list[float], eos: set[int], max_new: int) -> tuple[list[int], list[float], str]:
@@ -258,7 +261,7 @@ def _eos_ids(model_path: str, tokenizer: Any) -> set[int]:
 class VLLMEngine(RolloutEngine):
     """vLLM ``LLM`` in this process. On CPU the KV cache is sized by ``rollout.kv_cache_memory_gb``; on GPUs by
     ``rollout.gpu_memory_utilization``. ``sync_mode='adapter'`` builds the LoRA-capable Qwen2-Audio
-    (:mod:`polyaudio_rl.vllm_lora`) with ``enable_lora``."""
+    (:mod:`actors.vllm_lora`) with ``enable_lora``."""
 
     name = "vllm"
 
@@ -316,14 +319,13 @@ class VLLMEngine(RolloutEngine):
         outs = self.llm.generate(inputs, sps, lora_request=self._lora, use_tqdm=False)
         groups = []
         for i, p in enumerate(prompts):
-            comps = _Comps()
-            comps.n_prompt = len(outs[i * reps].prompt_token_ids or [])
+            comps = Sampled([], n_prompt=len(outs[i * reps].prompt_token_ids or []))
             for o in (o for out in outs[i * reps:(i + 1) * reps] for o in out.outputs):
                 ids = list(o.token_ids)
                 if o.logprobs is None or len(o.logprobs) != len(ids):
                     raise RuntimeError(f"sample {p.sample_id}: vLLM returned no per-token log-probs")
                 lps = [float(d[t].logprob) for d, t in zip(o.logprobs, ids)]
-                comps.append(Completion(ids, lps, o.finish_reason or "length", o.text))
+                comps.completions.append(Completion(ids, lps, o.finish_reason or "length", o.text))
             groups.append(comps)
         return groups
 
@@ -387,57 +389,6 @@ class VLLMEngine(RolloutEngine):
         gc.collect()
 
 
-def checkpoint_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
-    """{hub name: shape} of the checkpoint's safetensors files (read lazily, no tensor data)."""
-    import glob
-
-    from safetensors import safe_open
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    for f in sorted(glob.glob(os.path.join(model_path, "*.safetensors"))):
-        with safe_open(f, "pt") as fh:
-            for k in fh.keys():
-                shapes[k] = tuple(fh.get_slice(k).get_shape())
-    return shapes
-
-
-def check_hub_weights(weights: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> None:
-    """Every pushed tensor must be a checkpoint weight (hub name) with the checkpoint's (un-padded) shape."""
-    if not shapes:
-        return  # a hub id without local files: vLLM's loader checks names itself
-    unknown = [k for k in weights if k not in shapes]
-    if unknown:
-        raise SyncError(f"merged sync: {len(unknown)} names are not weights of the checkpoint, e.g. {unknown[:3]} "
-                        "(expected hub names such as 'language_model.model.layers.0.self_attn.q_proj.weight')")
-    bad = [f"{k} {tuple(t.shape)} != {shapes[k]}" for k, t in weights.items() if tuple(t.shape) != shapes[k]]
-    if bad:
-        raise SyncError(f"merged sync: shape mismatch for {len(bad)} tensors, e.g. {bad[:3]}")
-
-
-def write_peft_adapter(tensors: dict[str, torch.Tensor], path: str, rank: int, alpha: int) -> str:
-    """A PEFT LoRA directory (``adapter_config.json`` + ``adapter_model.safetensors``) from hub-named tensors."""
-    import json
-
-    from safetensors.torch import save_file
-
-    modules = sorted({k.rsplit(".lora_", 1)[0].rsplit(".", 1)[-1] for k in tensors if ".lora_" in k})
-    bad = [k for k in tensors if ".lora_A." not in k and ".lora_B." not in k]
-    if bad or not modules:
-        raise SyncError(f"adapter sync got non-LoRA tensors {bad[:3]} (expected '...lora_A.weight'/'...lora_B.weight')")
-    for k, t in tensors.items():
-        if ".lora_A." in k and t.shape[0] != rank:
-            raise SyncError(f"adapter tensor {k} has rank {t.shape[0]}, config says model.lora.rank={rank}")
-    os.makedirs(path, exist_ok=True)
-    state = {("base_model.model." + k if not k.startswith("base_model.model.") else k): t.detach().contiguous().cpu()
-             for k, t in tensors.items()}
-    save_file(state, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
-    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0,
-           "target_modules": modules, "bias": "none", "base_model_name_or_path": None}
-    with open(os.path.join(path, "adapter_config.json"), "w") as fh:
-        json.dump(cfg, fh)
-    return path
-
-
 # ------------------------------------------------------------------------------------------------ transformers
 def hf_completion_logprobs(model: Any, processor: Any, prompt: MultiAudioPrompt,
                            completion_ids: Sequence[int]) -> list[float]:
@@ -460,8 +411,7 @@ class HFEngine(RolloutEngine):
 
     def __init__(self, model_path: str, rollout_cfg: Any, spec: EngineSpec):
         super().__init__(model_path, rollout_cfg, spec)
-        from .model import load_model
-        from .tiny import hub_key
+        from polyaudio_rl.core.model import load_model
 
         if rollout_cfg.logprobs_mode == "processed_logprobs" and rollout_cfg.top_p < 1.0:
             raise ValueError("the HF engine returns processed log-probs for temperature only, not top_p < 1")
@@ -496,11 +446,11 @@ class HFEngine(RolloutEngine):
         n_prompt = batch["attention_mask"].sum(-1).tolist()
         groups = []
         for i in range(len(prompts)):
-            comps = _Comps()
-            comps.n_prompt = int(n_prompt[i * n])
+            comps = Sampled([], n_prompt=int(n_prompt[i * n]))
             for j in range(i * n, (i + 1) * n):
                 ids, lp, reason = _finish(seqs[j].tolist(), lps[j].tolist(), self.eos, c.max_new_tokens)
-                comps.append(Completion(ids, lp, reason, self.tokenizer.decode(ids, skip_special_tokens=True)))
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                comps.completions.append(Completion(ids, lp, reason, text))
             groups.append(comps)
         return groups
 
@@ -521,38 +471,22 @@ class HFEngine(RolloutEngine):
         return len(weights)
 
     def load_adapter(self, tensors, tag):
-        scale = self.spec.lora_alpha / self.spec.lora_rank
-        pairs: dict[str, dict[str, torch.Tensor]] = {}
-        for k, t in tensors.items():
-            if ".lora_A." not in k and ".lora_B." not in k:
-                raise SyncError(f"adapter sync got a non-LoRA tensor {k}")
-            mod, ab = k.rsplit(".lora_", 1)
-            pairs.setdefault(mod + ".weight", {})[ab[0]] = t
-        with torch.no_grad():
-            for name, base in self._base.items():  # drop the previous adapter
-                self.params[name].copy_(base)
-            for name, ab in pairs.items():
-                if name not in self.params or set(ab) != {"A", "B"}:
-                    raise SyncError(f"adapter sync: no base weight {name} or missing lora_A/lora_B for it")
-                p = self.params[name]
-                self._base.setdefault(name, p.detach().clone())
-                delta = (ab["B"].float() @ ab["A"].float()) * scale
-                p.copy_((self._base[name].float() + delta.to(p.device)).to(p.dtype))
+        apply_lora_tensors(self.params, self._base, tensors, scale=self.spec.lora_alpha / self.spec.lora_rank)
 
 
-ENGINES = {"vllm": VLLMEngine, "hf": HFEngine}
+ENGINES: Registry[type[RolloutEngine]] = Registry("rollout engine")
+ENGINES.add("vllm", VLLMEngine)
+ENGINES.add("hf", HFEngine)
 
 
 def make_engine(model_path: str, rollout_cfg: Any, spec: EngineSpec, engine: str | None = None) -> RolloutEngine:
     """The engine named by ``rollout.engine`` (or ``engine``)."""
     name = engine or rollout_cfg.engine
-    if name not in ENGINES:
-        raise ValueError(f"rollout engine must be one of {sorted(ENGINES)}, got {name!r}")
     return ENGINES[name](model_path, rollout_cfg, spec)
 
 
 __all__ = [
     "Completion", "EngineSpec", "HFEngine", "RolloutEngine", "RolloutGroup", "RolloutInputError", "SyncError",
     "VLLMEngine", "audio_token_count", "check_prompts", "hf_completion_logprobs", "make_engine",
-    "checkpoint_shapes", "check_hub_weights", "prompt_token_count", "write_peft_adapter",
+    "prompt_token_count",
 ]

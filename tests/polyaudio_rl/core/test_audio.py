@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from polyaudio_rl.audio import AudioError, decode, encode_flac, encode_wav, load_clip
+from polyaudio_rl.core.audio import AudioError, decode, encode_flac, encode_wav, load_clip
 
 
 def _tone(seconds, sr=16000, f=440.0):

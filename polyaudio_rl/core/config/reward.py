@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..judge_prompts import PROMPTS
 from .base import cfg_field
 
 # The reward components (rewards/ registers one function per name). The total is sum_k weights[k] * score_k.
@@ -24,7 +25,7 @@ class JudgeConfig:
     concurrency: int = cfg_field(8, "Most judge requests in flight at once.")
     prompts: list[str] = cfg_field(
         ["rubric_a", "rubric_b"],
-        "Judge prompts whose scores are averaged (§3.2.2: two paraphrased prompts); names from rewards.judge.PROMPTS.",
+        "Judge prompts whose scores are averaged (§3.2.2: two paraphrased prompts); names from polyaudio_rl.core.judge_prompts.PROMPTS.",
     )
     structured_output: str = cfg_field(
         "auto",
@@ -44,8 +45,6 @@ class JudgeConfig:
             raise ValueError(f"structured_output must be auto, choice, json_schema or none, got {self.structured_output!r}")
         if not self.prompts:
             raise ValueError("judge.prompts must name at least one prompt")
-        from rewards.judge import PROMPTS  # the prompt texts live with the judge client
-
         unknown = [p for p in self.prompts if p not in PROMPTS]
         if unknown:
             raise ValueError(f"judge.prompts: unknown prompt(s) {unknown}; known: {sorted(PROMPTS)}")

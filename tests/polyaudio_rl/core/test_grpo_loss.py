@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from polyaudio_rl.config import GRPOConfig, LoraConfig
-from polyaudio_rl.grpo_loss import (
+from polyaudio_rl.core.config import GRPOConfig, LoraConfig
+from polyaudio_rl.core.grpo_loss import (
     BatchError,
     GlobalCounts,
     TrainItem,
@@ -14,14 +14,14 @@ from polyaudio_rl.grpo_loss import (
     grpo_microbatch_loss,
     token_logprobs,
 )
-from polyaudio_rl.model import add_lora, load_model
-from polyaudio_rl.prompts import build_prompt, processor_inputs
+from polyaudio_rl.core.model import add_lora, load_model
+from polyaudio_rl.core.prompts import build_prompt, processor_inputs
 
 
 @pytest.fixture(scope="module")
 def prompts(tiny_processor):
-    from polyaudio_rl.audio import encode_flac
-    from datagen.schema import Clip, Sample
+    from polyaudio_rl.core.audio import encode_flac
+    from polyaudio_rl.core.schema import Clip, Sample
 
     def make_sample(sid, durations, question="Which clip is the loudest?"):
         sr = 16000

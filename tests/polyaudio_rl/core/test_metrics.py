@@ -1,6 +1,6 @@
 import json
 
-from polyaudio_rl.metrics import MetricsLogger, plot_curves, read_metrics
+from polyaudio_rl.core.metrics import MetricsLogger, plot_curves, read_metrics
 
 
 def test_jsonl_resume_keeps_last_record_per_step_and_plots(tmp_path):

@@ -12,7 +12,7 @@ Layout of ``<dir>/``::
 
 Everything is gathered to full tensors with DeepSpeed's ``safe_get_full_*`` API (works for ZeRO-0..3), so a
 checkpoint does not depend on how optimizer state was partitioned. Rank 0 writes it with
-:func:`polyaudio_rl.atomic.atomic_dir` (a temporary directory renamed when complete): a crash never leaves a half checkpoint.
+:func:`polyaudio_rl.core.atomic.atomic_dir` (a temporary directory renamed when complete): a crash never leaves a half checkpoint.
 Resuming: the adapter is loaded into the PEFT model *before* ``deepspeed.initialize`` (so ZeRO builds its
 partitions from it), then :func:`restore_training_state` sets fp32 masters, moments, step counts, scheduler
 and RNG. Resume with the same number of workers to continue the RNG streams exactly.

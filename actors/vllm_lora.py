@@ -20,4 +20,4 @@ def register() -> None:
     from vllm import ModelRegistry
 
     if LORA_ARCH not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(LORA_ARCH, "polyaudio_rl.vllm_lora_model:Qwen2AudioLoRAForConditionalGeneration")
+        ModelRegistry.register_model(LORA_ARCH, "actors.vllm_lora_model:Qwen2AudioLoRAForConditionalGeneration")

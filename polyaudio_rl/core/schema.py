@@ -10,7 +10,7 @@ A row::
     question       str
     answer         str    natural-language reference answer (consistent with `key`)
     choices        list<str>   MCQ options in order (A, B, C, ...); empty when not MCQ. The question text does
-                               not list them: the prompt builder (polyaudio_rl/prompts.py) renders them.
+                               not list them: the prompt builder (polyaudio_rl/core/prompts.py) renders them.
     key            str    JSON ground-truth key for rule verification, see GroundTruth
     relevant_clips list<int32>  1-based indices of the clips the answer depends on (clip-parsimony)
     metadata       str    JSON: speakers, events with timestamps, generator version, seed, ...

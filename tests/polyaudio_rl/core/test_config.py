@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from polyaudio_rl.config import Config, ConfigError, describe, load_config
+from polyaudio_rl.core.config import Config, ConfigError, describe, load_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 def test_default_config_loads_from_tiny_cpu_yaml():

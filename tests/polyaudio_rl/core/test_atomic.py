@@ -1,6 +1,6 @@
 import pytest
 
-from polyaudio_rl.atomic import atomic_dir
+from polyaudio_rl.core.atomic import atomic_dir
 
 
 def test_complete_write_replaces_the_old_directory(tmp_path):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from polyaudio_rl.model import add_lora, load_model, reference_policy
-from polyaudio_rl.config import LoraConfig
-from polyaudio_rl.prompts import build_prompt, processor_inputs, to_vllm_input
-from polyaudio_rl.tiny import write_tiny
+from polyaudio_rl.core.model import add_lora, load_model, reference_policy
+from polyaudio_rl.core.config import LoraConfig
+from polyaudio_rl.core.prompts import build_prompt, processor_inputs, to_vllm_input
+from polyaudio_rl.core.tiny import write_tiny
 
 
 def _digest(path):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from polyaudio_rl.audio import AudioError
-from polyaudio_rl.prompts import (
+from polyaudio_rl.core.audio import AudioError
+from polyaudio_rl.core.prompts import (
     PromptError, build_prompt, processor_inputs, prompt_from_arrays, render_question, to_vllm_input,
 )
 

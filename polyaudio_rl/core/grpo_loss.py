@@ -9,7 +9,7 @@ Sequence construction (the same for SFT and GRPO, and for every worker):
   per-sequence clip count always matches the ``<|AUDIO|>`` runs in that row (no ``repeat`` vs ``repeat_interleave``
   mix-up: group members reference their prompt's features, they are never tiled).
 
-The math itself lives in :mod:`polyaudio_rl.core_algos`; this module only runs the model and applies it.
+The math itself lives in :mod:`polyaudio_rl.core.core_algos`; this module only runs the model and applies it.
 """
 from __future__ import annotations
 
@@ -304,7 +304,7 @@ def grpo_microbatch_loss(
     """This micro-batch's share of the step loss (global normalisers) and its metric sums."""
     mask = mb.mask
     adv = mb.advantages * float(grpo_cfg.sign)
-    pg, clipped = ca.get_policy_loss("ppo_clip")(logp, mb.old_logp, adv, grpo_cfg.clip_low, grpo_cfg.clip_high)
+    pg, clipped = ca.get_policy_loss(grpo_cfg.policy_loss)(logp, mb.old_logp, adv, grpo_cfg.clip_low, grpo_cfg.clip_high)
     tok_loss = pg
     kl = None
     if ref_logp is not None and grpo_cfg.kl_coef > 0:

@@ -26,66 +26,51 @@ from typing import Callable, Hashable, Sequence
 
 import torch
 
+from .registry import Registry
+
 # --------------------------------------------------------------------------------------------------------------
 # registries
 # --------------------------------------------------------------------------------------------------------------
-ADV_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}
-POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {}
-KL_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}
-LOSS_AGGS: dict[str, Callable[..., torch.Tensor]] = {}
-
-
-def _register(table: dict, kind: str, name: str):
-    def deco(fn):
-        if name in table:
-            raise ValueError(f"{kind} '{name}' is already registered")
-        table[name] = fn
-        return fn
-
-    return deco
+ADV_ESTIMATORS: Registry[Callable[..., torch.Tensor]] = Registry("advantage estimator")
+POLICY_LOSSES: Registry[Callable[..., tuple[torch.Tensor, torch.Tensor]]] = Registry("policy loss")
+KL_ESTIMATORS: Registry[Callable[..., torch.Tensor]] = Registry("KL estimator")
+LOSS_AGGS: Registry[Callable[..., torch.Tensor]] = Registry("loss aggregation")
 
 
 def register_adv_estimator(name: str):
     """Decorator: ``fn(rewards[N], group_index[N] (0..K-1), eps) -> advantages[N]``."""
-    return _register(ADV_ESTIMATORS, "advantage estimator", name)
+    return ADV_ESTIMATORS.register(name)
 
 
 def register_policy_loss(name: str):
     """Decorator: ``fn(logp, old_logp, advantages, clip_low, clip_high) -> (loss[B,T], clipped[B,T] bool)``."""
-    return _register(POLICY_LOSSES, "policy loss", name)
+    return POLICY_LOSSES.register(name)
 
 
 def register_kl_estimator(name: str):
     """Decorator: ``fn(logp, ref_logp) -> kl[B,T]`` (per-token estimate of KL(π || π_ref), samples from π)."""
-    return _register(KL_ESTIMATORS, "KL estimator", name)
+    return KL_ESTIMATORS.register(name)
 
 
 def register_loss_agg(name: str):
     """Decorator: ``fn(loss[B,T], mask[B,T], global_tokens, global_seqs, norm_len) -> scalar``."""
-    return _register(LOSS_AGGS, "loss aggregation", name)
-
-
-def _get(table: dict, kind: str, name: str):
-    try:
-        return table[name]
-    except KeyError:
-        raise ValueError(f"unknown {kind} '{name}'; registered: {sorted(table)}") from None
+    return LOSS_AGGS.register(name)
 
 
 def get_adv_estimator(name: str):
-    return _get(ADV_ESTIMATORS, "advantage estimator", name)
+    return ADV_ESTIMATORS[name]
 
 
 def get_policy_loss(name: str):
-    return _get(POLICY_LOSSES, "policy loss", name)
+    return POLICY_LOSSES[name]
 
 
 def get_kl_estimator(name: str):
-    return _get(KL_ESTIMATORS, "KL estimator", name)
+    return KL_ESTIMATORS[name]
 
 
 def get_loss_agg(name: str):
-    return _get(LOSS_AGGS, "loss aggregation", name)
+    return LOSS_AGGS[name]
 
 
 # --------------------------------------------------------------------------------------------------------------

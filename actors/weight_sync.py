@@ -3,12 +3,14 @@
 Two modes (``rollout.sync_mode``):
 
 * ``merged`` — the learner folds LoRA into the base weights of the layers it adapts and sends
-  ``{hub name: tensor}`` (un-padded, hub layout: ``language_model.model.layers.0.self_attn.q_proj.weight``); vLLM
-  takes them with ``llm.apply_model(lambda m: m.load_weights([...]))`` (it packs q/k/v and gate/up itself), then the
-  prefix cache is reset so no KV computed under the old weights is reused.
+  ``{hub name: tensor}`` (un-padded, hub layout: ``language_model.model.layers.0.self_attn.q_proj.weight``); the
+  vLLM engine loads them with ``collective_rpc("reload_weights", ...)`` (vLLM packs q/k/v and gate/up itself; a plain
+  ``model.load_weights`` fails on CPU), then resets the encoder and prefix caches so nothing computed under the old
+  weights is reused (:meth:`actors.rollout_engine.VLLMEngine.load_merged`). The HF engine copies them in place.
 * ``adapter`` — only the LoRA tensors (``...q_proj.lora_A.weight``, ``...lora_B.weight``); the engine writes a PEFT
   directory from them (no shared filesystem: the tensors arrive through the Ray object store) and serves it as a
-  new vLLM ``LoRARequest`` (the LoRA-capable Qwen2-Audio of :mod:`polyaudio_rl.vllm_lora`).
+  new vLLM ``LoRARequest`` (the LoRA-capable Qwen2-Audio of :mod:`actors.vllm_lora`); the HF engine folds them into
+  its weights. Names, merging and adapter export live in :mod:`polyaudio_rl.core.weights`.
 
 Verification. Every sync ends with a :class:`Fingerprint`: the engine's log-probs of a fixed probe completion after a
 fixed two-clip probe prompt (:func:`make_probe`). Given the learner's log-probs of the same tokens (``expected``:
@@ -19,7 +21,6 @@ also raises. A failed sync leaves the engine at version -1, so it refuses versio
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -28,9 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .prompts import MultiAudioPrompt, prompt_from_arrays
+from polyaudio_rl.core.prompts import MultiAudioPrompt, prompt_from_arrays
 from .rollout_engine import RolloutEngine, SyncError, hf_completion_logprobs
-from .tiny import hub_key
 
 PROBE_ID = "__sync_probe__"
 PROBE_QUESTION = "Which clip has the higher pitch, and how many clips are there?"
@@ -117,29 +117,6 @@ def weights_digest(weights: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-# ------------------------------------------------------------------------------------------------ learner side
-def _peft_name(name: str) -> str:
-    return hub_key(name.replace(".default.", ".").removesuffix(".default").removeprefix("base_model.model."))
-
-
-def adapter_hub_tensors(peft_model: Any) -> dict[str, torch.Tensor]:
-    """The LoRA tensors of a PEFT model under hub names (what ``sync_mode='adapter'`` sends)."""
-    return {_peft_name(n): p.detach().cpu().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
-
-
-def merged_hub_weights(peft_model: Any) -> dict[str, torch.Tensor]:
-    """LoRA folded into the base weights (``merge_and_unload`` on a copy), hub names, only the adapted layers
-    (what ``sync_mode='merged'`` sends)."""
-    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A." in n}
-    targets = {_peft_name(m + ".weight") for m in adapted}
-    merged = copy.deepcopy(peft_model).merge_and_unload()
-    out = {hub_key(n): t.detach().cpu().clone() for n, t in merged.state_dict().items() if hub_key(n) in targets}
-    missing = targets - set(out)
-    if missing:
-        raise SyncError(f"merge_and_unload lost adapted weights {sorted(missing)[:3]}")
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ engine side
 class WeightSyncer:
     """Applies versioned pushes to one engine and proves each took effect."""
@@ -209,6 +186,6 @@ class WeightSyncer:
 
 
 __all__ = [
-    "Fingerprint", "Probe", "SyncError", "SyncResult", "WeightSyncer", "adapter_hub_tensors", "make_probe",
-    "merged_hub_weights", "reference_logprobs", "sync_tolerance", "weights_digest",
+    "Fingerprint", "Probe", "SyncError", "SyncResult", "WeightSyncer", "make_probe", "reference_logprobs",
+    "sync_tolerance", "weights_digest",
 ]

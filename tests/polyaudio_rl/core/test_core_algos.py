@@ -1,10 +1,10 @@
-"""Table tests for polyaudio_rl/core_algos.py: every expected value below is computed by hand (shown inline)."""
+"""Table tests for polyaudio_rl/core/core_algos.py: every expected value below is computed by hand (shown inline)."""
 import math
 
 import pytest
 import torch
 
-from polyaudio_rl import core_algos as ca
+from polyaudio_rl.core import core_algos as ca
 
 # rewards and groups shared by the advantage tables: group a = [1, 0, 0, 0], group b = [2, 4] (interleaved)
 REWARDS = [1.0, 0.0, 2.0, 0.0, 4.0, 0.0]

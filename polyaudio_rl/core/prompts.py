@@ -9,7 +9,7 @@ and then the question (paper §3: interleaved text-audio representation). The sa
   whose ``input_features`` list every sequence's clips in order, sequence after sequence.
 
 Bad input (zero clips, too many, a clip over the limit, empty/NaN audio, unreadable bytes, unknown sample rate) is a
-:class:`PromptError` / :class:`~polyaudio_rl.audio.AudioError` naming the sample id.
+:class:`PromptError` / :class:`~polyaudio_rl.core.audio.AudioError` naming the sample id.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from datagen.schema import Sample
+from polyaudio_rl.core.schema import Sample
 
 from .audio import TARGET_SR, AudioError, load_clip
 
@@ -108,7 +108,7 @@ def build_prompt(
 
 
 def build_prompt_from_config(sample: Sample | dict[str, Any], processor: Any, data_cfg: Any) -> MultiAudioPrompt:
-    """:func:`build_prompt` with the limits of a :class:`~polyaudio_rl.config.DataConfig`."""
+    """:func:`build_prompt` with the limits of a :class:`~polyaudio_rl.core.config.DataConfig`."""
     return build_prompt(
         sample, processor, max_clips=data_cfg.max_clips, min_clips=data_cfg.min_clips,
         max_clip_seconds=data_cfg.max_clip_seconds, system_prompt=data_cfg.system_prompt,

@@ -16,6 +16,9 @@ class GRPOConfig:
     advantage: str = cfg_field(
         "grpo", "Advantage estimator: 'grpo' (group mean/std), 'drgrpo' (mean only, Liu et al. 2025), 'batch_std'."
     )
+    policy_loss: str = cfg_field(
+        "ppo_clip", "Policy loss from core_algos.POLICY_LOSSES: 'ppo_clip', the clipped surrogate (PPO; DAPO's decoupled ε)."
+    )
     clip_low: float = cfg_field(0.2, "ε_low of the clipped surrogate (PPO: 0.2; DAPO decouples low/high).")
     clip_high: float = cfg_field(0.28, "ε_high of the clipped surrogate (DAPO 'clip-higher': 0.28).")
     kl_coef: float = cfg_field(0.04, "β, the k3 KL coefficient to the reference policy (DeepSeekMath: 0.04). 0 skips it.")
@@ -36,10 +39,11 @@ class GRPOConfig:
     lr: float = cfg_field(1e-5, "Learning rate for GRPO (LoRA parameters).")
 
     def validate(self) -> None:
-        from ..core_algos import ADV_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGS
+        from ..core_algos import ADV_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGS, POLICY_LOSSES  # torch: only when validating
 
         for key, value, table in (
             ("advantage", self.advantage, ADV_ESTIMATORS),
+            ("policy_loss", self.policy_loss, POLICY_LOSSES),
             ("loss_agg", self.loss_agg, LOSS_AGGS),
             ("kl_estimator", self.kl_estimator, KL_ESTIMATORS),
         ):

@@ -19,7 +19,7 @@ from .rollout import RolloutConfig
 from .serve import ServeConfig
 from .sft import SFTConfig
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "tiny_cpu.yaml"
 
 
 @dataclass

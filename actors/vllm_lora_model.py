@@ -1,4 +1,4 @@
-"""The model class behind :mod:`polyaudio_rl.vllm_lora` (imported only inside vLLM processes)."""
+"""The model class behind :mod:`actors.vllm_lora` (imported only inside vLLM processes)."""
 from __future__ import annotations
 
 from vllm.model_executor.models.interfaces import SupportsLoRA

@@ -1,0 +1,11 @@
+"""The core: what every component shares, importing none of them (``actors rewards eval datagen`` are above it).
+
+- :mod:`.config`     typed config dataclasses, YAML + dotted overrides
+- :mod:`.schema`     the sample schema (Parquet rows ⇄ :class:`~.schema.Sample`), task names and key types
+- :mod:`.audio`      decode, 16 kHz mono, validate; :mod:`.prompts` the multi-clip prompt builder
+- :mod:`.model`      Qwen2-Audio + processor from a path, LoRA; :mod:`.tiny` the offline tiny checkpoint
+- :mod:`.weights`    hub naming, LoRA merge, adapter export, shape checks
+- :mod:`.registry`   the one registry type; :mod:`.core_algos` GRPO math; :mod:`.grpo_loss` the losses on a model
+- :mod:`.checkpoint`, :mod:`.atomic`, :mod:`.metrics`  checkpoints, atomic writes, metrics + plots
+- :mod:`.judge_prompts`, :mod:`.openai_api`  the judge rubric texts, the OpenAI-compatible client and content builder
+"""
