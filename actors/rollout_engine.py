@@ -393,15 +393,16 @@ class VLLMEngine(RolloutEngine):
 def hf_completion_logprobs(model: Any, processor: Any, prompt: MultiAudioPrompt,
                            completion_ids: Sequence[int]) -> list[float]:
     """Reference log-probs of ``completion_ids`` after ``prompt`` with a transformers Qwen2-Audio (or PEFT) model."""
-    batch = processor_inputs([prompt], processor)
-    comp = torch.tensor([list(completion_ids)], dtype=batch["input_ids"].dtype)
+    device = next(model.parameters()).device
+    batch = processor_inputs([prompt], processor).to(device)
+    comp = torch.tensor([list(completion_ids)], dtype=batch["input_ids"].dtype, device=device)
     full = torch.cat([batch["input_ids"], comp], dim=1)
     with torch.no_grad():
         logits = model(input_ids=full, attention_mask=torch.ones_like(full), input_features=batch["input_features"],
                        feature_attention_mask=batch["feature_attention_mask"]).logits
     n = batch["input_ids"].shape[1]
     lp = torch.log_softmax(logits[0, n - 1: -1].float(), dim=-1)
-    return lp.gather(-1, comp[0][:, None])[:, 0].tolist()
+    return lp.gather(-1, comp[0][:, None])[:, 0].cpu().tolist()
 
 
 class HFEngine(RolloutEngine):
