@@ -7,7 +7,13 @@ Sequence construction (the same for SFT and GRPO, and for every worker):
 * the response mask covers the completion tokens only (prompt, audio and padding positions carry no loss);
 * audio features are concatenated sequence after sequence, each sequence's clips in clip order, so the processor's
   per-sequence clip count always matches the ``<|AUDIO|>`` runs in that row (no ``repeat`` vs ``repeat_interleave``
-  mix-up: group members reference their prompt's features, they are never tiled).
+  mix-up: group members reference their prompt's features, they are never tiled);
+* a completion token that happens to be an audio special token (``<|AUDIO|>``, ``<|audio_bos|>``,
+  ``<|audio_eos|>``: the rollout engines suppress them, but an item may come from elsewhere) is never read as an
+  audio slot: the model's input ids hold the pad id there (so Qwen2-Audio's merge counts only the prompt's
+  placeholders), and the language model still sees that token's own text embedding (:func:`_forward`), as vLLM and
+  ``generate`` do when they decode it. Its log-prob is scored from the logits as usual, with the audio-embedding
+  cache on or off alike.
 
 The math itself lives in :mod:`polyaudio_rl.core.core_algos`; this module only runs the model and applies it.
 """
@@ -20,6 +26,21 @@ import torch
 
 from . import core_algos as ca
 from .prompts import MultiAudioPrompt, processor_inputs
+
+
+AUDIO_SPECIAL_TOKENS = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")
+
+
+def audio_special_ids(tokenizer: Any) -> list[int]:
+    """Ids of the audio placeholder tokens (:data:`AUDIO_SPECIAL_TOKENS`) that this tokenizer has, sorted: tokens a
+    completion must never contain (the rollout engines suppress them; the learner never treats them as audio)."""
+    ids = set()
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for tok in AUDIO_SPECIAL_TOKENS:
+        i = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(i, int) and i >= 0 and i != unk:
+            ids.add(i)
+    return sorted(ids)
 
 
 class BatchError(ValueError):
@@ -96,6 +117,9 @@ class MicroBatch:
     advantages: torch.Tensor  # [B]
     sample_ids: list[str] = field(default_factory=list)
     prompt_embeds: list[torch.Tensor] | None = None  # per row [P_i, D] when the audio encoder output is cached
+    # [B, T] the true ids where a completion holds an audio special token (model_inputs has the pad id there);
+    # None when no completion in the batch does
+    true_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "MicroBatch":
         mi = {k: v.to(device) for k, v in self.model_inputs.items()}
@@ -105,11 +129,16 @@ class MicroBatch:
         return MicroBatch(
             mi, self.targets.to(device), self.mask.to(device), self.old_logp.to(device), self.has_old,
             self.advantages.to(device), self.sample_ids, pe,
+            self.true_ids.to(device) if self.true_ids is not None else None,
         )
 
 
-def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id: int) -> MicroBatch:
-    """Right-padded batch of prompt+completion sequences; ``encoded[i]`` is the prompt encoding of ``items[i]``."""
+def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id: int,
+            special_ids: Sequence[int] = ()) -> MicroBatch:
+    """Right-padded batch of prompt+completion sequences; ``encoded[i]`` is the prompt encoding of ``items[i]``.
+
+    Completion positions holding one of ``special_ids`` (the audio special tokens) get ``pad_id`` in the model's
+    input ids; the true ids are kept in ``true_ids`` (for :func:`_forward`) and in ``targets`` (what is scored)."""
     lengths = [len(e.input_ids) + len(it.completion_ids) for it, e in zip(items, encoded)]
     b, t = len(items), max(lengths)
     ids = torch.full((b, t), pad_id, dtype=torch.long)
@@ -125,6 +154,16 @@ def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id
             resp[i, p : p + c] = 1.0
         if it.old_logprobs is not None:
             old[i, p : p + c] = torch.as_tensor(it.old_logprobs, dtype=torch.float32)
+    targets = ids[:, 1:].clone()
+    true_ids = None
+    if len(special_ids):
+        in_completion = torch.zeros((b, t), dtype=torch.bool)
+        for i, (it, e) in enumerate(zip(items, encoded)):
+            in_completion[i, len(e.input_ids) : len(e.input_ids) + len(it.completion_ids)] = True
+        hit = in_completion & torch.isin(ids, torch.as_tensor(list(special_ids), dtype=torch.long))
+        if hit.any():
+            true_ids = ids.clone()
+            ids = ids.masked_fill(hit, pad_id)
     model_inputs = {
         "input_ids": ids,
         "attention_mask": attn,
@@ -135,12 +174,13 @@ def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id
     return MicroBatch(
         prompt_embeds=embeds if all(e is not None for e in embeds) else None,
         model_inputs=model_inputs,
-        targets=ids[:, 1:],
+        targets=targets,
         mask=resp[:, 1:],
         old_logp=old[:, 1:],
         has_old=torch.tensor([it.old_logprobs is not None for it in items]),
         advantages=torch.tensor([0.0 if it.pad else float(it.advantage) for it in items], dtype=torch.float32),
         sample_ids=[it.prompt.sample_id for it in items],
+        true_ids=true_ids,
     )
 
 
@@ -174,13 +214,16 @@ def build_microbatches(
     if num_micro < need:
         raise BatchError(f"{len(items)} items do not fit in {num_micro} micro-batches of {micro_batch_size}")
     pad_id = processor.tokenizer.pad_token_id
+    special = audio_special_ids(processor.tokenizer)
+    if pad_id is None or pad_id in special:
+        raise BatchError(f"the tokenizer's pad id {pad_id} cannot stand in for audio special tokens in completions")
     out = []
     for m in range(num_micro):
         chunk = list(items[m * micro_batch_size : (m + 1) * micro_batch_size])
         if not chunk:  # filler: same shapes as a real item, zero mask
             first = items[0]
             chunk = [TrainItem(first.prompt, first.completion_ids, 0.0, first.old_logprobs, pad=True)]
-        out.append(collate(chunk, [enc[uniq[id(it.prompt)]] for it in chunk], pad_id))
+        out.append(collate(chunk, [enc[uniq[id(it.prompt)]] for it in chunk], pad_id, special))
     return out
 
 
@@ -252,9 +295,31 @@ def train_mode(model: Any, freeze_audio: bool = True) -> None:
 
 
 def _forward(model: Any, mb: MicroBatch) -> Any:
+    """The model's forward on one micro-batch (logits [B, T, V]).
+
+    Completion positions whose true id is an audio special token (``mb.true_ids``) reach the language model with
+    that token's own text embedding, never as audio slots: without the cache, the model merges audio features into
+    the prompt's placeholders only (its input ids hold the pad id at those positions) and a pre-hook on the
+    language model puts the true tokens' embeddings back; with the cache, the completion embeddings are looked up
+    from the true ids directly. Both give the same inputs to the language model."""
     if mb.prompt_embeds is None:
-        return model(**mb.model_inputs, use_cache=False)
-    ids = mb.model_inputs["input_ids"]
+        if mb.true_ids is None:
+            return model(**mb.model_inputs, use_cache=False)
+        core = _core(model)
+        fix = (mb.true_ids != mb.model_inputs["input_ids"]).unsqueeze(-1)
+
+        def restore(_module, args, kwargs):
+            emb = kwargs["inputs_embeds"]
+            true = core.get_input_embeddings()(mb.true_ids.to(emb.device)).to(emb.dtype)
+            kwargs["inputs_embeds"] = torch.where(fix.to(emb.device), true, emb)
+            return args, kwargs
+
+        handle = core.language_model.register_forward_pre_hook(restore, with_kwargs=True)
+        try:
+            return model(**mb.model_inputs, use_cache=False)
+        finally:
+            handle.remove()
+    ids = mb.model_inputs["input_ids"] if mb.true_ids is None else mb.true_ids
     emb = _core(model).get_input_embeddings()(ids)  # completion (and padding) positions; prompts replaced below
     rows = [torch.cat([pe.to(emb.dtype), emb[i, pe.shape[0]:]]) for i, pe in enumerate(mb.prompt_embeds)]
     inputs_embeds = torch.stack(rows)

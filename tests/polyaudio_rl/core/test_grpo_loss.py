@@ -177,3 +177,72 @@ def test_grpo_update_direction_follows_advantage_sign(tiny_ckpt, prompts, tiny_p
     moved = float((adv * delta).sum())
     assert moved * sign > 0, f"Σ A·Δlog π = {moved} (sign {sign}); Δ {delta.tolist()} vs A {adv.tolist()}"
     assert 0.5 * target < abs(moved) < 1.5 * target, f"Σ A·Δlog π = {moved}, first-order estimate {sign * target}"
+
+
+# ------------------------------------------------------------------------- audio special tokens inside completions
+def _decode_logprobs(model, processor, prompt, completion):
+    """What ``generate`` / vLLM compute: the prompt once (audio merged), then each completion token fed alone with
+    the KV cache (a decoded ``<|AUDIO|>`` is its text embedding, never an audio slot)."""
+    batch = processor_inputs([prompt], processor)
+    with torch.no_grad():
+        out = model(**batch, use_cache=True)
+        lps, past, logits = [], out.past_key_values, out.logits[0, -1]
+        n = batch["input_ids"].shape[1]
+        for k, tok in enumerate(completion):
+            lps.append(float(torch.log_softmax(logits.float(), -1)[tok]))
+            attn = torch.ones((1, n + k + 1), dtype=torch.long)
+            step = model(input_ids=torch.tensor([[tok]]), attention_mask=attn, past_key_values=past, use_cache=True)
+            past, logits = step.past_key_values, step.logits[0, -1]
+    return torch.tensor(lps)
+
+
+def test_audio_special_ids_of_the_tiny_tokenizer(tiny_processor):
+    from polyaudio_rl.core.grpo_loss import audio_special_ids
+
+    tok = tiny_processor.tokenizer
+    assert audio_special_ids(tok) == sorted(tok.convert_tokens_to_ids(t)
+                                            for t in ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"))
+    assert tok.convert_tokens_to_ids("<|AUDIO|>") == 4  # the id of the issue's reproduction
+
+
+def test_completion_audio_tokens_are_not_audio_slots_cache_on_and_off(policy, prompts, tiny_processor):
+    """Issue 14 item 5: a 2-clip prompt with completion [10, <|AUDIO|>, 12] raised "Audio features and audio
+    tokens do not match" with the cache off. Now: no error, the same log-probs (and gradients) with the cache on
+    and off, for the policy and the reference (adapter disabled) pass alike, equal to token-by-token decoding."""
+    tok = tiny_processor.tokenizer
+    audio, bos, eos = (tok.convert_tokens_to_ids(t) for t in ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"))
+    completions = [[10, audio, 12], [bos, audio, audio, eos, 11], [audio], [10, 11, 12, bos]]
+    items = [TrainItem(prompts[i % 2], c, advantage=1.0) for i, c in enumerate(completions)]
+    plain = build_microbatches(items, tiny_processor, micro_batch_size=4)
+    cached = build_microbatches(items, tiny_processor, micro_batch_size=4, embed_model=policy)
+    (mb,) = plain
+    # the model's input ids hold the pad id at those completion positions, the targets keep the true ids
+    for i, (it, c) in enumerate(zip(items, completions)):
+        p = len(processor_inputs([it.prompt], tiny_processor)["input_ids"][0])
+        assert mb.targets[i, p - 1 : p - 1 + len(c)].tolist() == c
+        assert mb.true_ids[i, p : p + len(c)].tolist() == c
+        fed = mb.model_inputs["input_ids"][i, p : p + len(c)].tolist()
+        assert fed == [tok.pad_token_id if t in (audio, bos, eos) else t for t in c]
+    grads, lps = [], []
+    for mbs in (plain, cached):
+        policy.zero_grad()
+        lp = token_logprobs(policy, mbs[0])[0]
+        (lp * mbs[0].mask).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for n, p in policy.named_parameters() if "lora_B" in n]))
+        with torch.no_grad(), policy.disable_adapter():
+            ref = token_logprobs(policy, mbs[0])[0]
+        lps.append((lp.detach(), ref))
+    policy.zero_grad()
+    torch.testing.assert_close(lps[1][0], lps[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lps[1][1], lps[0][1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+    assert grads[0].abs().sum() > 0
+    for i, it in enumerate(items):  # the same as decoding: each completion token is read as text
+        got = lps[0][0][i][mb.mask[i] > 0]
+        torch.testing.assert_close(got, _decode_logprobs(policy, tiny_processor, it.prompt, it.completion_ids),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_completion_without_audio_tokens_is_fed_unchanged(prompts, tiny_processor):
+    (mb,) = build_microbatches(_items(prompts, n_per=1), tiny_processor, micro_batch_size=2)
+    assert mb.true_ids is None
