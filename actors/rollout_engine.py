@@ -16,6 +16,11 @@ Both engines also take weights (``load_merged``: hub-named tensors, ``load_adapt
 fixed completion (``completion_logprobs``): the primitives that :mod:`actors.weight_sync` builds the
 versioned, verified sync on.
 
+Audio placeholder tokens (``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``) are never sampled: a completion is
+the learner's input too, and there such a token must not look like an audio slot. vLLM gets them as ``bad_words``
+(single-token words: their logits become -inf, greedy included); ``generate`` as ``suppress_tokens``. The reported
+log-probs stay the model's (raw logits), the distribution sampled from excludes them.
+
 Bad input is rejected before the engine (:func:`check_prompts`): too many clips, a clip over the limit, a prompt
 longer than ``max_model_len - max_new_tokens``, duplicate group ids — the error names every bad sample id.
 """
@@ -31,6 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from polyaudio_rl.core.audio import TARGET_SR
+from polyaudio_rl.core.grpo_loss import AUDIO_SPECIAL_TOKENS, audio_special_ids
 from polyaudio_rl.core.prompts import AUDIO_PLACEHOLDER, MultiAudioPrompt, processor_inputs, to_vllm_input
 from polyaudio_rl.core.registry import Registry
 from polyaudio_rl.core.weights import (
@@ -170,6 +176,8 @@ class RolloutEngine(abc.ABC):
         self.processor = load_processor(self.model_path)
         self.tokenizer = self.processor.tokenizer
         self.version = 0
+        # token ids a completion must never contain (audio placeholders): suppressed by every engine's sampler
+        self.suppress_ids = audio_special_ids(self.tokenizer)
 
     def check(self, prompts: Sequence[MultiAudioPrompt], group_ids: Sequence[str]) -> None:
         check_prompts(prompts, group_ids, max_clips=self.spec.max_clips, max_clip_seconds=self.spec.max_clip_seconds,
@@ -257,6 +265,20 @@ def _eos_ids(model_path: str, tokenizer: Any) -> set[int]:
     return ids
 
 
+def _vllm_suppression(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], dict[int, float]]:
+    """How vLLM's sampler blocks ``ids``: as ``bad_words`` (vLLM tokenises each word; one that is exactly one token
+    gets a -inf logit at every step) when the token's text encodes to that id alone, else (a token the tokenizer
+    cannot produce from text) with vLLM's strongest ``logit_bias``, -100."""
+    words, bias = [], {}
+    for i in ids:
+        text = tokenizer.convert_ids_to_tokens(int(i))
+        if text in AUDIO_SPECIAL_TOKENS and list(tokenizer.encode(text, add_special_tokens=False)) == [int(i)]:
+            words.append(text)
+        else:
+            bias[int(i)] = -100.0
+    return words, bias
+
+
 # ------------------------------------------------------------------------------------------------ vLLM
 class VLLMEngine(RolloutEngine):
     """vLLM ``LLM`` in this process. On CPU the KV cache is sized by ``rollout.kv_cache_memory_gb``; on GPUs by
@@ -299,6 +321,7 @@ class VLLMEngine(RolloutEngine):
         kwargs.update(spec.extra)
         self.llm = LLM(**kwargs)
         self.eos = _eos_ids(self.model_path, self.tokenizer)
+        self._bad_words, self._logit_bias = _vllm_suppression(self.tokenizer, self.suppress_ids)
         self._lora = None  # the active LoRARequest
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._lora_next_id = 1
@@ -310,7 +333,8 @@ class VLLMEngine(RolloutEngine):
         c = self.cfg
         return SamplingParams(n=n, max_tokens=c.max_new_tokens, temperature=0.0 if greedy else c.temperature,
                               top_p=1.0 if greedy else c.top_p, logprobs=0, ignore_eos=ignore_eos,
-                              seed=None if greedy else seed)
+                              seed=None if greedy else seed, bad_words=list(self._bad_words) or None,
+                              logit_bias=dict(self._logit_bias) or None)
 
     def _generate(self, prompts, n, seeds, *, greedy, ignore_eos):
         reps = n if greedy else 1  # vLLM allows greedy only with n=1: send such a prompt n times
@@ -430,7 +454,8 @@ class HFEngine(RolloutEngine):
         # one batch samples from one torch generator: seed it from the batch's group seeds (same batch, same draws)
         torch.manual_seed(request_seed(self.cfg.seed, ",".join(map(str, seeds))))
         kw: dict[str, Any] = dict(max_new_tokens=c.max_new_tokens, return_dict_in_generate=True, output_logits=True,
-                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos))
+                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos),
+                                  suppress_tokens=list(self.suppress_ids) or None)
         if greedy or c.temperature == 0:
             kw.update(do_sample=False)
         else:
