@@ -8,7 +8,8 @@ Layout of ``<dir>/``::
     optimizer.safetensors               AdamW moments per trainable parameter, full (un-partitioned) shapes
     rng.safetensors                     torch CPU (and CUDA) generator state of every worker rank
     trainer_state.json                  step, optimizer step count, LR-scheduler state, python/numpy RNG per rank,
-                                        the caller's client state (data position, ...), world size, ZeRO stage
+                                        the caller's client state (data position, ...), world size, ZeRO stage,
+                                        and the manifest: sha256 and size of every other file (written last)
 
 Everything is gathered to full tensors with DeepSpeed's ``safe_get_full_*`` API (works for ZeRO-0..3), so a
 checkpoint does not depend on how optimizer state was partitioned. Rank 0 writes it with
@@ -16,11 +17,23 @@ checkpoint does not depend on how optimizer state was partitioned. Rank 0 writes
 Resuming: the adapter is loaded into the PEFT model *before* ``deepspeed.initialize`` (so ZeRO builds its
 partitions from it), then :func:`restore_training_state` sets fp32 masters, moments, step counts, scheduler
 and RNG. Resume with the same number of workers to continue the RNG streams exactly.
+
+Verification: ``trainer_state.json`` is written last (to a temporary name, fsynced, then renamed) and lists the
+sha256 and byte size of every other file (``files``) plus a digest of its own content (``state_sha256``); every
+file is fsynced first. :func:`read_state` — and so every load — checks them all: a file that is missing, truncated
+or altered after the checkpoint was written is a :class:`CheckpointError` naming that file. :func:`latest_valid_checkpoint`
+picks the newest checkpoint that verifies, warning (:class:`CheckpointWarning`) about each newer damaged one by the
+damaged file's path. Checkpoints written before checksums existed (no ``files`` entry) still load, with a warning that
+they could not be verified.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +49,128 @@ FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or does not match the model; the message names the path."""
+    """A checkpoint is missing, incomplete, damaged or does not match the model; the message names the path."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped because it is damaged, or loaded without verification (written without checksums)."""
+
+
+CHECKPOINT_NAME = re.compile(r"step-\d+")
+_HASH_CHUNK = 1 << 20
+
+
+def _sha256(path: Path, sync: bool = False) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            h.update(chunk)
+        if sync:
+            os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    body = {k: v for k, v in state.items() if k != "state_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def file_manifest(root: str | Path, sync: bool = False) -> dict[str, dict[str, Any]]:
+    """``{relative posix path: {"sha256", "bytes"}}`` of every file under ``root`` except the state file
+    (``sync``: fsync each file while reading it)."""
+    root = Path(root)
+    out = {}
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = f.relative_to(root).as_posix()
+        if rel != STATE_FILE:
+            out[rel] = {"sha256": _sha256(f, sync), "bytes": f.stat().st_size}
+    return out
+
+
+def write_state(root: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``root/trainer_state.json`` last: the manifest of every other file (checksums), the state's own digest,
+    then a temporary name, fsync and rename, so a reader sees no state file or a complete one."""
+    root = Path(root)
+    state = dict(state, files=file_manifest(root, sync=True))
+    state["state_sha256"] = _state_digest(state)
+    part = root / (STATE_FILE + ".partial")
+    with open(part, "w") as f:
+        f.write(json.dumps(state, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, root / STATE_FILE)
+    try:  # make the rename durable
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return root / STATE_FILE
+
+
+def verify_checkpoint(path: str | Path, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check every file of a checkpoint against its manifest; returns the state. Raises :class:`CheckpointError`
+    naming the first damaged file (missing, wrong size, wrong checksum, unreadable or inconsistent state file).
+    A checkpoint without a manifest (written before checksums) passes with a :class:`CheckpointWarning`."""
+    path = Path(path)
+    if state is None:
+        state = _load_state_file(path)
+    files = state.get("files")
+    if files is None:
+        warnings.warn(f"{path}: checkpoint has no checksums (written before verified checkpoints); "
+                      "loading it unverified", CheckpointWarning, stacklevel=2)
+        return state
+    if state.get("state_sha256") != _state_digest(state):
+        raise CheckpointError(f"{path / STATE_FILE}: damaged (its content does not match its own digest)")
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{path / STATE_FILE}: damaged (empty file manifest)")
+    for rel, want in sorted(files.items()):
+        f = path / rel
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing (listed in {STATE_FILE} of checkpoint {path})")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise CheckpointError(f"{f}: damaged ({size} bytes, the checkpoint recorded {want['bytes']}; truncated?)")
+        if _sha256(f) != want["sha256"]:
+            raise CheckpointError(f"{f}: damaged (sha256 differs from the one recorded when it was written)")
+    return state
+
+
+def _load_state_file(path: Path) -> dict[str, Any]:
+    f = path / STATE_FILE
+    if not f.is_file():
+        raise CheckpointError(f"{path}: not a complete learner checkpoint (need {STATE_FILE} and {ADAPTER_DIR}/)")
+    try:
+        state = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{f}: damaged (not readable JSON: {exc})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{f}: damaged (not a JSON object)")
+    return state
+
+
+def latest_valid_checkpoint(ckpt_dir: str | Path) -> str | None:
+    """The newest checkpoint ``ckpt_dir/step-NNNNNN`` that verifies (:func:`read_state`), or None.
+
+    Temporary directories of a writer that was killed are ignored silently; each newer checkpoint that is damaged
+    (a file missing, truncated or altered) is skipped with a :class:`CheckpointWarning` naming the damaged file,
+    and the next older one is tried."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    cands = sorted((c for c in ckpt_dir.iterdir() if c.is_dir() and CHECKPOINT_NAME.fullmatch(c.name)),
+                   key=lambda c: int(c.name.split("-")[1]), reverse=True)
+    for c in cands:
+        try:
+            read_state(c)
+        except CheckpointError as exc:
+            warnings.warn(f"skipping damaged checkpoint {c}: {exc}; falling back to an older one",
+                          CheckpointWarning, stacklevel=2)
+            continue
+        return str(c)
+    return None
 
 
 def _trainable(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
@@ -139,19 +273,21 @@ def save_checkpoint(
             "client_state": client_state or {},
             "meta": meta or {},
         }
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        write_state(tmp, state)  # last: the manifest (checksums) of every file written above
     return path
 
 
-def read_state(path: str | Path) -> dict[str, Any]:
-    """``trainer_state.json`` of a complete checkpoint (raises CheckpointError naming the path otherwise)."""
+def read_state(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """``trainer_state.json`` of a complete checkpoint whose files match their recorded checksums (``verify``);
+    raises CheckpointError naming the path — or the damaged file — otherwise."""
     path = Path(path)
-    f = path / STATE_FILE
-    if not f.is_file() or not (path / ADAPTER_DIR / "adapter_model.safetensors").is_file():
-        raise CheckpointError(f"{path}: not a complete learner checkpoint (need {STATE_FILE} and {ADAPTER_DIR}/)")
-    state = json.loads(f.read_text())
+    state = _load_state_file(path)
     if state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {state.get('format_version')} != {FORMAT_VERSION}")
+    if verify:
+        verify_checkpoint(path, state)
+    if not (path / ADAPTER_DIR / "adapter_model.safetensors").is_file():
+        raise CheckpointError(f"{path}: not a complete learner checkpoint (need {STATE_FILE} and {ADAPTER_DIR}/)")
     return state
 
 
