@@ -50,7 +50,8 @@ def load_train_split(cfg: Config) -> list[Any]:
 
         from .core.config.base import build as build_cfg
 
-        build(build_cfg(DatagenConfig, {"preset": cfg.data.preset, "seed": cfg.seed}), "train", d)
+        build(build_cfg(DatagenConfig, {"preset": cfg.data.preset, "seed": cfg.seed, "tasks": list(cfg.data.tasks),
+                                        "min_clips": cfg.data.min_clips, "max_clips": cfg.data.max_clips}), "train", d)
     samples = read_samples(d)
     if cfg.data.tasks:
         samples = [s for s in samples if s.task in set(cfg.data.tasks)]
@@ -71,8 +72,10 @@ def batches(n: int, batch_size: int, seed: int, start_epoch: int, start_index: i
             yield epoch, i, chunk
 
 
-def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train; returns {"steps", "last_metrics", "checkpoint", "skipped"}. Ray must be reachable (local by default)."""
+def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True, console: Any = None
+            ) -> dict[str, Any]:
+    """Train; returns {"steps", "last_metrics", "checkpoint", "skipped"}. Ray must be reachable (local by default).
+    With a :class:`~polyaudio_rl.console.Console` the progress bar and the closing line go through it."""
     from tqdm import tqdm
 
     from actors.learner import Learner
@@ -95,7 +98,8 @@ def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True) 
     history: list[dict[str, float]] = []
     ckpt = None
     metrics_f = (run_dir / "sft_metrics.jsonl").open("a")
-    bar = tqdm(total=total, initial=step, desc="sft", disable=not progress)
+    bar = (console.bar(total, "sft", initial=step) if console is not None and progress
+           else tqdm(total=total, initial=step, desc="sft", disable=not progress))
     saved_step, position = step, pos
 
     def save(at_step: int, position: dict[str, int]) -> str:
@@ -126,7 +130,7 @@ def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True) 
             metrics_f.write(json.dumps(m) + "\n")
             metrics_f.flush()
             bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}", skipped=len(skipped))
+            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}", skipped=len(skipped), refresh=False)
             position = {"epoch": epoch if index < len(samples) else epoch + 1,
                         "index": index if index < len(samples) else 0}
             every = cfg.learner.checkpoint_every
@@ -142,6 +146,9 @@ def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True) 
         print(f"sft: skipped {len(skipped)} bad samples, e.g. {next(iter(skipped.items()))}", file=sys.stderr)
     if history:
         _plot(history, run_dir / "sft_loss.png")
+        if console is not None:
+            console.print(f"   sft: {len(history)} steps, answer NLL {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}"
+                          f" ({len(samples)} items; checkpoint {ckpt})")
     return {"steps": step, "last_metrics": history[-1] if history else {}, "checkpoint": ckpt, "skipped": skipped,
             "run_dir": str(run_dir)}
 

@@ -30,9 +30,13 @@ class ResourceError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------------- setup
-def connect_ray(cfg: Config) -> dict[str, Any]:
-    """Join ``cfg.ray_address`` / ``RAY_ADDRESS`` when set, else start a local Ray. Returns cluster resources."""
+def connect_ray(cfg: Config, console: Any = None) -> dict[str, Any]:
+    """Join ``cfg.ray_address`` / ``RAY_ADDRESS`` when set, else start a local Ray. Returns cluster resources.
+    With a :class:`~polyaudio_rl.console.Console`, Ray's own log lines and the workers' output go to its files."""
     import ray
+
+    if console is not None:
+        console.quiet_loggers()  # ray configured a console handler on import
 
     if not ray.is_initialized():
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
@@ -45,6 +49,8 @@ def connect_ray(cfg: Config) -> dict[str, Any]:
             # address="local": a new local Ray, never a `ray start` cluster that happens to run on this machine
             ray.init(address="local", num_cpus=cfg.ray_num_cpus or None, include_dashboard=False, runtime_env=env,
                      log_to_driver=True)
+    if console is not None:
+        console.route_ray_workers()
     return ray.cluster_resources()
 
 
@@ -71,12 +77,15 @@ def check_resources(cfg: Config, resources: dict[str, Any]) -> None:
                             f"{resources.get('CPU', 0):g} (raise ray_num_cpus for a local cluster)")
 
 
-def ensure_data(cfg: Config) -> None:
+def ensure_data(cfg: Config, console: Any = None) -> None:
     """Build the train/pref/bench splits with datagen when a directory has no shards and building is allowed."""
     from polyaudio_rl.core.schema import shard_paths
 
+    say = console.print if console is not None else print
+
     for split, d in (("train", cfg.data.train_dir), ("pref", cfg.data.pref_dir), ("bench", cfg.data.bench_dir)):
         if shard_paths(d):
+            say(f"   {split}: {d} (exists)")
             continue
         if not cfg.data.build_if_missing:
             raise FileNotFoundError(f"data.{split}_dir={d!r} has no Parquet shards and data.build_if_missing is false")
@@ -85,9 +94,15 @@ def ensure_data(cfg: Config) -> None:
 
         dcfg = DatagenConfig(preset=cfg.data.preset, seed=cfg.seed, tasks=list(cfg.data.tasks),
                              min_clips=cfg.data.min_clips, max_clips=cfg.data.max_clips)
-        print(f"[train] building the {split} split ({cfg.data.preset} preset) in {d}")
-        rep = build(dcfg, split, d, progress=True)
-        print(format_report(rep))
+        dcfg.validate()
+        quiet = console is not None and console.quiet
+        rep = build(dcfg, split, d, progress=not quiet)
+        if console is not None:
+            console.log("data", format_report(rep))
+        else:
+            print(format_report(rep))
+        say(f"   {split}: built {rep.written} items ({', '.join(sorted(rep.counts))}) in {rep.seconds:.1f} s -> {d}"
+            + (f"; {sum(rep.rejects.values())} skipped" if rep.rejects else ""))
 
 
 def held_out_prompts(cfg: Config, processor: Any, limit: int) -> list[Any]:
@@ -103,10 +118,28 @@ def held_out_prompts(cfg: Config, processor: Any, limit: int) -> list[Any]:
         try:
             out.append(build_prompt_from_config(s, processor, cfg.data))
         except (PromptError, ValueError) as exc:
-            print(f"[train] eval: skipping {exc}", file=sys.stderr)
+            print(f"[train] eval: skipping {exc}", file=sys.stderr)  # a bad held-out item is worth seeing
         if len(out) >= limit:
             break
     return out
+
+
+def chance_level(samples: list[Any]) -> float | None:
+    """Expected accuracy of a uniform guess over each item's answer space, averaged over the items that have one
+    (``metadata.answer_space`` from datagen, else the clip indices / choices / yes-no); None when no item has one."""
+    per = []
+    for s in samples:
+        space = s.metadata.get("answer_space")
+        kind = s.key.get("type")
+        if space:
+            per.append(1.0 / len(space))
+        elif kind == "clip":
+            per.append(1.0 / len(s.clips))
+        elif kind == "option" and s.choices:
+            per.append(1.0 / len(s.choices))
+        elif kind == "yesno":
+            per.append(0.5)
+    return float(sum(per) / len(per)) if per else None
 
 
 def latest_checkpoint(run_dir: Path, stage: str) -> str | None:
@@ -120,8 +153,8 @@ def latest_checkpoint(run_dir: Path, stage: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------- stages
-def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str | None, progress: bool = True
-             ) -> dict[str, Any]:
+def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str | None, progress: bool = True,
+             console: Any = None) -> dict[str, Any]:
     from tqdm import tqdm
 
     from actors.learner import Learner
@@ -137,12 +170,15 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
     processor = load_processor(model_path)
     learner = Learner(cfg, stage="grpo", resume_from=resume, init_adapter=init_adapter)
     state = learner.client_state or {}
-    rollout = RolloutPool(cfg, model_path=model_path)
-    rewards = RewardPool(cfg.reward, answer_tag=cfg.data.answer_tag)
+    # the prompt stream starts decoding (its own thread) while the rollout engines boot
     stream = PromptStream(cfg.data.pref_dir, model_path, cfg.data, seed=cfg.seed,
                           position=int(state.get("data_position", 0)))
+    rollout = RolloutPool(cfg, model_path=model_path)
+    rewards = RewardPool(cfg.reward, answer_tag=cfg.data.answer_tag)
     driver = GRPODriver(cfg, stream, rollout, rewards, learner, processor, version=int(state.get("version", 0)))
     logger = MetricsLogger(run_dir, to_dict(cfg), cfg.wandb_mode)
+    if console is not None:
+        console.quiet_loggers()  # vllm / ray.data / wandb configured their own console handlers on import
     if resume:
         logger.rewind(learner.step)  # steps logged after the checkpoint are redone (identically) below
     summary: dict[str, Any] = {"rollout_actors": rollout.stats()}  # pid, node id, engine per actor
@@ -150,11 +186,18 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
     try:
         driver.sync()  # the rollout actors start from the learner's policy (SFT adapter or resumed state)
         eval_prompts = held_out_prompts(cfg, processor, cfg.eval.max_items or 32)
+        say = console.print if console is not None else print
+        if eval_prompts:
+            summary["chance"] = chance_level([p.sample for p in eval_prompts])
         if eval_prompts and not resume:
             summary["eval_before"] = evaluate(rollout, eval_prompts, cfg.data.answer_tag)
             logger.log(learner.step, {"phase": "eval_before", "eval/accuracy": summary["eval_before"]["accuracy"]})
+            say(f"   held-out before GRPO: accuracy {summary['eval_before']['accuracy']:.3f} on "
+                f"{summary['eval_before']['n']} items" + (f" (chance {summary['chance']:.3f})"
+                                                           if summary.get("chance") is not None else ""))
         start = learner.step
-        bar = tqdm(total=cfg.grpo.steps, initial=start, desc="grpo", disable=not progress)
+        bar = (console.bar(cfg.grpo.steps, "grpo", initial=start) if console is not None and progress
+               else tqdm(total=cfg.grpo.steps, initial=start, desc="grpo", disable=not progress))
         step = start + 1
         while step <= cfg.grpo.steps:
             try:
@@ -179,16 +222,20 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
             logger.log(step, res.metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{res.metrics.get('reward/total', float('nan')):.3f}",
-                            kl=f"{res.metrics.get('kl', float('nan')):.4f}")
+                            kl=f"{res.metrics.get('kl', float('nan')):.4f}",
+                            acc=f"{res.metrics.get('reward/correctness', float('nan')):.3f}", refresh=False)
             every = cfg.learner.checkpoint_every
             if (every and step % every == 0) or step == cfg.grpo.steps:
                 learner.save_checkpoint(str(run_dir / "grpo" / "checkpoints" / f"step-{step:06d}"),
-                                        {"data_position": stream.position, "version": driver.version, "step": step})
+                                        {"data_position": driver.data_position, "version": driver.version, "step": step})
             step += 1
         bar.close()
+        driver.close()  # the producer is done and the last (background) sync verified before evaluating
         if eval_prompts:
             summary["eval_after"] = evaluate(rollout, eval_prompts, cfg.data.answer_tag)
             logger.log(cfg.grpo.steps, {"phase": "eval_after", "eval/accuracy": summary["eval_after"]["accuracy"]})
+            say(f"   held-out after GRPO:  accuracy {summary['eval_after']['accuracy']:.3f} on "
+                f"{summary['eval_after']['n']} items")
         summary["bad_rows"] = stream.bad
         summary["trained_ids"] = driver.trained_ids
         summary["policy_version"] = driver.version
@@ -196,6 +243,11 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
         summary["learner_restarts"] = restarts
     finally:
         logger.close()
+        try:
+            driver.close()
+        except Exception as exc:  # noqa: BLE001 - an error of the run is already on its way up
+            print(f"[train] pipeline: {exc}", file=sys.stderr)
+        driver.timeline.write(run_dir / "timeline.json")  # Chrome trace: open in Perfetto
         stream.close()
         for part in (rollout, rewards, learner):
             try:
@@ -216,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init-adapter", default=None,
                     help="start GRPO from this SFT checkpoint (e.g. RUN_DIR/sft/checkpoints/step-N) and skip SFT")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--verbose", action="store_true",
+                    help="also show Ray worker output, library logs and warnings live (always in RUN_DIR/logs/)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.group_size=8")
     a = ap.parse_args(argv)
     try:
@@ -232,50 +286,104 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not a.resume:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from .console import Console
+
+    con = Console(run_dir, verbose=a.verbose, quiet=a.quiet).install()
+    con.header(f"PolyAudio-RL: {a.config or 'configs/tiny_cpu.yaml'} -> {run_dir}  (logs: {con.dir}/)")
     import ray
 
     started_ray = not ray.is_initialized()
     try:
-        check_resources(cfg, connect_ray(cfg))
-    except ResourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if started_ray:
-            ray.shutdown()
-        return 2
-    try:
-        return _run(cfg, run_dir, a)
+        try:
+            check_resources(cfg, connect_ray(cfg, con))
+        except ResourceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            if started_ray:
+                ray.shutdown()
+            return 2
+        try:
+            return _run(cfg, run_dir, a, con)
+        except Exception as exc:  # noqa: BLE001 - the full traceback and where the component logs are
+            con.error(exc)
+            return 1
+        finally:
+            if started_ray:  # leave no Ray behind that a later run (or a `ray start` on this machine) would trip over
+                ray.shutdown()
     finally:
-        if started_ray:  # leave no Ray behind that a later run (or a `ray start` on this machine) would trip over
-            ray.shutdown()
+        con.close()
 
 
-def _run(cfg: Config, run_dir: Path, a: argparse.Namespace) -> int:
+def _run(cfg: Config, run_dir: Path, a: argparse.Namespace, con: Any) -> int:
     from .core.model import resolve_path
 
+    tasks = ", ".join(cfg.data.tasks) or ("odd_one_out, comparison, counting" if cfg.data.preset == "starter"
+                                          else "the eleven paper tasks")
+    con.header(f"1/4 data: {cfg.data.preset} preset ({tasks}), model {cfg.model.path}")
     resolve_path(cfg.model)
-    ensure_data(cfg)
+    ensure_data(cfg, con)
     t0 = time.time()
     sft_ckpt = a.init_adapter or latest_checkpoint(run_dir, "sft")
+    sft_res: dict[str, Any] = {}
     if not a.skip_sft and not a.init_adapter and (cfg.sft.max_steps or cfg.sft.epochs) and not (a.resume and sft_ckpt):
         from .sft import run_sft
 
-        res = run_sft(replace(cfg, run_dir=str(run_dir / "sft")), progress=not a.quiet)
-        sft_ckpt = res["checkpoint"]
+        con.header(f"2/4 LoRA SFT: {cfg.sft.epochs} epoch(s) of {cfg.data.train_dir}, batch {cfg.sft.batch_size}, "
+                   f"lr {cfg.sft.lr:g}")
+        sft_res = run_sft(replace(cfg, run_dir=str(run_dir / "sft")), progress=not a.quiet, console=con)
+        sft_ckpt = sft_res["checkpoint"]
+    else:
+        con.header(f"2/4 LoRA SFT: skipped ({'from ' + sft_ckpt if sft_ckpt and not a.skip_sft else 'none'})")
+    con.header(f"3/4 GRPO: {cfg.grpo.steps} steps x {cfg.grpo.prompts_per_step} prompts x G={cfg.grpo.group_size}, "
+               f"{cfg.rollout.engine} rollout, {cfg.learner.num_workers} DeepSpeed learner(s)")
     grpo_resume = latest_checkpoint(run_dir, "grpo") if a.resume else None
     summary = run_grpo(cfg, run_dir, init_adapter=None if a.skip_sft else sft_ckpt, resume=grpo_resume,
-                       progress=not a.quiet)
+                       progress=not a.quiet, console=con)
     summary["wall_s"] = time.time() - t0
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    con.header("4/4 summary")
+    lines = summary_lines(summary, run_dir)
+    for line in lines:
+        con.print("   " + line)
+    try:
+        from .demo import write_report
+
+        report = write_report(run_dir, cfg, summary, lines[:-1])
+        con.print(f"   report: {report}")
+    except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say why the report is missing
+        con.log("train", f"report failed: {exc!r}")
+        con.print(f"   report: not written ({type(exc).__name__}: {exc}; see {con.path('train')})")
+    return 0
+
+
+def summary_lines(summary: dict[str, Any], run_dir: Path) -> list[str]:
+    """The final table: held-out accuracy per task (chance / after SFT / after GRPO), the reward curve's ends."""
+    from .console import table
     from .core.metrics import read_metrics
 
+    before, after = summary.get("eval_before"), summary.get("eval_after")
+    out: list[str] = []
+    if after:
+        tasks = sorted(after["per_task"])
+        rows = []
+        if summary.get("chance") is not None:
+            rows.append(["chance (uniform guess)", f"{summary['chance']:.3f}"] + [""] * len(tasks))
+        if before:
+            rows.append(["after SFT (before GRPO)", f"{before['accuracy']:.3f}"]
+                        + [f"{before['per_task'].get(t, float('nan')):.3f}" for t in tasks])
+        rows.append(["after GRPO", f"{after['accuracy']:.3f}"] + [f"{after['per_task'][t]:.3f}" for t in tasks])
+        out += table(rows, [f"held-out accuracy ({after['n']} items)", "all", *tasks])
     curve = [r["reward/total"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("reward/total") is not None]
     if curve:
-        print(f"[train] reward/total: start {curve[0]:.3f} -> end {curve[-1]:.3f} over {len(curve)} steps")
-    for k in ("eval_before", "eval_after"):
-        if k in summary:
-            print(f"[train] {k}: accuracy {summary[k]['accuracy']:.3f} on {summary[k]['n']} held-out items")
-    print(f"[train] run directory: {run_dir}  (metrics.jsonl, reward_curves.png, summary.json)")
-    return 0
+        k = max(1, min(10, len(curve) // 3))
+        out.append(f"reward/total: first {k} steps {sum(curve[:k]) / k:.3f} -> last {k} steps "
+                   f"{sum(curve[-k:]) / k:.3f} ({len(curve)} steps)")
+    if before and after:
+        d = after["accuracy"] - before["accuracy"]
+        out.append(f"GRPO changed held-out accuracy by {d:+.3f}"
+                   + (f"; {after['accuracy'] - summary['chance']:+.3f} over chance" if summary.get("chance") is not None
+                      else ""))
+    out.append(f"run directory: {run_dir}  (summary.json, metrics.jsonl, reward_curves.png, logs/)")
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,106 @@
+"""The demo's quiet console, chance level and report — fast pieces, no Ray cluster (the end-to-end run is
+tests/polyaudio_rl/test_learning.py)."""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from types import SimpleNamespace
+
+import pytest
+
+from polyaudio_rl.console import Console, table, worker_component
+from polyaudio_rl.train import chance_level, summary_lines
+
+
+def test_worker_output_goes_to_one_file_per_component_not_the_console(tmp_path):
+    out = io.StringIO()
+    con = Console(tmp_path, stream=out)
+    con.route_ray_workers()
+    import ray._private.worker as rw
+
+    try:
+        rw.global_worker_stdstream_dispatcher.emit(
+            {"pid": 1, "actor_name": "RolloutActor", "lines": ["WARNING vllm says hi"], "is_err": True})
+        rw.global_worker_stdstream_dispatcher.emit(
+            {"pid": 2, "actor_name": "LearnerWorker", "lines": ["deepspeed info"], "is_err": False})
+        rw.global_worker_stdstream_dispatcher.emit(
+            {"pid": 3, "task_name": "MapBatches(DecodeStage)", "lines": ["data row"], "is_err": False})
+        for _ in range(3):  # a raylet warning: ray.log only
+            rw.print_to_stdstream({"pid": "raylet", "lines": ["WARNING: 8 PYTHON worker processes"], "is_err": False})
+        rw.print_to_stdstream({"pid": "raylet", "lines": ["A worker died or was killed"], "is_err": False})
+        rw.print_to_stdstream({"pid": "raylet", "lines": ["A worker died or was killed"], "is_err": False})
+    finally:
+        con.close()
+    assert "vllm says hi" in (tmp_path / "logs" / "rollout.log").read_text()
+    assert "deepspeed info" in (tmp_path / "logs" / "learner.log").read_text()
+    assert "data row" in (tmp_path / "logs" / "data.log").read_text()
+    assert (tmp_path / "logs" / "ray.log").read_text().count("8 PYTHON") == 3
+    shown = out.getvalue()
+    assert "vllm says hi" not in shown and "8 PYTHON" not in shown
+    assert shown.count("A worker died") == 1 and "ray.log" in shown  # a non-warning cluster message, once
+    assert rw.print_to_stdstream.__name__ == "print_to_stdstream"  # restored
+
+
+def test_a_warning_is_logged_once_and_never_printed(tmp_path, capfd):
+    con = Console(tmp_path, stream=io.StringIO()).install()
+    try:
+        for _ in range(5):
+            warnings.warn("CPU backend doesn't allow to use torch.set_num_threads", UserWarning, stacklevel=1)
+    finally:
+        con.close()
+    assert (tmp_path / "logs" / "warnings.log").read_text().count("set_num_threads") == 1
+    assert "set_num_threads" not in capfd.readouterr().err
+
+
+def test_error_reaches_the_console_in_full_with_the_log_dir(tmp_path, capfd):
+    con = Console(tmp_path, stream=io.StringIO()).install()
+    try:
+        try:
+            raise RuntimeError("rollout actor died")
+        except RuntimeError as exc:
+            con.error(exc)
+    finally:
+        con.close()
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "RuntimeError: rollout actor died" in err and str(tmp_path / "logs") in err
+    assert "rollout actor died" in (tmp_path / "logs" / "error.log").read_text()
+
+
+def test_component_names():
+    assert worker_component({"actor_name": "RolloutActor"}) == "rollout"
+    assert worker_component({"actor_name": "RewardActor"}) == "reward"
+    assert worker_component({"pid": "autoscaler"}) == "ray"
+    assert worker_component({"actor_name": "Something"}) == "workers"
+
+
+def _sample(key, n, space=None, choices=()):
+    return SimpleNamespace(key=key, clips=[0] * n, choices=list(choices),
+                           metadata={"answer_space": space} if space else {})
+
+
+def test_chance_level_from_answer_spaces():
+    items = [_sample({"type": "clip"}, 2), _sample({"type": "clip"}, 3),
+             _sample({"type": "count"}, 3, space=[1, 2, 3]), _sample({"type": "yesno"}, 2),
+             _sample({"type": "caption"}, 2)]  # no answer space: left out
+    assert chance_level(items) == pytest.approx((1 / 2 + 1 / 3 + 1 / 3 + 1 / 2) / 4)
+    assert chance_level([_sample({"type": "caption"}, 2)]) is None
+
+
+def test_summary_table_and_report(tmp_path):
+    from polyaudio_rl.core.config import load_config
+    from polyaudio_rl.demo import write_report
+
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps({"step": i, "phase": "grpo", "reward/total": i / 10})
+                                                      for i in range(1, 10)))
+    summary = {"chance": 0.417, "eval_before": {"accuracy": 0.4, "n": 6, "per_task": {"a": 0.5, "b": 0.3}},
+               "eval_after": {"accuracy": 0.7, "n": 6, "per_task": {"a": 0.8, "b": 0.6}}}
+    lines = summary_lines(summary, tmp_path)
+    assert lines[0].split() == ["held-out", "accuracy", "(6", "items)", "all", "a", "b"]
+    assert any("after GRPO" in l and "0.700" in l for l in lines) and any("chance" in l for l in lines)
+    assert any("+0.300" in l for l in lines)
+    report = write_report(tmp_path, load_config(None, []), summary, lines)
+    text = report.read_text()
+    assert "per_task_accuracy.png" in text and "python -m eval.serve" in text and "OpenAI(" in text
+    assert (tmp_path / "per_task_accuracy.png").stat().st_size > 1000
+    assert table([["x", "1"]], ["h", "v"]) == ["h  v", "-  -", "x  1"]
