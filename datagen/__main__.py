@@ -35,11 +35,14 @@ def cmd_build(a) -> int:
         print(f"datagen: config error: {exc}", file=sys.stderr)
         return 2
     try:
-        rep = build(cfg, a.split, a.out, progress=not a.quiet)
+        rep = build(cfg, a.split, a.out, progress=not a.quiet, resume=not a.fresh)
     except EngineMissing as exc:
         print(f"datagen: {exc}", file=sys.stderr)
         return 2
     print(format_report(rep))
+    if rep.resumed:
+        print(f"resumed an interrupted build: kept {rep.kept_shards} shards ({rep.kept_items} items), "
+              f"generated from item {rep.resumed_at_item} of {rep.planned}")
     print(f"data card: {os.path.join(a.out, 'DATACARD.md')}")
     return 0
 
@@ -97,7 +100,8 @@ def cmd_inspect(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m datagen", description="PolyAudio multi-audio data generation")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build one split into Parquet shards + data card")
+    b = sub.add_parser("build", help="build one split into Parquet shards + data card (resumes an interrupted "
+                                     "build of the same configuration in --out)")
     b.add_argument("--split", required=True, choices=SPLITS)
     b.add_argument("--preset", choices=sorted(PRESETS), default=None, help="ci | small | paper | starter (default: ci; starter: the signal curriculum the tiny model learns, datagen/tasks/starter.py)")
     b.add_argument("--out", required=True, help="output directory (shards + DATACARD.md)")
@@ -107,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--config", default=None, help="YAML with a datagen: section (or the section itself)")
     b.add_argument("--set", action="append", default=[], help="override, e.g. --set bench_holdout=0.3")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--fresh", action="store_true",
+                   help="build from scratch even when --out holds an interrupted build of the same configuration "
+                        "(by default that build is resumed: its finished shards are kept)")
     i = sub.add_parser("inspect", help="print a build's data card and one item; export its clips as WAV")
     i.add_argument("dir")
     i.add_argument("--item", default=None, help="item id (default: the first)")

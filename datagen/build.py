@@ -6,9 +6,21 @@ Items are planned as (task, index) for index < items-per-task, interleaved by in
 item (task, index) gets ``index % 4 + 2`` clips (balanced 2-5) and a seed derived from (seed, split, task, index),
 so the content does not depend on the number of workers. Shards hold ``shard_items`` consecutive planned items.
 A failing item is retried with fresh sub-seeds, then skipped and counted with its reason; nothing else is lost.
+
+Resume: while a build runs, ``.datagen-progress.json`` in the output directory records each finished shard (file,
+rows, sha256, the plan position after its last item, and the items skipped or retried in its range), written
+atomically after the shard itself, together with a fingerprint of everything that decides the content (config
+without ``workers``, split, plan size, shard size, generator version). Re-running the same build on an interrupted
+directory keeps every recorded shard whose file is intact, regenerates from the plan position after the last kept
+shard (items are deterministic, so the remaining shards equal those of an uninterrupted build: no item missing or
+duplicated) and says so in the data card (``resumed``, ``kept_shards``, ``kept_items``, ``resumed_at_item``,
+``resumes``). A build that completes removes the progress file; a different configuration, a missing or
+mismatching progress file, or ``resume=False`` (``--fresh``) builds from scratch.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import multiprocessing as mp
 import os
@@ -22,6 +34,7 @@ from .config import DatagenConfig
 from polyaudio_rl.core.schema import write_shard
 
 CHUNK = 4  # items per unit of work sent to a worker (progress granularity)
+PROGRESS_FILE = ".datagen-progress.json"
 
 
 @dataclass
@@ -47,6 +60,11 @@ class BuildReport:
     workers: int = 1
     missing_source_files: list = field(default_factory=list)
     manifest_rejects: dict = field(default_factory=dict)                   # corpus manifest rows skipped, by reason
+    resumed: bool = False                                                  # continued an interrupted build
+    kept_shards: int = 0                                                   # shards of the interrupted build kept
+    kept_items: int = 0                                                    # items in them
+    resumed_at_item: int = 0                                               # plan position generation restarted at
+    resumes: int = 0                                                       # interruptions this build survived
 
     def add(self, res) -> None:
         if res.sample is None:
@@ -89,7 +107,8 @@ class BuildReport:
             "event_labels": dict(sorted(self.event_labels.items())), "licences": dict(self.sources),
             "missing_source_files": self.missing_source_files, "manifest_rejects": self.manifest_rejects,
             "shards": self.shards, "audio_bytes": self.bytes, "build_seconds": round(self.seconds, 2),
-            "workers": self.workers,
+            "workers": self.workers, "resumed": self.resumed, "kept_shards": self.kept_shards,
+            "kept_items": self.kept_items, "resumed_at_item": self.resumed_at_item, "resumes": self.resumes,
         }
 
 
@@ -199,9 +218,90 @@ def _pool_results(cfg: DatagenConfig, split: str, chunks: list, workers: int):
         ex.shutdown(wait=True, cancel_futures=True)
 
 
+# -- resume ---------------------------------------------------------------------------------------------
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_fingerprint(cfg: DatagenConfig, split: str, planned: int, shard_items: int) -> str:
+    """What decides a build's content: the config (``workers`` aside), split, plan size, shard size, generator."""
+    from dataclasses import asdict
+
+    from .tasks.base import GENERATOR_VERSION
+
+    conf = {k: v for k, v in asdict(cfg).items() if k != "workers"}
+    body = {"config": conf, "split": split, "planned": planned, "shard_items": shard_items,
+            "generator": GENERATOR_VERSION}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_progress(out: str, progress: dict) -> None:
+    path = os.path.join(out, PROGRESS_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(progress, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _kept_shards(out: str, fingerprint: str) -> tuple[list[dict], int, str]:
+    """The shards of an interrupted build of the same content that are still intact, the number of earlier resumes,
+    and why nothing was kept (empty when something was)."""
+    path = os.path.join(out, PROGRESS_FILE)
+    if not os.path.exists(path):
+        return [], 0, "no progress file"
+    try:
+        prog = json.load(open(path))
+    except (OSError, ValueError) as exc:
+        return [], 0, f"unreadable {PROGRESS_FILE}: {exc}"
+    if prog.get("fingerprint") != fingerprint:
+        return [], 0, "the interrupted build had a different configuration"
+    kept = []
+    for rec in prog.get("shards", []):  # keep the longest intact prefix
+        f = os.path.join(out, rec["file"])
+        if not os.path.isfile(f) or os.path.getsize(f) != rec["bytes"] or _sha256(f) != rec["sha256"]:
+            print(f"[datagen] resume: shard {rec['file']} is missing or damaged; regenerating from it", file=sys.stderr)
+            break
+        kept.append(rec)
+    return kept, int(prog.get("resumes", 0)), "" if kept else "no intact shard"
+
+
+def _replay(rep: BuildReport, out: str, rec: dict) -> None:
+    """Add a kept shard's items (read back from the shard) and its range's skips and retries to the report."""
+    import pyarrow.parquet as pq
+
+    from polyaudio_rl.core.schema import ARROW_SCHEMA, from_table
+
+    from .generate import ItemResult
+
+    samples = from_table(pq.read_table(os.path.join(out, rec["file"]), schema=ARROW_SCHEMA))
+    if len(samples) != rec["items"]:
+        raise RuntimeError(f"{rec['file']}: {len(samples)} rows, the progress file recorded {rec['items']}")
+    for smp in samples:
+        rep.add(ItemResult(smp.task, -1, sample=smp))
+    for task, reason, detail in rec["rejects"]:
+        rep.add(ItemResult(task, -1, reason=reason, detail=detail))
+    for reason in rec["retries"]:
+        rep.retries[reason] += 1
+    rep.shards.append({"file": rec["file"], "items": rec["items"]})
+
+
+def interrupted(out: str) -> bool:
+    """Whether ``out`` holds a build that has not completed (its shards are not the whole split yet)."""
+    return os.path.exists(os.path.join(out, PROGRESS_FILE))
+
+
 # -- driver ---------------------------------------------------------------------------------------------
-def build(cfg: DatagenConfig, split: str, out: str, progress: bool = True) -> BuildReport:
-    """Build ``split`` into directory ``out``; returns the report (also written as the data card)."""
+def build(cfg: DatagenConfig, split: str, out: str, progress: bool = True, resume: bool = True) -> BuildReport:
+    """Build ``split`` into directory ``out``; returns the report (also written as the data card).
+
+    With ``resume`` (the default) an interrupted build of the same configuration in ``out`` is continued: its
+    intact shards are kept and only the rest is generated (see the module docstring)."""
     from tqdm import tqdm
 
     from .card import write_card
@@ -213,35 +313,68 @@ def build(cfg: DatagenConfig, split: str, out: str, progress: bool = True) -> Bu
     rep = BuildReport(split, cfg.preset, cfg.seed, planned=len(items))
     shard_items = max(1, min(cfg.shard_items, math.ceil(len(items) / 8))) if items else 1
     shard_items = max(CHUNK, shard_items - shard_items % CHUNK)
-    chunks = [items[i: i + CHUNK] for i in range(0, len(items), CHUNK)]
+    fingerprint = build_fingerprint(cfg, split, len(items), shard_items)
+    kept, resumes, why = _kept_shards(out, fingerprint) if resume else ([], 0, "resume=False")
+    if not kept and os.path.exists(os.path.join(out, PROGRESS_FILE)):
+        print(f"[datagen] not resuming the interrupted build in {out} ({why}): building from scratch", file=sys.stderr)
+    for rec in kept:
+        _replay(rep, out, rec)
+    start = kept[-1]["plan_next"] if kept else 0
+    if kept:
+        rep.resumed, rep.kept_shards, rep.resumed_at_item, rep.resumes = True, len(kept), start, resumes + 1
+        rep.kept_items = sum(r["items"] for r in kept)
+        print(f"[datagen] resuming {out}: kept {len(kept)} shards ({rep.kept_items} items), generating from item "
+              f"{start} of {len(items)}", file=sys.stderr)
+    prog = {"fingerprint": fingerprint, "split": split, "planned": len(items), "shard_items": shard_items,
+            "resumes": rep.resumes, "shards": list(kept)}
+    chunks = [items[i: i + CHUNK] for i in range(start, len(items), CHUNK)]
     workers = cfg.workers or os.cpu_count() or 1
-    workers = max(1, min(workers, len(chunks)))
+    workers = max(1, min(workers, len(chunks) or 1))
     rep.workers = workers
-    stale = {p for p in os.listdir(out) if p.endswith(".parquet")}
-    pending, shard_no = [], 0
+    stale = {p for p in os.listdir(out) if p.endswith(".parquet")} - {r["file"] for r in kept}
+    pending: list = []  # (plan position, sample) not yet in a shard
+    events: list = []  # (plan position, "reject"|"retry", payload) not yet assigned to a shard
+    shard_no = len(kept)
 
     def flush(final: bool = False) -> None:
-        nonlocal pending, shard_no
+        nonlocal pending, events, shard_no
         while len(pending) >= shard_items or (final and pending):
             part, pending = pending[:shard_items], pending[shard_items:]
+            # the shard's plan range ends after its last item; at the end of the build it covers the rest too
+            plan_next = len(items) if final and not pending else part[-1][0] + 1
             name = f"{split}-{shard_no:05d}.parquet"
-            write_shard(os.path.join(out, name), part)
+            path = os.path.join(out, name)
+            write_shard(path, [smp for _, smp in part])
             stale.discard(name)
+            mine, events = [e for e in events if e[0] < plan_next], [e for e in events if e[0] >= plan_next]
+            prog["shards"].append({
+                "file": name, "items": len(part), "bytes": os.path.getsize(path), "sha256": _sha256(path),
+                "plan_next": plan_next, "rejects": [e[2] for e in mine if e[1] == "reject"],
+                "retries": [e[2] for e in mine if e[1] == "retry"]})
+            _write_progress(out, prog)  # after the shard: a kill in between only costs regenerating it
             rep.shards.append({"file": name, "items": len(part)})
             shard_no += 1
 
-    bar = tqdm(total=len(items), desc=f"datagen {split}", unit="item", disable=not progress, file=sys.stderr)
-    if workers == 1:
+    bar = tqdm(total=len(items), initial=start, desc=f"datagen {split}", unit="item", disable=not progress,
+               file=sys.stderr)
+    if not chunks:
+        results = iter(())
+    elif workers == 1:
         _init(cfg, split)
         results = map(_work, chunks)
     else:
         results = _pool_results(cfg, split, chunks, workers)
+    pos = start
     try:
         for res_list in results:
             for res in res_list:
                 rep.add(res)
                 if res.sample is not None:
-                    pending.append(res.sample)
+                    pending.append((pos, res.sample))
+                    events.extend((pos, "retry", r) for r in res.retries)
+                else:
+                    events.append((pos, "reject", [res.task, res.reason, res.detail]))
+                pos += 1
             bar.update(len(res_list))
             bar.set_postfix(skipped=sum(rep.rejects.values()))
             flush()
@@ -260,6 +393,8 @@ def build(cfg: DatagenConfig, split: str, out: str, progress: bool = True) -> Bu
         os.remove(os.path.join(out, name))
     rep.seconds = time.time() - t0
     write_card(out, rep, cfg)
+    if os.path.exists(os.path.join(out, PROGRESS_FILE)):  # complete: the data card is the record from now on
+        os.remove(os.path.join(out, PROGRESS_FILE))
     return rep
 
 

@@ -50,7 +50,7 @@ def render_markdown(d: dict) -> str:
     out = [f"# PolyAudio data card: {d['split']} ({d['preset']} preset, seed {d['seed']})", "",
            f"{d['written']} items written of {d['planned']} planned; {d['skipped']} skipped. "
            f"Generator {d.get('generator_version', '?')}. Build took {d['build_seconds']} s on {d['workers']} workers.",
-           "", "## Items per task and clip count", "",
+           "", *(_resume_lines(d)), "## Items per task and clip count", "",
            "| task | " + " | ".join(f"{k} clips" for k in ks) + " | total | skipped |",
            "|---|" + "---|" * (len(ks) + 2)]
     for t in sorted(set(d["counts"]) | set(d.get("rejects_by_task", {}))):
@@ -75,6 +75,16 @@ def render_markdown(d: dict) -> str:
     if d.get("missing_source_files"):
         out += [f"Files listed by packages but missing on disk (never used): {len(d['missing_source_files'])}", ""]
     return "\n".join(out)
+
+
+def _resume_lines(d: dict) -> list[str]:
+    if not d.get("resumed"):
+        return []
+    return [f"Resumed: this build was interrupted ({d.get('resumes', 1)} time(s)) and completed by re-running it: "
+            f"{d['kept_shards']} finished shards ({d['kept_items']} items) were kept after their checksums were "
+            f"verified, items {d['resumed_at_item']}..{d['planned'] - 1} of the plan were generated again; no item is "
+            "missing or duplicated (items are deterministic per seed, split, task and index). The build time above "
+            "is the last run's.", ""]
 
 
 def _plot(out: str, d: dict, durations: list) -> None:
