@@ -45,6 +45,7 @@ from typing import Any, Sequence
 
 from polyaudio_rl.core.audio import AudioError, load_clip
 from polyaudio_rl.core.config import EvalConfig, JudgeConfig
+from polyaudio_rl.core.openai_api import api_key_from_env
 from polyaudio_rl.core.schema import Sample
 from rewards.judge import JudgeClient
 from rewards.verifiers import verify
@@ -183,8 +184,9 @@ async def evaluate(data: str, policy_url: str, judge_url: str, out: str, cfg: Ev
     bench = load_bench(data, cfg.max_items)
     if not bench.samples:
         raise ValueError(f"--data {data}: no readable items ({len(bench.bad)} unreadable rows)")
-    pm = await resolve_model(policy_url, policy_model, "polyaudio")
-    jm = await resolve_model(judge_url, judge_model, "judge")
+    key = api_key_from_env(cfg.api_key_env)  # the policy endpoint's bearer key (eval.serve --api-key), if any
+    pm = await resolve_model(policy_url, policy_model, "polyaudio", key)
+    jm = await resolve_model(judge_url, judge_model, "judge", api_key_from_env(judge_cfg.api_key_env, judge_cfg.api_key))
     meta = {"data": str(data), "policy_url": policy_url, "policy_model": pm, "judge_url": judge_url,
             "judge_model": jm, "protocol": protocol, "judge_prompts": list(judge_cfg.prompts),
             "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature}
@@ -198,7 +200,7 @@ async def evaluate(data: str, policy_url: str, judge_url: str, out: str, cfg: Ev
     run_file.write_text(json.dumps(meta, indent=1))
     jcfg = JudgeConfig(**{**asdict(judge_cfg), "base_url": judge_url, "model": jm})
     judge = JudgeClient(jcfg)
-    policy = PolicyClient(policy_url, pm, cfg)
+    policy = PolicyClient(policy_url, pm, cfg, key)
     try:
         records = await run_items(bench.samples, policy, judge, cfg, protocol, out_dir, progress)
     finally:

@@ -44,7 +44,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from polyaudio_rl.core.audio import AudioError, load_clip
 from polyaudio_rl.core.config import EvalConfig
-from polyaudio_rl.core.openai_api import make_client
+from polyaudio_rl.core.openai_api import api_key_from_env, make_client
 from rewards.extract import extract_answer
 
 from .client import EndpointError, PolicyClient, question_content, resolve_model
@@ -304,8 +304,9 @@ async def evaluate(kind: str, data: str, policy_url: str, out: str, cfg: EvalCon
         loaded.items = loaded.items[: cfg.max_items]
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = await resolve_model(policy_url, policy_model, "polyaudio")
-    policy = PolicyClient(policy_url, model, cfg)
+    key = api_key_from_env(cfg.api_key_env)  # the endpoint's bearer key (eval.serve --api-key), if any
+    model = await resolve_model(policy_url, policy_model, "polyaudio", key)
+    policy = PolicyClient(policy_url, model, cfg, key)
     embed = openai_embedder(cfg.embed_url, cfg.embed_model) if cfg.mmau_match == "embedding" else None
     try:
         preds, errors = await predict(loaded.items, policy, cfg, protocol, progress)

@@ -2,6 +2,7 @@
 ``/v1/chat/completions``) with both models behind a validating ingress.
 
     python -m eval.serve --policy CKPT_OR_MODEL [--adapter DIR] --judge MODEL [--host 127.0.0.1 --port 8000]
+                         [--api-key KEY | env POLYAUDIO_API_KEY] [--insecure]
                          [--config configs/tiny_cpu.yaml] [-o serve.policy_replicas=2 ...]
 
 Why this shape: the app is Ray Serve LLM's public ``build_openai_app``: the engines are its kept ``LLMServer``
@@ -14,6 +15,24 @@ public ``OpenAiIngress``, in front of them; it checks every chat request *before
   WAV/FLAC, undecodable or non-finite audio, a remote ``audio_url`` → 400 naming the part (:mod:`eval.validate`);
 * valid audio parts are re-encoded as 16 kHz mono WAV, in order, so vLLM never resamples.
 
+Fit for a shared cluster:
+
+* **authentication** — with a key (``--api-key`` or the environment variable ``serve.api_key_env``,
+  ``POLYAUDIO_API_KEY``; never printed or logged) every route except ``GET /health`` answers 401 without
+  ``Authorization: Bearer KEY``. The check runs in the ingress before anything else (before the body is read); only
+  the key's SHA-256 travels to the replicas, compared in constant time. Binding a non-loopback host without a key
+  is refused (exit 2) unless ``--insecure``. Ray Serve's proxy itself answers ``/-/healthz`` and ``/-/routes``
+  (liveness and route prefixes: no model access).
+* **back-pressure** — each ingress replica holds at most ``serve.max_ongoing_requests`` requests in flight; up to
+  ``serve.max_queued_requests`` more wait at the proxy; beyond that the proxy answers ``serve.backpressure_status``
+  (503 or 429) with ``Retry-After: serve.retry_after_s`` (Ray Serve's ``max_queued_requests`` /
+  ``backpressure_config``), never a crash or a hang.
+* **no orphans** — each engine replica runs :func:`polyaudio_rl.core.procguard.guard_process_tree`: it dies with
+  its raylet, and every process vLLM starts under it (EngineCore, workers) dies with its parent, SIGKILL included.
+  Ray's raylet subreaper also reaps the children of a killed replica. ``eval.serve`` shuts Serve and Ray down on
+  exit; the first SIGINT/SIGTERM stops it (bounded by ``serve.shutdown_timeout_s``, whatever Serve is doing), a
+  second one exits at once (the local Ray processes fate-share with it).
+
 vLLM itself would truncate a long clip silently and may fail deep inside a replica on odd audio; here such requests
 never get that far. The policy is served from a checkpoint path or hub id; ``--adapter`` merges a trained PEFT
 adapter into the base weights first (:mod:`eval.merge`: vLLM's Qwen2-Audio has no LoRA support in 0.32).
@@ -22,9 +41,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +59,77 @@ from .validate import RequestError, normalize_audio_parts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_NAME = "polyaudio-eval"
+HEALTH_PATHS = ("/health", "/v1/health")  # answered without a key
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")  # the OpenAI roles; others get 400
+EXIT_USAGE = 2
+
+
+# -- authentication ---------------------------------------------------------------------------------------------------
+def key_digest(api_key: str | None) -> bytes | None:
+    """SHA-256 of the key (what the replicas get; the key itself stays in this process); None: no key."""
+    return hashlib.sha256(api_key.encode()).digest() if api_key else None
+
+
+def authorized(headers: list[tuple[bytes, bytes]] | None, digest: bytes | None) -> bool:
+    """Whether an ASGI request's headers carry ``Authorization: Bearer <key>`` for ``digest`` (constant time)."""
+    if digest is None:
+        return True
+    value = b""
+    for name, val in headers or ():
+        if name.lower() == b"authorization":
+            value = val
+            break
+    scheme, _, token = value.strip().partition(b" ")
+    ok_scheme = hmac.compare_digest(scheme.lower(), b"bearer")
+    return hmac.compare_digest(hashlib.sha256(token.strip()).digest(), digest) and ok_scheme
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class BindRefused(ValueError):
+    """A non-loopback bind without an API key (and without ``--insecure``)."""
+
+
+def check_bind(host: str, api_key: str | None, insecure: bool = False) -> None:
+    """Refuse to serve an unauthenticated endpoint beyond this machine."""
+    if not api_key and not insecure and not is_loopback(host):
+        raise BindRefused(
+            f"refusing to bind {host!r} without an API key: anyone who can reach the port could use the models. "
+            "Give --api-key KEY (or set POLYAUDIO_API_KEY), bind 127.0.0.1, or pass --insecure to serve it open.")
+
+
+class AuthMiddleware:
+    """Pure ASGI middleware, outermost on the ingress app: ``GET /health`` answers at once; without the bearer key
+    (when ``digest`` is set) every other request gets 401 before anything else runs (the body is never read)."""
+
+    def __init__(self, app: Any, digest: bytes | None):
+        self.app = app
+        self.digest = digest
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            if scope.get("path") in HEALTH_PATHS and scope.get("method") in ("GET", "HEAD"):
+                return await _send_json(send, 200, {"status": "ok"})
+            if not authorized(scope.get("headers"), self.digest):
+                return await _send_json(
+                    send, 401, _error_body("missing or invalid API key: send 'Authorization: Bearer <key>'", 401,
+                                           "authentication_error"), [(b"www-authenticate", b"Bearer")])
+        return await self.app(scope, receive, send)
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data})
 
 
 # -- the ingress --------------------------------------------------------------------------------------------------
@@ -121,11 +216,20 @@ def _ingress_class() -> type:
         and re-encoded (:func:`eval.validate.normalize_audio_parts`), then ``OpenAiIngress.chat`` serves it."""
 
         def __init__(self, llm_deployments: Any, model_cards: Any, *, max_clips: int = 5,
-                     max_clip_seconds: float = 30.0, max_body_bytes: int = 64 * 2**20, **kwargs: Any):
+                     max_clip_seconds: float = 30.0, max_body_bytes: int = 64 * 2**20,
+                     api_key_sha256: bytes | None = None, **kwargs: Any):
             super().__init__(llm_deployments, model_cards, **kwargs)
             self.max_clips = max_clips
             self.max_clip_seconds = max_clip_seconds
             self.max_body_bytes = int(max_body_bytes)
+            self.api_key_sha256 = api_key_sha256
+
+        def _set_asgi_app(self, app: Any) -> None:
+            """Serve hands the replica its FastAPI app here (before it starts): the key check goes outermost."""
+            if not getattr(app, "_polyaudio_auth", False):
+                app.add_middleware(AuthMiddleware, digest=self.api_key_sha256)
+                app._polyaudio_auth = True
+            super()._set_asgi_app(app)
 
         async def chat(self, request: Any) -> Any:  # type: ignore[override]
             try:
@@ -135,10 +239,29 @@ def _ingress_class() -> type:
             if data is None:
                 return Response(status_code=499)  # the client went away
             try:
-                body = ChatCompletionRequest.model_validate_json(data)
+                obj = json.loads(data)
+            except (ValueError, UnicodeDecodeError) as exc:  # not JSON, not UTF-8, empty
+                return JSONResponse(_error_body(f"request body is not valid JSON: {exc}"[:300], 400), status_code=400)
+            if not isinstance(obj, dict):
+                return JSONResponse(_error_body(f"request body must be a JSON object, got {type(obj).__name__}", 400),
+                                    status_code=400)
+            try:
+                body = ChatCompletionRequest.model_validate(obj)
             except ValidationError as exc:
-                errors = exc.errors(include_url=False, include_context=False)
+                errors = exc.errors(include_url=False, include_context=False, include_input=False)
                 raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+            served = sorted(self._model_cards)
+            if body.model not in self._model_cards and not (body.model is None and len(served) == 1):
+                status = 400 if body.model is None else 404
+                why = "'model' is required" if body.model is None else f"model {body.model!r} is not served"
+                return JSONResponse(_error_body(f"{why}; served: {served}", status,
+                                                "invalid_request_error" if status == 400 else "model_not_found"),
+                                    status_code=status)
+            for i, msg in enumerate(body.messages):
+                role = msg.get("role") if isinstance(msg, dict) else getattr(msg, "role", None)
+                if role not in CHAT_ROLES:
+                    return JSONResponse(_error_body(f"messages[{i}].role must be one of {list(CHAT_ROLES)}, got {role!r}",
+                                                    400), status_code=400)
             messages = []
             for msg in body.messages:
                 if isinstance(msg, dict) and msg.get("content") is not None and not isinstance(msg["content"], (str, list)):
@@ -156,6 +279,23 @@ def _ingress_class() -> type:
     return PolyAudioIngress
 
 
+def _server_class() -> type:
+    """Ray Serve LLM's ``LLMServer`` whose replica process, and every process vLLM starts under it, dies with its
+    owner (:mod:`polyaudio_rl.core.procguard`)."""
+    from ray.serve.llm import LLMServer
+
+    class GuardedLLMServer(LLMServer):
+        async def __init__(self, *args: Any, **kwargs: Any):
+            from polyaudio_rl.core.procguard import guard_process_tree
+
+            guard_process_tree()  # before the engine starts its processes
+            await super().__init__(*args, **kwargs)
+
+    # Serve names the deployments after the class ("LLMServer:polyaudio"): keep Ray Serve LLM's names.
+    GuardedLLMServer.__name__ = GuardedLLMServer.__qualname__ = "LLMServer"
+    return GuardedLLMServer
+
+
 # -- building the app -----------------------------------------------------------------------------------------------
 def _deployment_config(replicas: int, max_replicas: int, target: float) -> dict[str, Any]:
     if max_replicas and max_replicas > replicas:
@@ -164,11 +304,24 @@ def _deployment_config(replicas: int, max_replicas: int, target: float) -> dict[
     return {"num_replicas": replicas}
 
 
+def ingress_deployment_config(cfg: ServeConfig) -> dict[str, Any]:
+    """Replicas and back-pressure of the ingress: ``max_ongoing_requests`` in flight per replica, then
+    ``max_queued_requests`` waiting at the proxy, then ``backpressure_status`` with ``Retry-After``. The engine
+    deployments keep Ray Serve LLM's unbounded defaults, so the ingress is the one place requests are limited."""
+    backpressure: dict[str, Any] = {"status_code": cfg.backpressure_status}
+    if cfg.retry_after_s > 0:
+        backpressure["retry_after_s"] = cfg.retry_after_s
+    return {"num_replicas": cfg.ingress_replicas,  # drops the default autoscaling
+            "max_ongoing_requests": cfg.max_ongoing_requests, "max_queued_requests": cfg.max_queued_requests,
+            "backpressure_config": backpressure}
+
+
 def llm_configs(cfg: ServeConfig, policy_path: str, judge_path: str) -> list[Any]:
     """Ray Serve LLM configs of the policy (multi-audio) and the judge."""
     from ray.serve.llm import LLMConfig
 
-    accel = {"accelerator_config": {"kind": "cpu"}} if cfg.accelerator == "cpu" else {}
+    accel: dict[str, Any] = {"accelerator_config": {"kind": "cpu"}} if cfg.accelerator == "cpu" else {}
+    accel["server_cls"] = _server_class()
     policy_kw = {**cfg.policy_engine_kwargs, "limit_mm_per_prompt": {"audio": cfg.max_clips}}
     judge_kw = dict(cfg.judge_engine_kwargs)
     return [
@@ -181,17 +334,17 @@ def llm_configs(cfg: ServeConfig, policy_path: str, judge_path: str) -> list[Any
     ]
 
 
-def build_app(cfg: ServeConfig, policy_path: str, judge_path: str) -> Any:
+def build_app(cfg: ServeConfig, policy_path: str, judge_path: str, api_key: str | None = None) -> Any:
     """The Serve application: two ``LLMServer`` deployments behind :class:`PolyAudioIngress` (public
-    ``build_openai_app`` with its ``ingress_cls_config`` hook)."""
+    ``build_openai_app`` with its ``ingress_cls_config`` hook); with ``api_key``, only its SHA-256 leaves here."""
     from ray.serve.llm import build_openai_app
 
     return build_openai_app({
         "llm_configs": llm_configs(cfg, policy_path, judge_path),
         "ingress_cls_config": {"ingress_cls": _ingress_class(), "ingress_extra_kwargs": {
             "max_clips": cfg.max_clips, "max_clip_seconds": cfg.max_clip_seconds,
-            "max_body_bytes": int(cfg.max_body_mb * 2**20)}},
-        "ingress_deployment_config": {"num_replicas": cfg.ingress_replicas},  # drops the default autoscaling
+            "max_body_bytes": int(cfg.max_body_mb * 2**20), "api_key_sha256": key_digest(api_key)}},
+        "ingress_deployment_config": ingress_deployment_config(cfg),
     })
 
 
@@ -206,10 +359,16 @@ def runtime_env() -> dict[str, Any]:
 
 
 def start(cfg: ServeConfig, policy: str, judge: str, *, ray_address: str = "", num_cpus: int = 0,
-          adapter: str | None = None) -> str:
-    """Start Ray (unless running), Serve on ``cfg.host:cfg.port`` and the app; returns the ``/v1`` base URL."""
+          adapter: str | None = None, api_key: str | None = None, insecure: bool = False) -> str:
+    """Start Ray (unless running), Serve on ``cfg.host:cfg.port`` and the app; returns the ``/v1`` base URL.
+    With ``api_key`` every route but ``/health`` needs ``Authorization: Bearer <api_key>``; a non-loopback host
+    without one raises :class:`BindRefused` unless ``insecure``."""
     import ray
     from ray import serve
+
+    check_bind(cfg.host, api_key, insecure)
+    # Ray's raylet reaps (SIGKILLs) what a dead worker left behind, however the worker died (read at raylet start).
+    os.environ.setdefault("RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper", "true")
 
     if adapter:
         from .merge import merge_adapter
@@ -224,19 +383,40 @@ def start(cfg: ServeConfig, policy: str, judge: str, *, ray_address: str = "", n
         else:
             ray.init(address="local", num_cpus=num_cpus or max(6, os.cpu_count() or 1), **kw)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_app(cfg, policy, judge), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_app(cfg, policy, judge, api_key), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{cfg.host}:{cfg.port}/v1"
 
 
-def stop() -> None:
-    """Shut Serve and (a local) Ray down."""
+def _bounded(fn: Any, timeout_s: float, what: str) -> bool:
+    """Run ``fn`` in a daemon thread; True if it returned within ``timeout_s`` (a hung call is left behind)."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
+            print(f"{what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    return done.wait(timeout_s)
+
+
+def stop(timeout_s: float = 30.0) -> bool:
+    """Shut Serve and (a local) Ray down, each bounded by ``timeout_s``; False when one of them did not finish
+    (``serve.shutdown`` can wait on a replica Serve is restarting): the caller may then exit hard, which the local
+    Ray processes (and, through them, the engines) do not survive."""
     import ray
     from ray import serve
 
-    try:
-        serve.shutdown()
-    finally:
-        ray.shutdown()
+    ok = _bounded(serve.shutdown, timeout_s, "serve shutdown")
+    return _bounded(ray.shutdown, timeout_s, "ray shutdown") and ok
+
+
+def resolve_api_key(cli_key: str | None, env_name: str) -> str | None:
+    """``--api-key``, else the environment variable ``env_name``; None: no key."""
+    return cli_key or (os.environ.get(env_name, "") if env_name else "") or None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,6 +428,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--judge", required=True, help="judge chat model: checkpoint directory or hub id")
     ap.add_argument("--host", default=None, help="bind address (default serve.host, 127.0.0.1)")
     ap.add_argument("--port", type=int, default=None, help="HTTP port (default serve.port, 8000)")
+    ap.add_argument("--api-key", default=None, metavar="KEY",
+                    help="require 'Authorization: Bearer KEY' on every route but /health (default: the environment "
+                         "variable serve.api_key_env, POLYAUDIO_API_KEY; prefer it: a command line is visible to ps)")
+    ap.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
     ap.add_argument("--config", default=None, help="YAML config (default configs/tiny_cpu.yaml)")
     ap.add_argument("-o", "--override", action="append", default=[], help="dotted override, e.g. serve.policy_replicas=2")
     args = ap.parse_args(argv)
@@ -256,19 +440,38 @@ def main(argv: list[str] | None = None) -> None:
         cfg.serve.host = args.host
     if args.port:
         cfg.serve.port = args.port
-    url = start(cfg.serve, args.policy, args.judge, ray_address=cfg.ray_address, num_cpus=cfg.ray_num_cpus,
-                adapter=args.adapter)
-    print(f"serving {cfg.serve.policy_model_id!r} (policy) and {cfg.serve.judge_model_id!r} (judge) at {url}; "
-          "Ctrl-C stops", flush=True)
-    stopping: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT explicitly: a background job inherits it ignored
-        signal.signal(sig, lambda *_: stopping.append(1))
+    api_key = resolve_api_key(args.api_key, cfg.serve.api_key_env)
     try:
+        check_bind(cfg.serve.host, api_key, args.insecure)
+    except BindRefused as exc:
+        print(f"eval.serve: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USAGE)
+
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stopping:  # the second signal: no more waiting
+            print("eval.serve: second signal, exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        stopping.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT explicitly: a background job inherits it ignored
+        signal.signal(sig, on_signal)
+    clean = True
+    try:
+        url = start(cfg.serve, args.policy, args.judge, ray_address=cfg.ray_address, num_cpus=cfg.ray_num_cpus,
+                    adapter=args.adapter, api_key=api_key, insecure=args.insecure)
+        print(f"serving {cfg.serve.policy_model_id!r} (policy) and {cfg.serve.judge_model_id!r} (judge) at {url}"
+              f"{' (API key required)' if api_key else ''}; Ctrl-C stops", flush=True)
         while not stopping:
-            time.sleep(1.0)
+            time.sleep(0.2)
     finally:
         print("stopping Serve and Ray ...", flush=True)
-        stop()
+        clean = stop(cfg.serve.shutdown_timeout_s)
+    if not clean:  # a hung shutdown: exit anyway; the local Ray processes fate-share with this one
+        print(f"eval.serve: shutdown did not finish within {cfg.serve.shutdown_timeout_s:g} s; exiting",
+              file=sys.stderr, flush=True)
+        os._exit(1)
     sys.exit(0)
 
 

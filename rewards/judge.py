@@ -36,7 +36,8 @@ from openai import AsyncOpenAI
 
 from polyaudio_rl.core.config.reward import JudgeConfig
 from polyaudio_rl.core.judge_prompts import PROMPTS
-from polyaudio_rl.core.openai_api import RetryableReply, describe, is_transient, make_client, retrying
+from polyaudio_rl.core.openai_api import (RetryableReply, api_key_from_env, describe, is_transient, make_client,
+                                          retrying)
 
 from .extract import find_numbers
 
@@ -155,7 +156,8 @@ class JudgeClient:
     def _client(self) -> tuple[AsyncOpenAI, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
         if self._loop_state is None or self._loop_state[0] is not loop:
-            client = make_client(self.cfg.base_url, self.cfg.api_key, self.cfg.timeout_s)
+            client = make_client(self.cfg.base_url, api_key_from_env(self.cfg.api_key_env, self.cfg.api_key),
+                                 self.cfg.timeout_s)
             self._loop_state = (loop, client, asyncio.Semaphore(self.cfg.concurrency))
         return self._loop_state[1], self._loop_state[2]
 

@@ -3,6 +3,8 @@
 Used by the judge (:mod:`rewards.judge`) and the evaluation clients (:mod:`eval.client`, :mod:`eval.mmau`); it lives
 in the core because ``rewards`` and ``eval`` may not import each other's internals sideways.
 
+- :func:`api_key_from_env` — the bearer key from the environment variable a config names (``POLYAUDIO_API_KEY``
+  by default); a YAML file names the variable, never the key.
 - :func:`make_client` — a configured ``openai.AsyncOpenAI`` (base URL, key, per-request timeout, the client's own
   ``max_retries``). Callers that need a retry policy the client does not have (retrying an unparseable judge reply,
   counting every retry in their stats, ``backoff_s`` from our config) pass ``max_retries=0`` and use
@@ -17,6 +19,7 @@ in the core because ``rewards`` and ``eval`` may not import each other's interna
 from __future__ import annotations
 
 import base64
+import os
 import random
 from typing import Any, Callable, Sequence
 
@@ -28,6 +31,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from .audio import encode_wav
 
 RETRY_STATUSES = (408, 429)  # plus every 5xx
+DEFAULT_API_KEY_ENV = "POLYAUDIO_API_KEY"
+
+
+def api_key_from_env(env_name: str = DEFAULT_API_KEY_ENV, default: str = "EMPTY") -> str:
+    """The API key held by environment variable ``env_name`` (configs name the variable, never the key), else
+    ``default``."""
+    return (os.environ.get(env_name, "") if env_name else "") or default
 
 
 class RetryableReply(Exception):

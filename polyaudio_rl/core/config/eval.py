@@ -12,6 +12,9 @@ PROTOCOLS = ("native", "concat", "pair")
 class EvalConfig:
     """Evaluation protocol (§3.2.2, §4.1)."""
 
+    api_key_env: str = cfg_field(
+        "POLYAUDIO_API_KEY", "Environment variable holding the bearer key of the policy endpoint (eval.serve --api-key); "
+        "unset or empty: no key. Name the variable here, never the key itself.")
     max_items: int = cfg_field(0, "Evaluate at most this many items (0: all).")
     concurrency: int = cfg_field(4, "Requests in flight against the policy endpoint.")
     max_new_tokens: int = cfg_field(64, "Most tokens generated per answer.")

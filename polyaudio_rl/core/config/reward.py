@@ -17,7 +17,10 @@ class JudgeConfig:
 
     base_url: str = cfg_field("", "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1. Empty: no judge.")
     model: str = cfg_field("judge", "Model name sent to the judge endpoint (the paper: Qwen3-7B-Instruct).")
-    api_key: str = cfg_field("EMPTY", "API key sent to the endpoint (local servers ignore it).")
+    api_key: str = cfg_field("EMPTY", "API key sent to the endpoint when api_key_env is unset (local servers ignore it).")
+    api_key_env: str = cfg_field(
+        "POLYAUDIO_API_KEY", "Environment variable holding the judge endpoint's bearer key (eval.serve --api-key); it "
+        "wins over api_key when set. Name the variable here, never the key itself.")
     timeout_s: float = cfg_field(30.0, "Per-request timeout in seconds.")
     max_retries: int = cfg_field(3, "Bounded retries with exponential backoff before an item is marked unscored.")
     backoff_s: float = cfg_field(0.5, "First retry delay in seconds; doubles per retry (with ±25% jitter).")

@@ -34,6 +34,18 @@ class ServeConfig:
     ingress_replicas: int = cfg_field(1, "Replicas of the validating OpenAI ingress.")
     target_ongoing_requests: float = cfg_field(
         4.0, "Autoscaling target: requests in flight per replica before Serve adds one (Ray Serve autoscaling_config).")
+    api_key_env: str = cfg_field(
+        "POLYAUDIO_API_KEY", "Environment variable holding the bearer key eval.serve requires (--api-key wins). With a "
+        "key every route but /health answers 401 without 'Authorization: Bearer KEY'. Name the variable, never the key.")
+    max_ongoing_requests: int = cfg_field(
+        16, "Requests in flight per ingress replica (Ray Serve max_ongoing_requests); more wait in the proxy's queue.")
+    max_queued_requests: int = cfg_field(
+        64, "Requests waiting at the proxy beyond max_ongoing_requests (Ray Serve max_queued_requests; -1: no limit); "
+        "beyond it the proxy answers backpressure_status with Retry-After at once.")
+    backpressure_status: int = cfg_field(503, "HTTP status of a request refused for back-pressure: 503 or 429.")
+    retry_after_s: float = cfg_field(2.0, "Retry-After (seconds) sent with a back-pressure refusal; 0: no header.")
+    shutdown_timeout_s: float = cfg_field(
+        30.0, "eval.serve waits this long for Serve and Ray to shut down after SIGINT/SIGTERM, then exits anyway.")
     max_body_mb: float = cfg_field(64.0, "Largest request body accepted (MB); larger gets HTTP 413.")
     max_clips: int = cfg_field(5, "Most audio parts in one chat request (paper: 2-5 clips); more gets HTTP 400.")
     max_clip_seconds: float = cfg_field(
@@ -59,5 +71,10 @@ class ServeConfig:
                 raise ValueError(f"serve.{name}_max_replicas ({hi}) must be 0 or >= serve.{name}_replicas ({lo})")
         if self.max_clips < 1 or self.max_clip_seconds <= 0 or self.max_body_mb <= 0:
             raise ValueError("serve.max_clips >= 1, serve.max_clip_seconds > 0 and serve.max_body_mb > 0 are required")
+        if self.max_ongoing_requests < 1 or (self.max_queued_requests < 1 and self.max_queued_requests != -1):
+            raise ValueError("serve.max_ongoing_requests must be >= 1 and serve.max_queued_requests >= 1 or -1")
+        if self.backpressure_status not in (429, 503) or self.retry_after_s < 0 or self.shutdown_timeout_s <= 0:
+            raise ValueError("serve.backpressure_status must be 429 or 503, serve.retry_after_s >= 0, "
+                             "serve.shutdown_timeout_s > 0")
         if self.policy_model_id == self.judge_model_id:
             raise ValueError(f"serve.policy_model_id and serve.judge_model_id are both {self.policy_model_id!r}")
