@@ -458,6 +458,9 @@ def main(argv: list[str] | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT explicitly: a background job inherits it ignored
         signal.signal(sig, on_signal)
     clean = True
+    from polyaudio_rl.core.procguard import start_reaper
+
+    start_reaper()  # whatever ends this process (SIGKILL too), nothing it started outlives it
     try:
         url = start(cfg.serve, args.policy, args.judge, ray_address=cfg.ray_address, num_cpus=cfg.ray_num_cpus,
                     adapter=args.adapter, api_key=api_key, insecure=args.insecure)

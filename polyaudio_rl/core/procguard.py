@@ -12,6 +12,11 @@ its workers keep their memory (and a GPU's) for good. Two pieces stop that:
   ``forkserver``; vLLM starts its EngineCore and worker processes that way) first calls :func:`die_with_parent` and
   :func:`guard_children` itself, then runs its target: the whole tree below a guarded process is guarded.
 
+- :func:`start_reaper` — a small separate process (its own session) that records the owner's process tree every
+  second and, once the owner is gone (SIGKILL included), SIGKILLs every recorded process still alive (pid and start
+  time matched, so a reused pid is never hit): what neither the guard nor Ray's fate-sharing reaches (Ray's
+  dashboard agent, idle workers) goes too.
+
 Used by the Serve replicas of :mod:`eval.serve` (the vLLM engine under each ``LLMServer`` replica) and meant for any
 owner of engine processes (rollout actors).
 """
@@ -21,7 +26,10 @@ import functools
 import multiprocessing.process
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from typing import Any, Callable
 
 POLL_S = 0.5
@@ -76,3 +84,55 @@ def guard_process_tree() -> None:
     """Both: this process dies with its parent, and so does every ``multiprocessing`` child it starts."""
     die_with_parent()
     guard_children()
+
+
+def _kill_recorded(known: dict[int, float]) -> list[int]:
+    import psutil
+
+    killed = []
+    for pid, created in known.items():
+        try:
+            p = psutil.Process(pid)
+            if abs(p.create_time() - created) < 1e-3:
+                p.kill()
+                killed.append(pid)
+        except psutil.Error:
+            pass
+    return killed
+
+
+def reap_when_gone(owner_pid: int, poll_s: float = 1.0) -> list[int]:
+    """Record ``owner_pid``'s descendants every ``poll_s``; when it is gone, SIGKILL those still alive."""
+    import psutil
+
+    me, known = os.getpid(), {}
+    try:
+        owner = psutil.Process(owner_pid)
+        while owner.is_running() and owner.status() != psutil.STATUS_ZOMBIE:
+            for p in owner.children(recursive=True):
+                try:
+                    if p.pid != me:
+                        known[p.pid] = p.create_time()
+                except psutil.Error:
+                    pass
+            time.sleep(poll_s)
+    except psutil.Error:
+        pass
+    return _kill_recorded(known)
+
+
+def start_reaper(owner_pid: int | None = None) -> subprocess.Popen | None:
+    """Start the reaper of this process's tree (None when psutil is missing)."""
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        return None
+    return subprocess.Popen([sys.executable, "-m", "polyaudio_rl.core.procguard", str(owner_pid or os.getpid())],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                 os.environ.get("PYTHONPATH", "")])})
+
+
+if __name__ == "__main__":  # python -m polyaudio_rl.core.procguard OWNER_PID
+    reap_when_gone(int(sys.argv[1]))
