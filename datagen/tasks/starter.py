@@ -29,9 +29,11 @@ def is_starter(cfg) -> bool:
     return getattr(cfg, "curriculum", "paper") == "starter" or getattr(cfg, "preset", "") == "starter"
 
 
-def _tone(sr: int, hz: float, seconds: float, amp: float) -> np.ndarray:
+def _tone(sr: int, hz: float, seconds: float, amp: float, fade: bool = True) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
-    ramp = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.01)  # 10 ms fades: no clicks at the ends
+    # 10 ms fades: no clicks at the ends (off for odd_one_out: its clips stay byte-identical to the 'signal' variant
+    # the learning test was measured on)
+    ramp = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.01) if fade else 1.0
     return (amp * ramp * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
@@ -47,7 +49,7 @@ def odd_noise(ctx, rng, n) -> Draft:
             meta, sid = {"kind": "signal", "signal": "white noise", "seconds": dur}, f"noise:{dur:.3f}"
         else:
             f = float(rng.uniform(200, 1000))
-            wav = _tone(sr, f, dur, 0.3)
+            wav = _tone(sr, f, dur, 0.3, fade=False)
             meta, sid = {"kind": "signal", "signal": "sine", "hz": f, "seconds": dur}, f"sine:{f:.1f}:{dur:.3f}"
         clips.append(ClipDraft(wav, meta, sid, LICENCE))
     q = choose(rng, ["Which clip is noise rather than a steady tone?", "Which of these clips is the odd one out?"])

@@ -1,16 +1,20 @@
-"""The demo's quiet console, chance level and report — fast pieces, no Ray cluster (the end-to-end run is
-tests/polyaudio_rl/test_learning.py)."""
+"""The demo: its quiet console, chance level and report (fast, no Ray cluster), and the demo configuration end to
+end with its learning margin and the flipped-sign control (slow; skipped until the config meets the margin)."""
 from __future__ import annotations
 
 import io
 import json
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from polyaudio_rl.console import Console, table, worker_component
+from polyaudio_rl import train
+from polyaudio_rl.core.config import load_config
 from polyaudio_rl.train import chance_level, summary_lines
+from tests.conftest import build_splits
 
 
 def test_worker_output_goes_to_one_file_per_component_not_the_console(tmp_path):
@@ -104,3 +108,62 @@ def test_summary_table_and_report(tmp_path):
     assert "per_task_accuracy.png" in text and "python -m eval.serve" in text and "OpenAI(" in text
     assert (tmp_path / "per_task_accuracy.png").stat().st_size > 1000
     assert table([["x", "1"]], ["h", "v"]) == ["h  v", "-  -", "x  1"]
+
+
+# -- the demo configuration end to end: its learning margin and the flipped-sign control ------------------------------
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo_cfg():
+    return load_config(str(DEMO), [])
+
+
+@pytest.fixture(scope="module")
+def starter_data(tmp_path_factory, demo_cfg):
+    from datagen.config import PRESETS
+
+    assert demo_cfg.data.preset == "starter", "the demo config must train on the starter curriculum"
+    return build_splits(tmp_path_factory.mktemp("starter"), dict(PRESETS["starter"]), [],
+                        max_clips=demo_cfg.data.max_clips, curriculum="starter")
+
+
+def _overrides(tiny_ckpt, d):
+    return [f"model.path={tiny_ckpt}", f"data.train_dir={d / 'train'}", f"data.pref_dir={d / 'pref'}",
+            f"data.bench_dir={d / 'bench'}", "data.build_if_missing=false", "wandb_mode=disabled"]
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+@pytest.mark.skip(reason="the demo's promise does not hold yet: seed 0 measured SFT 0.333 -> GRPO 0.458 (sft.epochs=1) and "
+                         "0.604 -> 0.542 (sft.epochs=2), chance 0.417; GRPO must reach SFT + 0.10 and chance + 0.15. "
+                         "Unskip when configs/tiny_cpu.yaml meets it (issue 12)")
+def test_demo_config_learns_and_flipped_sign_does_not(tiny_ckpt, starter_data, demo_cfg, tmp_path):
+    run = tmp_path / "grpo"
+    assert train.main(["--config", str(DEMO), "--run-dir", str(run), "--quiet", *_overrides(tiny_ckpt, starter_data)]) == 0
+    s = _summary(run)
+    sft_acc, grpo_acc, chance = s["eval_before"]["accuracy"], s["eval_after"]["accuracy"], s["chance"]
+    assert s["eval_after"]["n"] == 48 and set(s["eval_after"]["per_task"]) == {"odd_one_out", "comparison", "counting"}
+    assert 0.40 < chance < 0.43, chance  # 2–3 clips: half the items 1/2, half 1/3
+    # the promise `make demo` prints: GRPO >= SFT + 0.10 and > chance + 0.15
+    assert grpo_acc >= sft_acc + 0.1, (sft_acc, grpo_acc)
+    assert grpo_acc > chance + 0.15, (grpo_acc, chance)
+    rewards = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    curve = [r["reward/total"] for r in rewards if r.get("phase") == "grpo"]
+    k = len(curve) // 3
+    assert sum(curve[-k:]) / k > sum(curve[:k]) / k + 0.05, curve
+    assert (run / "logs").is_dir()
+
+    sft_ckpt = sorted((run / "sft" / "checkpoints").iterdir())[-1]
+    flipped = tmp_path / "flipped"
+    steps = demo_cfg.grpo.steps // 2
+    assert train.main(["--config", str(DEMO), "--run-dir", str(flipped), "--quiet", "--init-adapter", str(sft_ckpt),
+                       *_overrides(tiny_ckpt, starter_data), "grpo.sign=-1", f"grpo.steps={steps}"]) == 0
+    f = _summary(flipped)
+    assert f["eval_before"]["accuracy"] == pytest.approx(sft_acc)  # the same SFT starting point
+    assert f["eval_after"]["accuracy"] <= sft_acc, (sft_acc, f["eval_after"])
+    assert f["eval_after"]["accuracy"] < grpo_acc - 0.2
