@@ -177,10 +177,10 @@ class Console:
         import ray._private.worker as rw
 
         disp = rw.global_worker_stdstream_dispatcher
-        try:
+        prior = dict(getattr(disp, "handlers", []))  # [(name, handler)]
+        if "ray_print_logs" in prior:
+            self._saved["ray_print_logs"] = prior["ray_print_logs"]
             disp.remove_handler("ray_print_logs")
-        except Exception:  # noqa: BLE001 - not registered (log_to_driver=False) or already removed
-            pass
         verbose_print: Callable | None = None
         if self.verbose:
             import functools
@@ -197,10 +197,7 @@ class Console:
             if verbose_print is not None:
                 verbose_print(data)
 
-        try:
-            disp.remove_handler("polyaudio_logs")
-        except Exception:  # noqa: BLE001
-            pass
+        disp.remove_handler("polyaudio_logs")
         disp.add_handler("polyaudio_logs", handle)
 
         # Cluster messages (raylet warnings, dead workers, OOM kills) reach the driver through
@@ -249,6 +246,10 @@ class Console:
             import ray._private.worker as rw
 
             rw.print_to_stdstream = self._saved.pop("print_to_stdstream")
+            disp = rw.global_worker_stdstream_dispatcher
+            disp.remove_handler("polyaudio_logs")
+            if "ray_print_logs" in self._saved:  # a Ray that outlives this run prints as before
+                disp.add_handler("ray_print_logs", self._saved.pop("ray_print_logs"))
         if "showwarning" in self._saved:
             warnings.showwarning = self._saved.pop("showwarning")
         for name, comp in LOGGER_FILES.items():

@@ -18,10 +18,14 @@ from tests.conftest import build_splits
 
 
 def test_worker_output_goes_to_one_file_per_component_not_the_console(tmp_path):
+    import ray._private.worker as rw
+
     out = io.StringIO()
+    disp = rw.global_worker_stdstream_dispatcher
+    printed: list = []
+    disp.add_handler("ray_print_logs", printed.append)  # what ray.init(log_to_driver=True) registers
     con = Console(tmp_path, stream=out)
     con.route_ray_workers()
-    import ray._private.worker as rw
 
     try:
         rw.global_worker_stdstream_dispatcher.emit(
@@ -44,6 +48,10 @@ def test_worker_output_goes_to_one_file_per_component_not_the_console(tmp_path):
     assert "vllm says hi" not in shown and "8 PYTHON" not in shown
     assert shown.count("A worker died") == 1 and "ray.log" in shown  # a non-warning cluster message, once
     assert rw.print_to_stdstream.__name__ == "print_to_stdstream"  # restored
+    assert printed == []  # Ray's console printer saw nothing during the run ...
+    assert [n for n, _ in disp.handlers].count("ray_print_logs") == 1  # ... and is back afterwards
+    assert "polyaudio_logs" not in [n for n, _ in disp.handlers]
+    disp.remove_handler("ray_print_logs")
 
 
 def test_a_warning_is_logged_once_and_never_printed(tmp_path, capfd):
