@@ -68,6 +68,8 @@ class LearnerWorker:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.cfg, self.stage, self.rank, self.world = cfg, stage, rank, world_size
         self.model_path = model_path
+        if cfg.learner.cpu_affinity:  # disjoint cores for rollouts and training (benchmarks/pipeline.py)
+            os.sched_setaffinity(0, set(cfg.learner.cpu_affinity))
         threads = cfg.learner.torch_threads or max(1, int(cfg.learner.cpus_per_worker))
         torch.set_num_threads(threads)
         self.engine = None
@@ -171,15 +173,17 @@ class LearnerWorker:
             if not bool(mb.has_old.all()):
                 cur = self._nograd_logprobs(mb, reference=False)
                 mb.old_logp = torch.where(mb.has_old.to(cur.device)[:, None], mb.old_logp, cur)
+        # the proximal policy (these weights, before the update) for an off-policy correction (grpo.is_correction)
+        proxs = [self._nograd_logprobs(mb, reference=False) if cfg.is_correction != "none" else None for mb in mbs]
         self._train_mode()
         epochs = []
         for _ in range(cfg.inner_epochs):
             sums = {"loss": 0.0, "pg_loss_sum": 0.0, "kl_sum": 0.0, "clipped_tokens": 0.0, "ratio_sum": 0.0,
-                    "ratio_max": 0.0, "tokens": 0.0, "entropy_sum": 0.0}
-            for i, (mb, ref) in enumerate(zip(mbs, refs)):
+                    "ratio_max": 0.0, "tokens": 0.0, "entropy_sum": 0.0, "is_weight_sum": 0.0}
+            for i, (mb, ref, prox) in enumerate(zip(mbs, refs, proxs)):
                 self.engine.set_gradient_accumulation_boundary(i == len(mbs) - 1)
                 logp, ent = token_logprobs(self.engine, mb, with_entropy=True)
-                loss, st = grpo_microbatch_loss(logp, mb, ref, cfg, counts)
+                loss, st = grpo_microbatch_loss(logp, mb, ref, cfg, counts, prox_logp=prox)
                 self.engine.backward(loss * self.world)
                 sums["loss"] += float(loss.detach())
                 sums["entropy_sum"] += float((ent * mb.mask).sum())
@@ -244,6 +248,14 @@ class LearnerWorker:
         else:
             raise ValueError(f"get_weights: mode must be 'adapter' or 'merged', got {mode!r}")
         return out if self.rank == 0 else None
+
+    def get_weights_ref(self, mode: str) -> list[Any] | None:
+        """Collective. Rank 0 puts :meth:`get_weights` into the object store and returns ``[ref]`` (a list, so the
+        caller receives the reference, not the tensors): the rollout actors fetch the weights from there directly."""
+        import ray
+
+        out = self.get_weights(mode)
+        return [ray.put(out)] if self.rank == 0 else None
 
     def save_checkpoint(self, path: str, client_state: dict[str, Any], meta: dict[str, Any]) -> str | None:
         from polyaudio_rl.core import checkpoint
@@ -441,6 +453,7 @@ class Learner:
                 clip_frac_last_epoch=last["clipped_tokens"] / tok,
                 ratio_mean=sum(e["ratio_sum"] for e in per_epoch) / (tok * n_ep),
                 ratio_max=max(e["ratio_max"] for e in per_epoch),
+                is_weight_mean=sum(e.get("is_weight_sum", 0.0) for e in per_epoch) / (tok * n_ep),
                 grad_norm_last_epoch=last["grad_norm"],
             )
         else:
@@ -463,6 +476,14 @@ class Learner:
 
         outs = ray.get([w.get_weights.remote(mode) for w in self.workers])
         return outs[0]
+
+    def get_weights_ref(self, mode: str = "merged") -> Any:
+        """An ObjectRef to :meth:`get_weights` put by learner rank 0: the weights go learner → object store →
+        rollout actors, never through the driver process (``rollout.sync_transport='object_store'``)."""
+        import ray
+
+        outs = ray.get([w.get_weights_ref.remote(mode) for w in self.workers])
+        return outs[0][0]
 
     def save_checkpoint(self, path: str, client_state: dict[str, Any] | None = None) -> str:
         """Atomic checkpoint (see polyaudio_rl/core/checkpoint.py); ``client_state`` is the caller's data position etc."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -60,6 +61,8 @@ class RolloutActor:
         self.index = index
         self.cfg = cfg
         self.started = time.time()
+        if cfg.rollout.cpu_affinity:  # disjoint cores for rollouts and training (benchmarks/pipeline.py)
+            os.sched_setaffinity(0, set(cfg.rollout.cpu_affinity))
         self.engine = make_engine(model_path, cfg.rollout, EngineSpec.from_config(cfg))
         probe = make_probe(self.engine.processor, cfg.rollout.probe_tokens)
         self.syncer = WeightSyncer(self.engine, probe, cfg.rollout.sync_mode, sync_tolerance(cfg), actor=index)
@@ -105,6 +108,9 @@ class _Shard:
     end: int
     ref: Any = None
     sends: int = 0
+    sent_at: float = 0.0  # time.time() of the last send and of its result (a span on the actor's timeline lane)
+    done_at: float = 0.0
+    version: int = -1  # the policy version it is sampled from: the job's, or newer after its actor restarted
 
 
 @dataclass
@@ -160,6 +166,9 @@ class RolloutPool:
         self.resends = 0  # shards re-sent after their actor died or refused a stale version
         self.resend_causes: dict[str, int] = {}
         self.recoveries = 0  # restarted actors brought back to the current version
+        # Submits and syncs may come from different driver threads (the pipelined GRPO driver): sending a shard and
+        # sending a sync are ordered under this lock, so each actor sees them in the pool's version order.
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------------------------------------ rollouts
     def submit(self, prompts: Sequence[MultiAudioPrompt], group_ids: Sequence[str] | None = None,
@@ -175,16 +184,20 @@ class RolloutPool:
         light = [dataclasses.replace(p, sample=None) for p in prompts]  # the Sample's audio bytes stay here
         k = min(self.num_actors, len(light))
         bounds = [round(i * len(light) / k) for i in range(k + 1)]
-        job = RolloutJob(light, gids, n, self.version, [_Shard(i, bounds[i], bounds[i + 1]) for i in range(k)],
-                         greedy, ignore_eos)
-        for shard in job.shards:
-            self._send(job, shard)
+        with self._lock:
+            job = RolloutJob(light, gids, n, self.version, [_Shard(i, bounds[i], bounds[i + 1]) for i in range(k)],
+                             greedy, ignore_eos)
+            for shard in job.shards:
+                self._send(job, shard)
         return job
 
     def _send(self, job: RolloutJob, shard: _Shard) -> None:
         shard.sends += 1
+        shard.sent_at = time.time()
+        if shard.version < 0:
+            shard.version = job.version
         shard.ref = self.actors[shard.actor].generate.remote(
-            job.prompts[shard.start:shard.end], job.group_ids[shard.start:shard.end], job.n, job.version,
+            job.prompts[shard.start:shard.end], job.group_ids[shard.start:shard.end], job.n, shard.version,
             job.greedy, job.ignore_eos)
 
     def collect(self, job: RolloutJob) -> list[RolloutGroup]:
@@ -197,13 +210,18 @@ class RolloutPool:
             shard = job.shards[i]
             try:
                 results[i] = ray.get(ready[0])
+                shard.done_at = time.time()
                 continue
             except (RayActorError, StaleVersionError) as exc:
                 cause = exc
             if shard.sends > self.rc.max_resends:
                 ids = job.group_ids[shard.start:shard.end]
                 raise RolloutError(f"rollout actor {shard.actor} failed {shard.sends} times on groups {ids}: {cause}")
-            self._recover(shard.actor, job.version)
+            # A restarted actor can only be brought to the pool's current policy: with a pipelined driver that may be
+            # newer than the job's (its weights are the only ones kept); the groups then carry the newer version.
+            with self._lock:
+                shard.version = self.version
+                self._recover(shard.actor, shard.version)
             self.resends += 1
             why = "StaleVersionError" if isinstance(cause, StaleVersionError) else type(cause).__name__
             self.resend_causes[why] = self.resend_causes.get(why, 0) + 1
@@ -225,9 +243,9 @@ class RolloutPool:
             lost = sorted(set(job.group_ids) - set(got))
             raise RolloutError(f"rollout returned groups {got[:8]}… for {job.group_ids[:8]}… (lost {lost[:8]})")
         for g in groups:
-            if len(g.completions) != job.n or g.policy_version != job.version:
+            if len(g.completions) != job.n or g.policy_version < job.version:
                 raise RolloutError(f"group {g.group_id}: {len(g.completions)} completions of policy version "
-                                   f"{g.policy_version}, expected {job.n} of version {job.version}")
+                                   f"{g.policy_version}, expected {job.n} of version {job.version} or newer")
 
     def _recover(self, i: int, version: int) -> None:
         """Wait until actor ``i`` answers again (Ray restarts it), then bring it to ``version``."""
@@ -268,9 +286,10 @@ class RolloutPool:
             raise ValueError(f"sync version {version} must be newer than the pool's {self.version}")
         ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
         expected = list(expected) if expected is not None else None
-        # From here the pool's policy is `version`: an actor that misses it refuses rollouts until it is re-synced.
-        self.version, self._weights_ref, self._expected = version, ref, expected
-        refs = [a.sync.remote(ref, version, expected) for a in self.actors]
+        with self._lock:
+            # From here the pool's policy is `version`: an actor that misses it refuses rollouts until re-synced.
+            self.version, self._weights_ref, self._expected = version, ref, expected
+            refs = [a.sync.remote(ref, version, expected) for a in self.actors]
         results, errors = [], []
         for i, r in enumerate(refs):
             try:

@@ -416,17 +416,16 @@ class VLLMEngine(RolloutEngine):
 # ------------------------------------------------------------------------------------------------ transformers
 def hf_completion_logprobs(model: Any, processor: Any, prompt: MultiAudioPrompt,
                            completion_ids: Sequence[int]) -> list[float]:
-    """Reference log-probs of ``completion_ids`` after ``prompt`` with a transformers Qwen2-Audio (or PEFT) model."""
-    device = next(model.parameters()).device
-    batch = processor_inputs([prompt], processor).to(device)
-    comp = torch.tensor([list(completion_ids)], dtype=batch["input_ids"].dtype, device=device)
-    full = torch.cat([batch["input_ids"], comp], dim=1)
+    """Reference log-probs of ``completion_ids`` after ``prompt`` with a transformers Qwen2-Audio (or PEFT) model,
+    through the learner's own sequence builder and forward (so audio special tokens in a completion are text there
+    too, and the model may sit on any device)."""
+    from polyaudio_rl.core.grpo_loss import TrainItem, build_microbatches, token_logprobs
+
+    (mb,) = build_microbatches([TrainItem(prompt, list(completion_ids))], processor, 1)
+    mb = mb.to(next(model.parameters()).device)
     with torch.no_grad():
-        logits = model(input_ids=full, attention_mask=torch.ones_like(full), input_features=batch["input_features"],
-                       feature_attention_mask=batch["feature_attention_mask"]).logits
-    n = batch["input_ids"].shape[1]
-    lp = torch.log_softmax(logits[0, n - 1: -1].float(), dim=-1)
-    return lp.gather(-1, comp[0][:, None])[:, 0].cpu().tolist()
+        lp = token_logprobs(model, mb)[0]
+    return lp[0][mb.mask[0] > 0].float().cpu().tolist()
 
 
 class HFEngine(RolloutEngine):

@@ -10,11 +10,18 @@ Stages (all CPU):
    kept with an ``error`` naming the sample and the problem; the driver skips it and counts it.
 
 The driver consumes :class:`PromptItem` objects (sample without audio bytes + prompt text + PCM clips).
+
+Prefetch (``data.prefetch_items`` > 0): a background thread runs the pipeline from :meth:`PromptStream.start` on
+(the driver calls it while the actors boot) and keeps up to that many decoded prompts ready (at most one epoch),
+epoch after epoch, so the next epoch's pipeline starts while the driver still consumes the last one. ``position`` always counts what the driver took (the resume
+point), never what was read ahead.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -109,11 +116,15 @@ def _item(rec: dict[str, Any], position: int) -> PromptItem:
     return PromptItem(position, MultiAudioPrompt(sample.id, rec["text"], audios, sample))
 
 
+class StreamClosed(RuntimeError):
+    """:meth:`PromptStream.take` on a stream that was closed."""
+
+
 class PromptStream:
     """Iterate a split as :class:`PromptItem` s, epoch after epoch, from a resumable position.
 
     ``position`` counts rows of the seeded order consumed so far (bad rows included), over all epochs.
-    ``bad`` lists (sample id, reason) of the rows skipped.
+    ``bad`` lists (sample id, reason) of the rows skipped. ``wait_s`` adds up the time :meth:`take` waited.
     """
 
     def __init__(self, split_dir: str, processor_path: str, data_cfg: Any, seed: int = 0, decode_actors: int = 1,
@@ -128,7 +139,12 @@ class PromptStream:
         self.seed = seed
         self.decode_actors = decode_actors
         self.position = position
-        self.bad: list[tuple[str, str]] = []
+        self._bad: list[tuple[int, str, str]] = []  # (position, sample id, reason), also rows read ahead
+        self.wait_s = 0.0
+        self.prefetch = int(getattr(data_cfg, "prefetch_items", 0) or 0)
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         ds = ray.data.read_parquet(self.paths, columns=ARROW_SCHEMA.names)
         if data_cfg.tasks:
             keep = set(data_cfg.tasks)
@@ -142,6 +158,49 @@ class PromptStream:
             dup = sorted(i for i, n in Counter(self._ids).items() if n > 1)[:5]
             raise ValueError(f"{split_dir}: sample ids must be unique within a split; repeated: {dup}")
         self._it: Iterator[PromptItem] | None = None
+
+    def start(self) -> "PromptStream":
+        """Start decoding ahead now (the first :meth:`take` does it otherwise): e.g. while the actors boot."""
+        if self.prefetch > 0 and self._thread is None and not self._stop.is_set():
+            self._start_prefetch()
+        return self
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def bad(self) -> list[tuple[str, str]]:
+        """(sample id, reason) of the bad rows the driver has passed (read-ahead rows are not counted yet)."""
+        return [(sid, why) for pos, sid, why in self._bad if pos < self.position]
+
+    # ------------------------------------------------------------------------------------------------ prefetch
+    def _start_prefetch(self) -> None:
+        # at most one epoch ahead: on a small split the next epoch's pipeline starts early, and no more of it runs
+        self._queue = queue.Queue(maxsize=min(self.prefetch, self.num_rows))
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._fill, name="prompt-stream-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, obj: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(obj, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self) -> None:
+        it = self._generate(self.position)
+        try:
+            for item in it:
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised by take()
+            self._put(exc)
+        finally:
+            it.close()
 
     def _epoch(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
         import ray
@@ -168,30 +227,52 @@ class PromptStream:
 
     def __iter__(self) -> Iterator[PromptItem]:
         if self._it is None:
-            self._it = self._generate()
+            self._it = self._generate(self.position)
         return self._it
 
-    def _generate(self) -> Iterator[PromptItem]:
+    def _generate(self, start: int) -> Iterator[PromptItem]:
+        """Good items from row ``start`` of the seeded order on, epoch after epoch; bad rows are recorded."""
+        pos = start
         while True:
-            epoch, skip = divmod(self.position, self.num_rows)
+            epoch, skip = divmod(pos, self.num_rows)
             for rec in self._epoch(epoch, skip):
-                pos = self.position
-                self.position += 1
+                here, pos = pos, pos + 1
                 if rec["error"]:
-                    self.bad.append((rec["id"], rec["error"]))
+                    self._bad.append((here, rec["id"], rec["error"]))
                     continue
-                yield _item(rec, pos)
+                yield _item(rec, here)
 
     def close(self) -> None:
-        """Stop the running Ray Data pipeline (call before ray.shutdown())."""
+        """Stop the running Ray Data pipeline and the prefetch thread (call before ray.shutdown())."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
         if self._it is not None:
             self._it.close()
             self._it = None
 
+    def _next(self) -> PromptItem:
+        self.start()
+        if self._queue is None:
+            return next(iter(self))  # one pipeline kept across calls, not restarted per batch
+        while True:
+            try:
+                got = self._queue.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise StreamClosed("the prompt stream was closed") from None
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
     def take(self, n: int) -> list[PromptItem]:
-        """The next ``n`` good items (crossing epochs as needed)."""
-        out: list[PromptItem] = []
-        it = iter(self)  # one pipeline kept across calls, not restarted per batch
-        while len(out) < n:
-            out.append(next(it))
+        """The next ``n`` good items (crossing epochs as needed); ``position`` moves past the last one."""
+        import time
+
+        t0 = time.perf_counter()
+        out = [self._next() for _ in range(n)]
+        self.wait_s += time.perf_counter() - t0
+        self.position = out[-1].position + 1 if out else self.position
         return out

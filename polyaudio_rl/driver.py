@@ -1,32 +1,50 @@
-"""The GRPO loop: Ray Data → rollout actors → reward actors → learner workers → weight sync, repeated.
+"""The GRPO loop: Ray Data → rollout actors → reward actors → learner workers → weight sync, pipelined.
 
-One :meth:`GRPODriver.step`:
+One GRPO step *b* trains on one :class:`RolloutBatch`:
 
-1. **data**     take ``grpo.prompts_per_step`` prompts from the :class:`~polyaudio_rl.data_stream.PromptStream`;
-2. **generate** the rollout pool samples G = ``grpo.group_size`` completions per prompt (token ids, log-probs,
-   policy version — checked equal to the learner's current version);
-3. **reward**   the reward pool scores every completion (per component and weighted total); unscored completions
-   (a judge that is down) are dropped with their group and counted — never trained on a made-up reward — and the
-   run stops when their fraction exceeds ``reward.max_unscored_fraction``;
-4. **train**    the learner computes group advantages (``grpo.advantage``), drops zero-spread groups when
-   ``grpo.dynamic_sampling``, and runs μ = ``grpo.inner_epochs`` clipped-surrogate updates;
-5. **sync**     the new weights go to every rollout actor as policy version v+1, each verified against the
-   learner's own log-probs of a fixed probe (a sync that did not take effect raises).
+1. **data**     ``grpo.prompts_per_step`` prompts from the :class:`~polyaudio_rl.data_stream.PromptStream` (decoded
+   ahead in its own thread, so this is a queue read);
+2. **generate** the rollout pool samples G = ``grpo.group_size`` completions per prompt (token ids, log-probs, and
+   the policy version that sampled them — one version per group: an actor runs a generate call and a sync one
+   after the other, never interleaved);
+3. **reward**   the reward pool scores the batch as soon as its completions exist; unscored completions (a judge
+   that is down) are dropped with their group and counted — never trained on a made-up reward — and the run stops
+   when their fraction exceeds ``reward.max_unscored_fraction``;
+4. **train**    here, in the driver: group advantages (``grpo.advantage``) and dynamic sampling from
+   :mod:`polyaudio_rl.core.core_algos`, then the learner's μ = ``grpo.inner_epochs`` clipped-surrogate updates;
+5. **sync**     the learner puts the new weights in the object store and every rollout actor loads them as policy
+   version v+1, each verified against the learner's own log-probs of a fixed probe (a sync that did not take effect
+   raises); the driver passes only the reference (``rollout.sync_transport``).
 
-Metrics per step (README "Metrics") go to ``RUN_DIR/metrics.jsonl`` and wandb.
+Steps 1–3 run in a *producer* thread, steps 4–5 in the caller's (*consumer*) thread. ``grpo.max_policy_lag`` = k
+bounds how far the producer may run ahead: the batch of step b is sampled from a policy at most k versions older
+than the learner's when it trains on it. k = 0 is the synchronous loop (the batch of step b is generated after step
+b−1's sync — the same data, seeds and versions as a loop without threads); with k ≥ 1, generation and scoring of the
+next batches overlap training, and the rollout side of each sync runs in the background. A group older than k
+versions is dropped and counted (``groups/dropped_stale``; the producer's version gate makes this a safety net).
+A checkpoint is a pipeline barrier: the batch after a checkpoint step is sampled from the checkpoint's own policy,
+so ``--resume`` continues exactly as the uninterrupted run did, whatever k.
+
+Metrics per step (README "Metrics") go to ``RUN_DIR/metrics.jsonl``; spans of every pool go to a
+:class:`~polyaudio_rl.core.timeline.Timeline` (``RUN_DIR/timeline.json``).
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
+from .core import core_algos as ca
 from .core.config import Config
-from .data_stream import PromptItem, PromptStream
 from .core.grpo_loss import TrainItem
+from .core.timeline import Timeline
+from .data_stream import PromptItem, PromptStream
 
 
 class LearnerFailure(RuntimeError):
@@ -47,6 +65,18 @@ class StepResult:
     step: int
     metrics: dict[str, Any]
     sample_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RolloutBatch:
+    """What the producer hands to the trainer for one step: prompts, their groups, the groups' scores."""
+
+    step: int
+    items: list[PromptItem]
+    groups: list[Any]  # RolloutGroup, one per item
+    scores: Any  # rewards.scorer.BatchScores
+    times: dict[str, float]
+    end_position: int  # data position after this batch (the resume point once it is trained)
 
 
 def reward_metrics(batch_scores: Any, weights: dict[str, float]) -> dict[str, float]:
@@ -83,11 +113,26 @@ def learner_metric_name(key: str) -> str:
     return f"learner/{key}"
 
 
+def min_sample_version(batch_step: int, first_step: int, first_version: int, max_lag: int,
+                       checkpoint_steps: Sequence[int] = ()) -> int:
+    """The oldest policy version the batch of ``batch_step`` may be sampled from.
+
+    The learner trains step b at version V_b = first_version + (b − first_step) (one sync per step). The batch
+    may lag by at most ``max_lag`` versions, and never reach back across a checkpoint (a checkpoint step c < b
+    requires V_{c+1}, the policy the checkpoint holds)."""
+    v_b = first_version + (batch_step - first_step)
+    need = v_b - max_lag
+    for c in checkpoint_steps:
+        if first_step <= c < batch_step:
+            need = max(need, first_version + (c + 1 - first_step))
+    return need
+
+
 class GRPODriver:
     """Owns the stream, the rollout and reward pools and the learner for one GRPO run."""
 
     def __init__(self, cfg: Config, stream: PromptStream, rollout_pool: Any, reward_pool: Any, learner: Any,
-                 processor: Any, version: int = 0):
+                 processor: Any, version: int = 0, timeline: Timeline | None = None):
         from actors.weight_sync import make_probe
 
         self.cfg = cfg
@@ -97,19 +142,43 @@ class GRPODriver:
         self.learner = learner
         self.processor = processor
         self.version = version
+        self.lag = cfg.grpo.max_policy_lag
         self.probe = make_probe(processor, cfg.rollout.probe_tokens)
+        self.timeline = timeline or Timeline()
         self.trained_by_step: dict[int, list[str]] = {}  # sample ids whose update is in the current weights
+        self.data_position = stream.position  # the resume point: rows of every trained batch
+        self._reset_pipeline()
+
+    def _reset_pipeline(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._producer: threading.Thread | None = None
+        self._sync_thread: threading.Thread | None = None
+        self._sync_error: BaseException | None = None
+        self._sync_result: dict[str, float] = {}
+        self._first: tuple[int, int] | None = None  # (first step, its learner version) of this pipeline
+        self._last_end: float | None = None
 
     @property
     def trained_ids(self) -> list[str]:
         """Every sample id trained on, in order (to prove none is lost or counted twice)."""
         return [sid for step in sorted(self.trained_by_step) for sid in self.trained_by_step[step]]
 
+    def checkpoint_steps(self) -> list[int]:
+        every = self.cfg.learner.checkpoint_every
+        return [s for s in range(1, self.cfg.grpo.steps + 1) if (every and s % every == 0) or s == self.cfg.grpo.steps]
+
     def restore(self, learner: Any, stream: PromptStream, step: int) -> None:
         """Continue with a learner restored at ``step`` and a stream at its data position: updates of later steps
         were lost with the dead learner, so their samples will be trained on again (and counted once)."""
+        try:
+            self.close()  # batches made for the lost steps are discarded; the new stream re-reads their rows
+        except Exception:  # noqa: BLE001 - a push that failed with the old learner is redone by the next sync
+            pass
         self.learner, self.stream = learner, stream
+        self.data_position = stream.position
         self.trained_by_step = {s: ids for s, ids in self.trained_by_step.items() if s <= step}
+        self._reset_pipeline()
 
     # ------------------------------------------------------------------------------------------------ sync
     def expected_probe(self) -> list[float]:
@@ -117,68 +186,190 @@ class GRPODriver:
         item = TrainItem(self.probe.prompt, list(self.probe.completion_ids))
         return list(_learner_call(self.learner.completion_logprobs, [item])[0])
 
-    def sync(self) -> dict[str, float]:
-        t = time.time()
-        weights = _learner_call(self.learner.get_weights, self.cfg.rollout.sync_mode)
-        expected = self.expected_probe()
-        results = self.rollout.sync(weights, self.version + 1, expected)
-        self.version += 1
-        diffs = [getattr(r, "max_abs_diff", 0.0) for r in results]
-        return {"time/sync": time.time() - t, "sync/max_abs_diff": float(max(diffs) if diffs else 0.0),
-                "policy_version": float(self.version)}
+    def _learner_weights(self) -> Any:
+        mode = self.cfg.rollout.sync_mode
+        if self.cfg.rollout.sync_transport == "driver":
+            return _learner_call(self.learner.get_weights, mode)  # materialised here, re-put by the pool
+        return _learner_call(self.learner.get_weights_ref, mode)  # an ObjectRef: learner → object store → actors
 
-    # ------------------------------------------------------------------------------------------------ step
-    def step(self, step: int) -> StepResult:
+    def _push(self, weights: Any, expected: list[float], version: int) -> dict[str, float]:
+        t = time.time()
+        with self.timeline.span("sync", "push+verify", version=version):
+            results = self.rollout.sync(weights, version, expected)
+        diffs = [getattr(r, "max_abs_diff", 0.0) or 0.0 for r in results]
+        return {"time/sync_push": time.time() - t, "sync/max_abs_diff": float(max(diffs) if diffs else 0.0)}
+
+    def wait_sync(self) -> dict[str, float]:
+        """Wait for a sync running in the background; raise what it raised."""
+        if self._sync_thread is not None:
+            self._sync_thread.join()
+            self._sync_thread = None
+        if self._sync_error is not None:
+            err, self._sync_error = self._sync_error, None
+            raise err
+        return self._sync_result
+
+    def sync(self, background: bool = False) -> dict[str, float]:
+        """New weights to every rollout actor as policy version v+1, verified by the probe. With ``background``
+        the rollout side (push + verify) runs in a thread; :meth:`wait_sync` (or the next sync) joins it."""
+        t = time.time()
+        self.wait_sync()
+        with self.timeline.span("learner", "sync: weights + probe", version=self.version + 1):
+            weights = self._learner_weights()
+            expected = self.expected_probe()
+        self.version += 1
+        version = self.version
+        crit = {"time/sync_learner": time.time() - t, "policy_version": float(version)}
+        if not background:
+            out = {**crit, **self._push(weights, expected, version)}
+            out["time/sync"] = time.time() - t
+            return out
+
+        def run() -> None:
+            try:
+                self._sync_result = self._push(weights, expected, version)
+            except BaseException as exc:  # noqa: BLE001 - raised in the consumer by wait_sync()
+                self._sync_error = exc
+
+        self._sync_thread = threading.Thread(target=run, name=f"sync-v{version}", daemon=True)
+        self._sync_thread.start()
+        crit["time/sync"] = time.time() - t  # what the step waited for; the push runs on
+        return crit
+
+    # ------------------------------------------------------------------------------------------------ producer
+    def _start(self, step: int) -> None:
+        self._first = (step, self.version)
+        self._producer = threading.Thread(target=self._produce, args=(step,), name="rollout-producer", daemon=True)
+        self._producer.start()
+
+    def _produce(self, step: int) -> None:
+        try:
+            while not self._stop.is_set():
+                need = min_sample_version(step, *self._first, self.lag, self.checkpoint_steps())
+                while self.rollout.version < need:  # the pool's version moves when a sync is sent
+                    if self._stop.wait(0.02) or self.stream.closed:
+                        return
+                self._queue.put(self._make_batch(step))
+                step += 1
+        except BaseException as exc:  # noqa: BLE001 - raised in the consumer by step()
+            self._queue.put(exc)
+
+    def _make_batch(self, step: int) -> RolloutBatch:
         from rewards.scorer import Group
 
         g = self.cfg.grpo
-        m: dict[str, Any] = {"phase": "grpo"}
         t0 = time.time()
         items: list[PromptItem] = self.stream.take(g.prompts_per_step)
         t1 = time.time()
+        self.timeline.add("data", "take (wait)", t0, t1, step=step)
         gids = [f"{step}:{it.position}:{it.sample.id}" for it in items]
-        groups = self.rollout.generate([it.prompt for it in items], gids, g.group_size)
+        job = self.rollout.submit([it.prompt for it in items], gids, g.group_size)
+        groups = self.rollout.collect(job)
         t2 = time.time()
-        for grp in groups:
-            if grp.policy_version != self.version:
-                raise RuntimeError(f"group {grp.group_id} came from policy version {grp.policy_version}, "
-                                   f"the learner is at {self.version}")
+        for sh in job.shards:
+            self.timeline.add(f"rollout/actor-{sh.actor}", "generate", sh.sent_at, sh.done_at or t2, step=step,
+                              version=job.version, groups=sh.end - sh.start)
         texts = [[c.text for c in grp.completions] for grp in groups]
         scores = self.rewards.score_batch([Group(it.sample, tx) for it, tx in zip(items, texts)])
         scores.check(self.cfg.reward.max_unscored_fraction)
         t3 = time.time()
-        train_items, rewards, lengths = [], [], []
-        dropped_groups = 0
-        for it, grp, gs in zip(items, groups, scores.groups):
-            if any(t is None for t in gs.total):
-                dropped_groups += 1  # a partly unscored group has no trustworthy baseline
+        self.timeline.add("reward", "score", t2, t3, step=step)
+        return RolloutBatch(step, items, groups, scores, {"time/data": t1 - t0, "time/generate": t2 - t1,
+                                                          "time/reward": t3 - t2},
+                            end_position=items[-1].position + 1 if items else self.stream.position)
+
+    def _next_batch(self, step: int) -> RolloutBatch:
+        got = self._queue.get()
+        if isinstance(got, BaseException):
+            raise got
+        if got.step != step:
+            raise RuntimeError(f"the producer made the batch of step {got.step}, the trainer is at step {step}")
+        return got
+
+    def close(self) -> None:
+        """Stop the producer and finish a background sync (call before evaluating or shutting down)."""
+        self._stop.set()
+        if self._producer is not None:
+            self._producer.join(timeout=600)
+            self._producer = None
+        try:
+            self.wait_sync()
+        finally:
+            self._stop = threading.Event()
+
+    # ------------------------------------------------------------------------------------------------ step
+    def advantages(self, items: list[TrainItem], rewards: list[float]) -> tuple[list[TrainItem], dict[str, float]]:
+        """Group advantages (``grpo.advantage``) after dynamic sampling, computed once, here."""
+        g = self.cfg.grpo
+        r = torch.as_tensor(rewards, dtype=torch.float32)
+        gids = [it.group_id for it in items]
+        keep, zero_frac = ca.zero_spread_filter(r, gids, g.zero_spread_tol)
+        m = {"groups/zero_spread_frac": zero_frac, "learner/reward_mean": float(r.mean())}
+        if g.dynamic_sampling:
+            m["learner/dropped_group_frac"] = zero_frac
+            items = [it for it, k in zip(items, keep.tolist()) if k]
+            r, gids = r[keep], [gi for gi, k in zip(gids, keep.tolist()) if k]
+        if not items:
+            return [], m
+        adv = ca.compute_advantages(r, gids, g.advantage, g.eps)
+        return [replace(it, advantage=float(a)) for it, a in zip(items, adv.tolist())], m
+
+    def step(self, step: int) -> StepResult:
+        if self._producer is None:
+            self._start(step)
+        m: dict[str, Any] = {"phase": "grpo"}
+        t0 = time.time()
+        start = self._last_end if self._last_end is not None else t0
+        batch = self._next_batch(step)
+        t1 = time.time()
+        self.timeline.add("trainer", "wait for rollouts", t0, t1, step=step)
+        m.update(batch.times)
+        m["time/wait_rollout"] = t1 - t0
+        train_items, rewards, lengths, lags, trained = [], [], [], [], []
+        dropped_unscored = dropped_stale = 0
+        for it, grp, gs in zip(batch.items, batch.groups, batch.scores.groups):
+            lag = self.version - grp.policy_version
+            if lag < 0 or lag > self.lag:
+                dropped_stale += 1  # never trained on: sampled more than max_policy_lag versions ago
                 continue
+            if any(t is None for t in gs.total):
+                dropped_unscored += 1  # a partly unscored group has no trustworthy baseline
+                continue
+            lags.append(lag)
+            trained.append(it.sample.id)
             for c, r in zip(grp.completions, gs.total):
                 train_items.append(TrainItem(it.prompt, list(c.token_ids), old_logprobs=list(c.logprobs),
                                              group_id=grp.group_id))
                 rewards.append(float(r))
                 lengths.append(len(c.token_ids))
-        m.update(reward_metrics(scores, self.cfg.reward.weights))
-        m["groups/dropped_unscored"] = float(dropped_groups)
-        scored = [gs.total for gs in scores.groups if not any(t is None for t in gs.total)]
-        m["groups/zero_spread_frac"] = (sum(max(t) - min(t) <= self.cfg.grpo.zero_spread_tol for t in scored)
-                                        / len(scored)) if scored else 0.0
+        m.update(reward_metrics(batch.scores, self.cfg.reward.weights))
+        m.update({"groups/dropped_unscored": float(dropped_unscored), "groups/dropped_stale": float(dropped_stale),
+                  "policy_lag/mean": float(np.mean(lags)) if lags else 0.0,
+                  "policy_lag/max": float(max(lags)) if lags else 0.0})
         if train_items:
-            lm = _learner_call(self.learner.train_grpo_step, train_items, rewards)
+            train_items, am = self.advantages(train_items, rewards)
+            m.update(am)
+        if train_items:
+            with self.timeline.span("learner", "train", step=step):
+                lm = _learner_call(self.learner.train_grpo_step, train_items)
             m.update({learner_metric_name(k): v for k, v in lm.items()})
-            self.trained_by_step[step] = [it.sample.id for it, gs in zip(items, scores.groups)
-                                          if not any(t is None for t in gs.total)]
-        t4 = time.time()
-        m.update(self.sync())
-        t5 = time.time()
-        n_samples = sum(len(grp.completions) for grp in groups)
+            self.trained_by_step[step] = trained
+        t2 = time.time()
+        self.data_position = batch.end_position
+        background = self.lag > 0 and step not in self.checkpoint_steps()
+        m.update(self.sync(background=background))
+        t3 = time.time()
+        self._last_end = t3
+        n_samples = sum(len(grp.completions) for grp in batch.groups)
         m.update({
-            "time/data": t1 - t0, "time/generate": t2 - t1, "time/reward": t3 - t2, "time/train": t4 - t3,
-            "time/sync": t5 - t4, "time/step": t5 - t0, "samples_per_s": n_samples / max(t5 - t0, 1e-9),
+            "time/train": t2 - t1, "time/step": t3 - start, "samples_per_s": n_samples / max(t3 - start, 1e-9),
             "response_length": float(np.mean(lengths)) if lengths else 0.0,
-            "data/position": float(self.stream.position), "data/bad_rows": float(len(self.stream.bad)),
+            "data/position": float(self.data_position), "data/bad_rows": float(len(self.stream.bad)),
+            "busy/rollout": self.timeline.busy_fraction("rollout/", start, t3),
+            "busy/reward": self.timeline.busy_fraction("reward", start, t3),
+            "busy/learner": self.timeline.busy_fraction("learner", start, t3),
         })
-        return StepResult(step, m, [it.sample.id for it in items])
+        return StepResult(step, m, [it.sample.id for it in batch.items])
 
 
 def evaluate(rollout_pool: Any, prompts: Sequence[Any], answer_tag: bool = False) -> dict[str, Any]:

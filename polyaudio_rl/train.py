@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import replace
@@ -79,12 +78,13 @@ def check_resources(cfg: Config, resources: dict[str, Any]) -> None:
 
 def ensure_data(cfg: Config, console: Any = None) -> None:
     """Build the train/pref/bench splits with datagen when a directory has no shards and building is allowed."""
+    from datagen.build import interrupted
     from polyaudio_rl.core.schema import shard_paths
 
     say = console.print if console is not None else print
 
     for split, d in (("train", cfg.data.train_dir), ("pref", cfg.data.pref_dir), ("bench", cfg.data.bench_dir)):
-        if shard_paths(d):
+        if shard_paths(d) and not interrupted(d):  # an interrupted build is completed (resumed) below
             say(f"   {split}: {d} (exists)")
             continue
         if not cfg.data.build_if_missing:
@@ -143,13 +143,19 @@ def chance_level(samples: list[Any]) -> float | None:
 
 
 def latest_checkpoint(run_dir: Path, stage: str) -> str | None:
-    """The newest complete checkpoint ``RUN_DIR/<stage>/checkpoints/step-NNNNNN`` (temporary dirs left by a killed
-    writer are ignored), or None."""
-    from .core.checkpoint import STATE_FILE
+    """The newest complete checkpoint ``RUN_DIR/<stage>/checkpoints/step-NNNNNN`` whose files match their recorded
+    checksums (temporary dirs left by a killed writer are ignored; a damaged newer one is skipped with a warning on
+    the console naming the file), or None."""
+    import warnings
 
-    ckpts = sorted(c for c in (run_dir / stage / "checkpoints").glob("step-*")
-                   if re.fullmatch(r"step-\d+", c.name) and (c / STATE_FILE).is_file())
-    return str(ckpts[-1]) if ckpts else None
+    from .core.checkpoint import CheckpointWarning, latest_valid_checkpoint
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CheckpointWarning)
+        found = latest_valid_checkpoint(run_dir / stage / "checkpoints")
+    for w in caught:
+        print(f"[train] warning: {w.message}", file=sys.stderr)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -172,7 +178,7 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
     state = learner.client_state or {}
     # the prompt stream starts decoding (its own thread) while the rollout engines boot
     stream = PromptStream(cfg.data.pref_dir, model_path, cfg.data, seed=cfg.seed,
-                          position=int(state.get("data_position", 0)))
+                          position=int(state.get("data_position", 0))).start()
     rollout = RolloutPool(cfg, model_path=model_path)
     rewards = RewardPool(cfg.reward, answer_tag=cfg.data.answer_tag)
     driver = GRPODriver(cfg, stream, rollout, rewards, learner, processor, version=int(state.get("version", 0)))

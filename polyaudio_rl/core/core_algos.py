@@ -35,6 +35,7 @@ ADV_ESTIMATORS: Registry[Callable[..., torch.Tensor]] = Registry("advantage esti
 POLICY_LOSSES: Registry[Callable[..., tuple[torch.Tensor, torch.Tensor]]] = Registry("policy loss")
 KL_ESTIMATORS: Registry[Callable[..., torch.Tensor]] = Registry("KL estimator")
 LOSS_AGGS: Registry[Callable[..., torch.Tensor]] = Registry("loss aggregation")
+IS_CORRECTIONS: Registry[Callable[..., torch.Tensor | None]] = Registry("importance-sampling correction")
 
 
 def register_adv_estimator(name: str):
@@ -55,6 +56,11 @@ def register_kl_estimator(name: str):
 def register_loss_agg(name: str):
     """Decorator: ``fn(loss[B,T], mask[B,T], global_tokens, global_seqs, norm_len) -> scalar``."""
     return LOSS_AGGS.register(name)
+
+
+def register_is_correction(name: str):
+    """Decorator: ``fn(prox_logp, behav_logp, cap) -> weights[B,T] or None`` (None: no correction)."""
+    return IS_CORRECTIONS.register(name)
 
 
 def get_adv_estimator(name: str):
@@ -194,6 +200,45 @@ def ppo_clip_loss(
     clipped_obj = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped_obj)
     return loss, clipped_obj > unclipped
+
+
+# --------------------------------------------------------------------------------------------------------------
+# off-policy correction (grpo.max_policy_lag > 0)
+# --------------------------------------------------------------------------------------------------------------
+@register_is_correction("none")
+def no_is_correction(prox_logp: torch.Tensor, behav_logp: torch.Tensor, cap: float = 0.0) -> None:
+    """No correction: the clipped ratio is taken against the behaviour (rollout) log-probs, as on-policy GRPO."""
+    return None
+
+
+@register_is_correction("tis")
+def truncated_is_weights(prox_logp: torch.Tensor, behav_logp: torch.Tensor, cap: float = 2.0) -> torch.Tensor:
+    """Truncated importance sampling (verl / NeMo-RL "TIS"; the decoupled objective of AReaL):
+
+        w = min(exp(prox_logp − behav_logp), cap)        (per token, no gradient)
+
+    ``behav_logp`` are the log-probs of the (possibly stale) policy that sampled the tokens; ``prox_logp`` those
+    of the learner's current policy before this step's update. The clipped ratio is then taken against
+    ``prox_logp`` and the per-token loss is multiplied by ``w``: the update stays a trust-region step around the
+    current policy while the sample is re-weighted towards it; the cap bounds the variance a stale sample adds.
+    """
+    if cap <= 0:
+        raise ValueError(f"TIS cap must be > 0, got {cap}")
+    return torch.exp(prox_logp - behav_logp).clamp(max=cap).detach()
+
+
+def is_corrected_policy_loss(policy_loss: str, correction: str, logp: torch.Tensor, behav_logp: torch.Tensor,
+                             prox_logp: torch.Tensor | None, advantages: torch.Tensor, clip_low: float,
+                             clip_high: float, cap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The policy loss with an optional importance-sampling correction: ``(loss[B,T], clipped[B,T], weights)``.
+
+    Without a correction (or without ``prox_logp``) this is ``POLICY_LOSSES[policy_loss]`` against the behaviour
+    log-probs; with one, the ratio is against ``prox_logp`` and the loss is weighted per token.
+    """
+    weights = IS_CORRECTIONS[correction](prox_logp, behav_logp, cap) if prox_logp is not None else None
+    anchor = behav_logp if weights is None else prox_logp
+    loss, clipped = POLICY_LOSSES[policy_loss](logp, anchor, advantages, clip_low, clip_high)
+    return (loss if weights is None else loss * weights), clipped, weights
 
 
 # --------------------------------------------------------------------------------------------------------------

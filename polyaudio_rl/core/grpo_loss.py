@@ -365,11 +365,15 @@ def grpo_microbatch_loss(
     ref_logp: torch.Tensor | None,
     grpo_cfg: Any,
     counts: GlobalCounts,
+    prox_logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """This micro-batch's share of the step loss (global normalisers) and its metric sums."""
+    """This micro-batch's share of the step loss (global normalisers) and its metric sums. ``prox_logp``: the
+    learner's log-probs before the update, needed by ``grpo.is_correction='tis'`` (see core_algos)."""
     mask = mb.mask
     adv = mb.advantages * float(grpo_cfg.sign)
-    pg, clipped = ca.get_policy_loss(grpo_cfg.policy_loss)(logp, mb.old_logp, adv, grpo_cfg.clip_low, grpo_cfg.clip_high)
+    pg, clipped, is_w = ca.is_corrected_policy_loss(
+        grpo_cfg.policy_loss, grpo_cfg.is_correction, logp, mb.old_logp, prox_logp, adv, grpo_cfg.clip_low,
+        grpo_cfg.clip_high, grpo_cfg.tis_cap)
     tok_loss = pg
     kl = None
     if ref_logp is not None and grpo_cfg.kl_coef > 0:
@@ -387,6 +391,7 @@ def grpo_microbatch_loss(
             "ratio_sum": float((ratio * mask).sum()),
             "ratio_max": float(ratio[mask > 0].max()) if (mask > 0).any() else 0.0,
             "tokens": float(mask.sum()),
+            "is_weight_sum": float((is_w * mask).sum()) if is_w is not None else float(mask.sum()),
         }
     return loss, stats
 

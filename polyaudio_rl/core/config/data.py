@@ -28,6 +28,10 @@ class DataConfig:
     system_prompt: str = cfg_field(
         "You are a helpful assistant.", "System message of the chat template (Qwen2-Audio-Instruct's default)."
     )
+    prefetch_items: int = cfg_field(
+        64, "Prompts the stream decodes ahead in a background thread (across epoch boundaries), so the GRPO driver "
+        "never waits for Ray Data; 0 decodes on demand. Memory: up to this many decoded prompts (16 kHz clips)."
+    )
     shuffle_seed: int = cfg_field(0, "Seed for the order in which the pref split is streamed.")
 
     def validate(self) -> None:

@@ -19,6 +19,17 @@ class GRPOConfig:
     policy_loss: str = cfg_field(
         "ppo_clip", "Policy loss from core_algos.POLICY_LOSSES: 'ppo_clip', the clipped surrogate (PPO; DAPO's decoupled ε)."
     )
+    max_policy_lag: int = cfg_field(
+        0, "k: most policy versions a trained group may lag the learner. 0: synchronous (generate, then train); "
+        "k >= 1: rollouts for the next k steps are generated while the current step trains (AReaL's "
+        "max_head_offpolicyness, NeMo-RL's max_trajectory_age_steps). A group older than k is dropped and counted."
+    )
+    is_correction: str = cfg_field(
+        "none", "Off-policy correction from core_algos.IS_CORRECTIONS: 'none' (ratio vs the behaviour log-probs) or "
+        "'tis' (truncated importance sampling, verl/NeMo-RL: ratio vs the learner's pre-update log-probs, loss × "
+        "min(π_prox/π_behav, tis_cap)). Meant for max_policy_lag > 0."
+    )
+    tis_cap: float = cfg_field(2.0, "Cap of the truncated importance weights (grpo.is_correction='tis').")
     clip_low: float = cfg_field(0.2, "ε_low of the clipped surrogate (PPO: 0.2; DAPO decouples low/high).")
     clip_high: float = cfg_field(0.28, "ε_high of the clipped surrogate (DAPO 'clip-higher': 0.28).")
     kl_coef: float = cfg_field(0.04, "β, the k3 KL coefficient to the reference policy (DeepSeekMath: 0.04). 0 skips it.")
@@ -39,11 +50,14 @@ class GRPOConfig:
     lr: float = cfg_field(1e-5, "Learning rate for GRPO (LoRA parameters).")
 
     def validate(self) -> None:
-        from ..core_algos import ADV_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGS, POLICY_LOSSES  # torch: only when validating
+        from ..core_algos import (  # torch: only when validating
+            ADV_ESTIMATORS, IS_CORRECTIONS, KL_ESTIMATORS, LOSS_AGGS, POLICY_LOSSES,
+        )
 
         for key, value, table in (
             ("advantage", self.advantage, ADV_ESTIMATORS),
             ("policy_loss", self.policy_loss, POLICY_LOSSES),
+            ("is_correction", self.is_correction, IS_CORRECTIONS),
             ("loss_agg", self.loss_agg, LOSS_AGGS),
             ("kl_estimator", self.kl_estimator, KL_ESTIMATORS),
         ):
@@ -55,5 +69,9 @@ class GRPOConfig:
             raise ValueError(f"grpo.kl_coef must be >= 0, got {self.kl_coef}")
         if self.inner_epochs < 1:
             raise ValueError(f"grpo.inner_epochs must be >= 1, got {self.inner_epochs}")
+        if self.max_policy_lag < 0:
+            raise ValueError(f"grpo.max_policy_lag must be >= 0, got {self.max_policy_lag}")
+        if self.tis_cap <= 0:
+            raise ValueError(f"grpo.tis_cap must be > 0, got {self.tis_cap}")
         if self.sign not in (1.0, -1.0):
             raise ValueError(f"grpo.sign must be 1 or -1, got {self.sign}")

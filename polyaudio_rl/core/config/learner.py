@@ -28,6 +28,10 @@ class LearnerConfig:
         2, "Times the driver rebuilds a learner group whose worker died, from the last GRPO checkpoint (its data "
         "position included), before failing the run."
     )
+    cpu_affinity: list[int] = cfg_field(
+        [], "CPU cores the learner workers' processes are pinned to (os.sched_setaffinity; empty: no pinning). "
+        "Used by benchmarks/pipeline.py to keep rollouts and training on disjoint cores."
+    )
     checkpoint_every: int = cfg_field(10, "Write a checkpoint every K optimizer steps (0: only at the end).")
 
     def validate(self) -> None:

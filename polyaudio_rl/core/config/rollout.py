@@ -53,6 +53,16 @@ class RolloutConfig:
         "(only the LoRA tensors, loaded as a new vLLM LoRA adapter per version). Default by measurement: "
         "benchmarks/rollout_throughput.py.",
     )
+    sync_transport: str = cfg_field(
+        "object_store",
+        "How new weights reach the rollout actors: 'object_store' (learner rank 0 puts them in Ray's object store and "
+        "the actors fetch them; the driver only passes the reference) or 'driver' (the driver fetches and re-puts "
+        "them: one extra copy through one process, kept for comparison).",
+    )
+    cpu_affinity: list[int] = cfg_field(
+        [], "CPU cores the rollout actors' processes are pinned to (os.sched_setaffinity; empty: no pinning). "
+        "Used by benchmarks/pipeline.py to give rollouts and the learner disjoint cores, as disjoint GPUs would be."
+    )
     max_lora_rank: int = cfg_field(0, "vLLM max_lora_rank for adapter sync; 0: model.lora.rank.")
     sync_check_tolerance: float = cfg_field(
         0.0,
@@ -85,5 +95,7 @@ class RolloutConfig:
             raise ValueError(f"rollout.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.sync_check_tolerance < 0:
             raise ValueError(f"rollout.sync_check_tolerance must be >= 0, got {self.sync_check_tolerance}")
+        if self.sync_transport not in ("object_store", "driver"):
+            raise ValueError(f"rollout.sync_transport must be 'object_store' or 'driver', got {self.sync_transport!r}")
         if self.probe_tokens < 1:
             raise ValueError(f"rollout.probe_tokens must be >= 1, got {self.probe_tokens}")

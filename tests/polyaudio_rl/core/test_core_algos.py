@@ -217,3 +217,37 @@ def test_logprobs_and_entropy():
     assert lp.tolist()[0] == pytest.approx([-math.log(4), math.log(0.75)])
     h = ca.entropy_from_logits(logits[:, :1])
     assert h.item() == pytest.approx(math.log(4))
+
+
+# ------------------------------------------------------------------------------------ truncated importance sampling
+# w = min(exp(prox − behav), cap); by hand: exp(0.5) = 1.648721, exp(−1) = 0.367879, exp(1) = 2.718 → cap 2.0
+TIS_TABLE = [
+    ([0.0, -1.0, 0.0], [-0.5, 0.0, -1.0], 2.0, [1.648721, 0.367879, 2.0]),
+    ([0.0, 0.0], [0.0, 0.0], 1.5, [1.0, 1.0]),
+    ([-2.0], [-1.0], 10.0, [0.367879]),
+]
+
+
+@pytest.mark.parametrize("prox, behav, cap, expected", TIS_TABLE)
+def test_truncated_is_weights_table(prox, behav, cap, expected):
+    w = ca.IS_CORRECTIONS["tis"](torch.tensor(prox), torch.tensor(behav), cap)
+    assert w.tolist() == pytest.approx(expected, abs=1e-6)
+    assert not w.requires_grad
+
+
+def test_is_corrected_policy_loss_by_hand():
+    logp, prox, behav, adv = torch.tensor([[0.0]]), torch.tensor([[0.0]]), torch.tensor([[-1.0]]), torch.tensor([1.0])
+    # 'none': ρ = exp(0 − (−1)) = e ≈ 2.718 vs the behaviour policy; A = 1 → max(−2.718, −1.28) = −1.28, clipped
+    loss, clipped, w = ca.is_corrected_policy_loss("ppo_clip", "none", logp, behav, prox, adv, 0.2, 0.28, 2.0)
+    assert loss.item() == pytest.approx(-1.28) and clipped.item() and w is None
+    # 'tis': ρ = exp(0 − 0) = 1 vs the proximal policy → −1, times w = min(e, 2) = 2 → −2, not clipped
+    loss, clipped, w = ca.is_corrected_policy_loss("ppo_clip", "tis", logp, behav, prox, adv, 0.2, 0.28, 2.0)
+    assert loss.item() == pytest.approx(-2.0) and not clipped.item() and w.item() == pytest.approx(2.0)
+    # without proximal log-probs there is nothing to correct with: the plain loss
+    loss, _, w = ca.is_corrected_policy_loss("ppo_clip", "tis", logp, behav, None, adv, 0.2, 0.28, 2.0)
+    assert loss.item() == pytest.approx(-1.28) and w is None
+
+
+def test_unknown_is_correction_is_named():
+    with pytest.raises(ValueError, match="unknown importance-sampling correction 'is'"):
+        ca.IS_CORRECTIONS["is"]
