@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml scripts/setup_venv.sh
 
 setup: $(STAMP)
 
-demo: $(STAMP)
-	$(PY) -m polyaudio_rl.train
+demo: $(STAMP)  # the starter curriculum on the embedded default; extra overrides: make demo ARGS=seed=1
+	$(PY) -m polyaudio_rl.train --config configs/demo.yaml $(ARGS)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q tests
