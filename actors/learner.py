@@ -68,6 +68,9 @@ class LearnerWorker:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.cfg, self.stage, self.rank, self.world = cfg, stage, rank, world_size
         self.model_path = model_path
+        from polyaudio_rl.core.procguard import guard_process_tree
+
+        guard_process_tree()  # anything this worker starts ends with it, however it dies
         if cfg.learner.cpu_affinity:  # disjoint cores for rollouts and training (benchmarks/pipeline.py)
             os.sched_setaffinity(0, set(cfg.learner.cpu_affinity))
         threads = cfg.learner.torch_threads or max(1, int(cfg.learner.cpus_per_worker))

@@ -34,6 +34,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from polyaudio_rl.core.config import Config
+from polyaudio_rl.core.procguard import guard_process_tree
 from polyaudio_rl.core.prompts import MultiAudioPrompt
 from actors.rollout_engine import (
     EngineSpec,
@@ -61,6 +62,7 @@ class RolloutActor:
         self.index = index
         self.cfg = cfg
         self.started = time.time()
+        guard_process_tree()  # engine processes (EngineCore, workers) end with this actor, however it dies
         if cfg.rollout.cpu_affinity:  # disjoint cores for rollouts and training (benchmarks/pipeline.py)
             os.sched_setaffinity(0, set(cfg.rollout.cpu_affinity))
         self.engine = make_engine(model_path, cfg.rollout, EngineSpec.from_config(cfg))

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from .core.config import Config, ConfigError, load_config, to_dict
+from .preemption import StopRequest
 
 
 class ResourceError(RuntimeError):
@@ -29,6 +30,17 @@ class ResourceError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------------- setup
+_REAPER: Any = None
+
+
+def _start_reaper_once() -> None:
+    global _REAPER
+    if _REAPER is None:
+        from .core.procguard import start_reaper
+
+        _REAPER = start_reaper() or False
+
+
 def connect_ray(cfg: Config, console: Any = None) -> dict[str, Any]:
     """Join ``cfg.ray_address`` / ``RAY_ADDRESS`` when set, else start a local Ray. Returns cluster resources.
     With a :class:`~polyaudio_rl.console.Console`, Ray's own log lines and the workers' output go to its files."""
@@ -48,6 +60,7 @@ def connect_ray(cfg: Config, console: Any = None) -> dict[str, Any]:
             # address="local": a new local Ray, never a `ray start` cluster that happens to run on this machine
             ray.init(address="local", num_cpus=cfg.ray_num_cpus or None, include_dashboard=False, runtime_env=env,
                      log_to_driver=True)
+            _start_reaper_once()  # the local Ray's processes end with this driver, however it dies
     if console is not None:
         console.route_ray_workers()
     return ray.cluster_resources()
@@ -205,39 +218,45 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
         bar = (console.bar(cfg.grpo.steps, "grpo", initial=start) if console is not None and progress
                else tqdm(total=cfg.grpo.steps, initial=start, desc="grpo", disable=not progress))
         step = start + 1
-        while step <= cfg.grpo.steps:
-            try:
-                res = driver.step(step)
-            except LearnerFailure as exc:
-                if restarts >= cfg.learner.max_restarts:
-                    raise
-                restarts += 1
-                ckpt = latest_checkpoint(run_dir, "grpo")
-                print(f"[train] {exc}; restarting the learner from {ckpt or 'its initial adapter'} "
-                      f"({restarts}/{cfg.learner.max_restarts})", file=sys.stderr)
-                learner.shutdown()
-                learner = Learner(cfg, stage="grpo", resume_from=ckpt, init_adapter=None if ckpt else init_adapter)
-                stream.close()
-                stream = PromptStream(cfg.data.pref_dir, model_path, cfg.data, seed=cfg.seed,
-                                      position=int((learner.client_state or {}).get("data_position", 0)))
-                driver.restore(learner, stream, learner.step)
-                logger.rewind(learner.step)
-                driver.sync()
-                step = learner.step + 1
-                continue
-            logger.log(step, res.metrics)
-            bar.update(1)
-            bar.set_postfix(reward=f"{res.metrics.get('reward/total', float('nan')):.3f}",
-                            kl=f"{res.metrics.get('kl', float('nan')):.4f}",
-                            acc=f"{res.metrics.get('reward/correctness', float('nan')):.3f}", refresh=False)
-            every = cfg.learner.checkpoint_every
-            if (every and step % every == 0) or step == cfg.grpo.steps:
-                learner.save_checkpoint(str(run_dir / "grpo" / "checkpoints" / f"step-{step:06d}"),
-                                        {"data_position": driver.data_position, "version": driver.version, "step": step})
-            step += 1
+        with StopRequest() as stop:  # SIGTERM/SIGINT: finish the step in flight, checkpoint, exit 0
+            while step <= cfg.grpo.steps:
+                try:
+                    res = driver.step(step)
+                except LearnerFailure as exc:
+                    if restarts >= cfg.learner.max_restarts:
+                        raise
+                    restarts += 1
+                    ckpt = latest_checkpoint(run_dir, "grpo")
+                    print(f"[train] {exc}; restarting the learner from {ckpt or 'its initial adapter'} "
+                          f"({restarts}/{cfg.learner.max_restarts})", file=sys.stderr)
+                    learner.shutdown()
+                    learner = Learner(cfg, stage="grpo", resume_from=ckpt, init_adapter=None if ckpt else init_adapter)
+                    stream.close()
+                    stream = PromptStream(cfg.data.pref_dir, model_path, cfg.data, seed=cfg.seed,
+                                          position=int((learner.client_state or {}).get("data_position", 0)))
+                    driver.restore(learner, stream, learner.step)
+                    logger.rewind(learner.step)
+                    driver.sync()
+                    step = learner.step + 1
+                    continue
+                logger.log(step, res.metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{res.metrics.get('reward/total', float('nan')):.3f}",
+                                kl=f"{res.metrics.get('kl', float('nan')):.4f}",
+                                acc=f"{res.metrics.get('reward/correctness', float('nan')):.3f}", refresh=False)
+                every = cfg.learner.checkpoint_every
+                if (every and step % every == 0) or step == cfg.grpo.steps or stop.requested:
+                    learner.save_checkpoint(str(run_dir / "grpo" / "checkpoints" / f"step-{step:06d}"),
+                                            {"data_position": driver.data_position, "version": driver.version, "step": step})
+                if stop.requested and step < cfg.grpo.steps:
+                    summary["preempted"] = {"signal": stop.signal, "after_step": step}
+                    say(f"[train] stopped by {stop.signal} after GRPO step {step}/{cfg.grpo.steps} (checkpoint written). "
+                        f"Continue with:\n    python -m polyaudio_rl.train --resume {run_dir}")
+                    break
+                step += 1
         bar.close()
         driver.close()  # the producer is done and the last (background) sync verified before evaluating
-        if eval_prompts:
+        if eval_prompts and "preempted" not in summary:
             summary["eval_after"] = evaluate(rollout, eval_prompts, cfg.data.answer_tag)
             logger.log(cfg.grpo.steps, {"phase": "eval_after", "eval/accuracy": summary["eval_after"]["accuracy"]})
             say(f"   held-out after GRPO:  accuracy {summary['eval_after']['accuracy']:.3f} on "

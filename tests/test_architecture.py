@@ -44,3 +44,15 @@ def test_a_backward_import_breaks_the_contract(tmp_path, module, line, broken):
     res = _lint(tmp_path)
     assert res.returncode != 0
     assert broken in res.stdout, res.stdout
+
+
+def test_no_private_imports_of_dependencies():
+    """Only public APIs of our dependencies (a `ray.llm._internal` import breaks on the next Ray release)."""
+    import re
+
+    pat = re.compile(r"^\s*(from|import)\s+[\w.]*\._internal\b", re.M)
+    hits = []
+    for pkg in (*PACKAGES, "benchmarks", "scripts"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            hits += [f"{f.relative_to(ROOT)}: {m.group(0).strip()}" for m in pat.finditer(f.read_text())]
+    assert not hits, hits

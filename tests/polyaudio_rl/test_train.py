@@ -266,3 +266,33 @@ def test_policy_lag_one_overlaps_stays_bounded_and_resumes_exactly(tiny_ckpt, da
     trace = json.loads((whole / "timeline.json").read_text())["traceEvents"]
     lanes = {e["args"]["name"] for e in trace if e["ph"] == "M"}
     assert {"data", "learner", "reward", "sync", "rollout/actor-0"} <= lanes
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits_0_then_resume_completes(tiny_ckpt, data, tmp_path):
+    """A preempted driver (SIGTERM, as a node drain or `ray job stop` sends): the step in flight finishes, a
+    checkpoint is written, the exact --resume command is printed, rc 0; --resume then completes the run."""
+    run_dir = tmp_path / "preempted"
+    cmd = [PY, "-m", "polyaudio_rl.train", "--run-dir", str(run_dir), "--quiet", "--skip-sft",
+           *overrides(tiny_ckpt, data, **{"grpo.steps": 6, "learner.checkpoint_every": 0, "eval.max_items": 1,
+                                          "ray_num_cpus": 6})]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+        if any(r.get("phase") == "grpo" for r in rows):
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.5)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"--resume {run_dir}" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stopped = summary["preempted"]["after_step"]
+    assert summary["preempted"]["signal"] == "SIGTERM" and 1 <= stopped < 6
+    assert (run_dir / "grpo" / "checkpoints" / f"step-{stopped:06d}").is_dir()
+    assert len(summary["trained_ids"]) == stopped * 3
+    assert train.main(["--resume", str(run_dir), "--quiet", "--skip-sft"]) == 0
+    done = json.loads((run_dir / "summary.json").read_text())
+    assert "preempted" not in done and len(done["trained_ids"]) == (6 - stopped) * 3
+    assert sorted(_grpo_rows(run_dir)) == [1, 2, 3, 4, 5, 6]
