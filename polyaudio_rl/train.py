@@ -33,6 +33,21 @@ class ResourceError(RuntimeError):
 _REAPER: Any = None
 
 
+def run_dir_problem(run_dir: Path, cwd: Path) -> str | None:
+    """Why ``run_dir`` cannot hold a run's results, or None. A ``ray job submit --working-dir`` job runs in Ray's
+    temporary copy of the working directory (``.../runtime_resources/working_dir_files/_ray_pkg_<hash>``), which Ray
+    deletes: a run directory there would lose the metrics, checkpoints and trained adapter."""
+    parts = cwd.resolve().parts
+    if "runtime_resources" not in parts or not any(p.startswith("_ray_pkg_") for p in parts):
+        return None
+    target = (cwd / run_dir).resolve()
+    if target == cwd.resolve() or cwd.resolve() in target.parents:
+        return (f"the run directory {target} lies inside Ray's temporary copy of the job's working directory "
+                f"({cwd}), which Ray deletes; give an absolute --run-dir on storage that outlives the job (a shared "
+                "filesystem on a cluster), e.g. --run-dir /shared/runs/my-run")
+    return None
+
+
 def _start_reaper_once() -> None:
     global _REAPER
     if _REAPER is None:
@@ -306,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(a.run_dir or cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    problem = run_dir_problem(run_dir, Path.cwd())
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     cfg.run_dir = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -30,3 +30,24 @@ def test_min_sample_version_table(b, first, v0, k, ckpts, need):
                                        ("reward/x", "reward/x"), ("is_weight_mean", "learner/is_weight_mean")])
 def test_learner_metric_names(key, name):
     assert learner_metric_name(key) == name
+
+
+RAY_COPY = "/tmp/ray/session_latest/runtime_resources/working_dir_files/_ray_pkg_0a1b2c"
+
+
+@pytest.mark.parametrize("run_dir, cwd, refused", [
+    ("runs/x", RAY_COPY, True),                      # the default, relative: inside the copy Ray deletes
+    (f"{RAY_COPY}/runs/x", RAY_COPY, True),
+    ("/shared/runs/x", RAY_COPY, False),             # absolute, elsewhere: fine
+    ("../../../../../../shared/x", RAY_COPY, False),
+    ("runs/x", "/home/me/polyaudio", False),         # not a Ray job copy
+])
+def test_run_dir_inside_rays_working_dir_copy_is_refused(run_dir, cwd, refused):
+    from pathlib import Path
+
+    from polyaudio_rl.train import run_dir_problem
+
+    why = run_dir_problem(Path(run_dir), Path(cwd))
+    assert (why is not None) == refused
+    if refused:
+        assert "--run-dir" in why and "Ray deletes" in why
