@@ -147,8 +147,8 @@ def _summary(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-@pytest.mark.skip(reason="the demo's promise does not hold yet: seed 0 measured SFT 0.333 -> GRPO 0.542 (sft.epochs=1) and "
-                         "0.604 -> 0.542 (sft.epochs=2), chance 0.417; GRPO must reach SFT + 0.10 and chance + 0.15. "
+@pytest.mark.skip(reason="the demo's promise does not hold yet: held-out SFT -> GRPO, chance 0.417: seed 0 "
+                         "0.333 -> 0.542, seed 1 0.604 -> 0.396, seed 2 0.542 -> 0.458; GRPO must reach SFT + 0.10 and chance + 0.15. "
                          "Unskip when configs/demo.yaml meets it (issue 12)")
 def test_demo_config_learns_and_flipped_sign_does_not(tiny_ckpt, starter_data, demo_cfg, tmp_path):
     run = tmp_path / "grpo"
