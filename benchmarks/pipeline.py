@@ -72,7 +72,6 @@ def figures(run_dir: Path) -> dict[str, float]:
     def mean(key: str) -> float:
         return total(key) / len(g)
 
-    epochs = max(r["data/position"] for r in g) / max(1, min(r["data/position"] for r in g))
     return {
         "steps": len(g), "wall_s": wall, "samples_per_s": samples / wall,
         "generate_s": mean("time/generate"), "train_s": mean("time/train"), "reward_s": mean("time/reward"),
@@ -81,7 +80,7 @@ def figures(run_dir: Path) -> dict[str, float]:
         "busy_reward": sum(r["busy/reward"] * r["time/step"] for r in g) / wall,
         "busy_learner": sum(r["busy/learner"] * r["time/step"] for r in g) / wall,
         "policy_lag_max": max(r.get("policy_lag/max", 0.0) for r in g),
-        "data_positions": max(r["data/position"] for r in g), "epochs_x": epochs,
+        "data_positions": max(r["data/position"] for r in g),
     }
 
 
@@ -113,14 +112,21 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "pipeline"))
     ap.add_argument("--cores", default="0,1", help="rollout core, learner core")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate lag 0 / lag 1 this many times and average (a shared machine's load drifts)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cores = tuple(int(c) for c in a.cores.split(","))
     pref = build_data(out, a.seed)
-    res: dict = {}
-    for tag, lag in (("lag0", 0), ("lag1", 1)):
-        res[tag] = figures(run(tag, lag, a.steps, pref, out, a.seed, cores))
+    res: dict = {"rounds": []}
+    for r in range(a.rounds):
+        res["rounds"].append({tag: figures(run(f"{tag}-r{r}", lag, a.steps, pref, out, a.seed, cores))
+                              for tag, lag in (("lag0", 0), ("lag1", 1))})
+    for tag in ("lag0", "lag1"):
+        runs = [rd[tag] for rd in res["rounds"]]
+        res[tag] = {k: sum(x[k] for x in runs) / len(runs) for k in runs[0]}
+    res["speedup_per_round"] = [rd["lag1"]["samples_per_s"] / rd["lag0"]["samples_per_s"] for rd in res["rounds"]]
     l0, l1 = res["lag0"], res["lag1"]
     res["samples_per_s"] = {"lag0": l0["samples_per_s"], "lag1": l1["samples_per_s"]}
     res["speedup"] = l1["samples_per_s"] / l0["samples_per_s"]
@@ -134,6 +140,7 @@ def main() -> None:
     for k in ("samples_per_s", "generate_s", "train_s", "reward_s", "busy_rollout", "busy_reward", "busy_learner",
               "data_wait_frac", "sync_critical_frac", "policy_lag_max", "data_positions"):
         print(f"{k:22}{l0[k]:>10.3f}{l1[k]:>10.3f}")
+    print(f"speedup per round: {', '.join(f'{x:.2f}×' for x in res['speedup_per_round'])}")
     print(f"speedup {res['speedup']:.2f}× (ideal {res['ideal_speedup']:.2f}×, {res['of_ideal']:.0%} of ideal); "
           f"wrote {out / 'pipeline.json'} and {out / 'pipeline.png'}")
 

@@ -48,6 +48,13 @@ def worker_component(data: dict[str, Any]) -> str:
     return "workers"
 
 
+def _writes_to_fd2(stream: Any) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class Console:
     """One per run. ``print`` goes to the console and to ``logs/console.log``; ``log(component, text)`` only to the
     component's file (and to the console when verbose)."""
@@ -115,8 +122,11 @@ class Console:
                 os.dup2(native, 2)
                 os.close(native)
                 self._saved["fd2"] = saved
-                self._saved["stderr"] = sys.stderr
-                sys.stderr = open(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+                if getattr(sys.stderr, "fileno", None) and _writes_to_fd2(sys.stderr):
+                    # Python's stderr wrote to fd 2: point it at the console (the saved fd). A stream someone put in
+                    # its place (a tee, pytest's capture, the ablation runner) keeps receiving what we print.
+                    self._saved["stderr"] = sys.stderr
+                    sys.stderr = open(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
             except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded, odd test runners): keep it
                 pass
         self._saved["showwarning"] = warnings.showwarning
@@ -233,12 +243,13 @@ class Console:
         import os
 
         if "fd2" in self._saved:
-            try:
-                sys.stderr.flush()
-                sys.stderr.close()
-            except (OSError, ValueError):
-                pass
-            sys.stderr = self._saved.pop("stderr")
+            if "stderr" in self._saved:  # ours: close it and put the original back
+                try:
+                    sys.stderr.flush()
+                    sys.stderr.close()
+                except (OSError, ValueError):
+                    pass
+                sys.stderr = self._saved.pop("stderr")
             fd = self._saved.pop("fd2")
             os.dup2(fd, 2)
             os.close(fd)
