@@ -149,7 +149,7 @@ class RolloutPool:
         bundle = {"CPU": rc.cpus_per_actor, **({"GPU": gpus} if gpus else {})}
         self.pg = placement_group([bundle] * self.num_actors, strategy=rc.placement_strategy)
         ray.get(self.pg.ready(), timeout=rc.actor_start_timeout_s)
-        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if rc.engine_in_process else "1", "TOKENIZERS_PARALLELISM": "false"}
         if not gpus:
             env["OMP_NUM_THREADS"] = str(max(1, int(rc.cpus_per_actor)))
         remote_cls = ray.remote(RolloutActor)

@@ -59,6 +59,11 @@ class RolloutConfig:
         "the actors fetch them; the driver only passes the reference) or 'driver' (the driver fetches and re-puts "
         "them: one extra copy through one process, kept for comparison).",
     )
+    engine_in_process: bool = cfg_field(
+        True, "Run the vLLM engine core inside the rollout actor's process (VLLM_ENABLE_V1_MULTIPROCESSING=0: it dies "
+        "with the actor). False: vLLM's own EngineCore child process, guarded to die with the actor too "
+        "(polyaudio_rl.core.procguard)."
+    )
     cpu_affinity: list[int] = cfg_field(
         [], "CPU cores the rollout actors' processes are pinned to (os.sched_setaffinity; empty: no pinning). "
         "Used by benchmarks/pipeline.py to give rollouts and the learner disjoint cores, as disjoint GPUs would be."
