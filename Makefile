@@ -22,7 +22,7 @@ demo: $(STAMP)  # the starter curriculum on the embedded default; extra override
 	$(PY) -m polyaudio_rl.train --config configs/demo.yaml $(ARGS)
 
 test: $(STAMP) lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 lint: $(STAMP)
 	.venv/bin/lint-imports --no-logo  # the one-way layer contract in pyproject.toml

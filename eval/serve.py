@@ -40,6 +40,7 @@ adapter into the base weights first (:mod:`eval.merge`: vLLM's Qwen2-Audio has n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import hashlib
 import hmac
@@ -51,7 +52,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from polyaudio_rl.core.config import ServeConfig
 
@@ -358,6 +359,28 @@ def runtime_env() -> dict[str, Any]:
     return {"env_vars": env}
 
 
+@contextlib.contextmanager
+def _raylet_subreaper() -> Iterator[None]:
+    """Start the local Ray with its raylet as subreaper: it SIGKILLs what a dead worker left behind, however the
+    worker died (the flag is read when the raylet starts).
+
+    The flag has a side effect on *this* process: Ray's core worker then auto-reaps its children (SIGCHLD ignored),
+    so every later ``subprocess.run(...)`` here reports exit status 0 whatever the child returned. The flag is
+    therefore set only while Ray starts, and SIGCHLD is given back its default afterwards."""
+    key = "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper"
+    before = os.environ.get(key)
+    os.environ[key] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def start(cfg: ServeConfig, policy: str, judge: str, *, ray_address: str = "", num_cpus: int = 0,
           adapter: str | None = None, api_key: str | None = None, insecure: bool = False) -> str:
     """Start Ray (unless running), Serve on ``cfg.host:cfg.port`` and the app; returns the ``/v1`` base URL.
@@ -367,8 +390,6 @@ def start(cfg: ServeConfig, policy: str, judge: str, *, ray_address: str = "", n
     from ray import serve
 
     check_bind(cfg.host, api_key, insecure)
-    # Ray's raylet reaps (SIGKILLs) what a dead worker left behind, however the worker died (read at raylet start).
-    os.environ.setdefault("RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper", "true")
 
     if adapter:
         from .merge import merge_adapter
@@ -381,7 +402,8 @@ def start(cfg: ServeConfig, policy: str, judge: str, *, ray_address: str = "", n
         if ray_address:
             ray.init(address=ray_address, **kw)
         else:
-            ray.init(address="local", num_cpus=num_cpus or max(6, os.cpu_count() or 1), **kw)
+            with _raylet_subreaper():
+                ray.init(address="local", num_cpus=num_cpus or max(6, os.cpu_count() or 1), **kw)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg, policy, judge, api_key), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{cfg.host}:{cfg.port}/v1"

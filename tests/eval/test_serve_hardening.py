@@ -283,3 +283,14 @@ def test_over_capacity_burst_gets_only_200_or_503_with_retry_after(server):
     assert refused, f"no back-pressure refusal in a burst of 24 over a capacity of 4: {codes}"
     assert all(r.headers.get("retry-after") == "1" for r in refused), [dict(r.headers) for r in refused[:2]]
     assert post(url, chat(q(part(tone(0.5))))).status_code == 200
+
+
+def test_starting_serve_in_process_leaves_child_exit_statuses_intact(url):
+    """The raylet-subreaper flag makes Ray's core worker auto-reap this process's children; ``start`` must undo
+    that, or every later ``subprocess.run`` here (tests, the CLI) reads exit status 0 (it did: CI, stop 16)."""
+    import os
+    import subprocess
+
+    assert subprocess.run(["false"]).returncode == 1
+    assert subprocess.run(["sh", "-c", "exit 2"]).returncode == 2
+    assert "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper" not in os.environ
