@@ -265,7 +265,7 @@ def _eos_ids(model_path: str, tokenizer: Any) -> set[int]:
     return ids
 
 
-def _vllm_suppression(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], dict[int, float]]:
+def vllm_suppression(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], dict[int, float]]:
     """How vLLM's sampler blocks ``ids``: as ``bad_words`` (vLLM tokenises each word; one that is exactly one token
     gets a -inf logit at every step) when the token's text encodes to that id alone, else (a token the tokenizer
     cannot produce from text) with vLLM's strongest ``logit_bias``, -100."""
@@ -321,7 +321,7 @@ class VLLMEngine(RolloutEngine):
         kwargs.update(spec.extra)
         self.llm = LLM(**kwargs)
         self.eos = _eos_ids(self.model_path, self.tokenizer)
-        self._bad_words, self._logit_bias = _vllm_suppression(self.tokenizer, self.suppress_ids)
+        self._bad_words, self._logit_bias = vllm_suppression(self.tokenizer, self.suppress_ids)
         self._lora = None  # the active LoRARequest
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._lora_next_id = 1
@@ -512,6 +512,6 @@ def make_engine(model_path: str, rollout_cfg: Any, spec: EngineSpec, engine: str
 
 __all__ = [
     "Completion", "EngineSpec", "HFEngine", "RolloutEngine", "RolloutGroup", "RolloutInputError", "SyncError",
-    "VLLMEngine", "audio_token_count", "check_prompts", "hf_completion_logprobs", "make_engine",
+    "VLLMEngine", "audio_token_count", "check_prompts", "hf_completion_logprobs", "make_engine", "vllm_suppression",
     "prompt_token_count",
 ]

@@ -66,7 +66,7 @@ class DatagenConfig:
     curriculum: str = cfg_field(
         "paper",
         "'paper': the eleven tasks of Table 2 (every production config). 'starter': exact-key signal variants of "
-        "odd_one_out (noise among tones), comparison (loudest tone) and counting (beeps over clips) that the random "
+        "odd_one_out (noise among tones), entailment (is one clip noise?) and counting (beeps over clips) that the random "
         "tiny model learns on two cores (datagen/tasks/starter.py); preset 'starter' implies it.",
     )
     seed: int = cfg_field(0, "Global seed. Same seed and config => the same content, byte for byte.")

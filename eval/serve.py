@@ -13,7 +13,10 @@ public ``OpenAiIngress``, in front of them; it checks every chat request *before
 * a body over ``serve.max_body_mb`` → 413 (checked on Content-Length and on the bytes actually read, before parsing);
 * more than ``serve.max_clips`` audio parts, a clip over ``serve.max_clip_seconds``, bad base64, a format other than
   WAV/FLAC, undecodable or non-finite audio, a remote ``audio_url`` → 400 naming the part (:mod:`eval.validate`);
-* valid audio parts are re-encoded as 16 kHz mono WAV, in order, so vLLM never resamples.
+* valid audio parts are re-encoded as 16 kHz mono WAV, in order, so vLLM never resamples;
+* requests to the policy get its audio placeholder tokens (``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``)
+  blocked (``bad_words`` / ``logit_bias`` -100, as in the rollout engines; :func:`suppressed`): an answer is text,
+  whatever the client's own ``logit_bias`` asks.
 
 Fit for a shared cluster:
 
@@ -218,8 +221,10 @@ def _ingress_class() -> type:
 
         def __init__(self, llm_deployments: Any, model_cards: Any, *, max_clips: int = 5,
                      max_clip_seconds: float = 30.0, max_body_bytes: int = 64 * 2**20,
-                     api_key_sha256: bytes | None = None, **kwargs: Any):
+                     api_key_sha256: bytes | None = None, suppress: dict[str, dict[str, Any]] | None = None,
+                     **kwargs: Any):
             super().__init__(llm_deployments, model_cards, **kwargs)
+            self.suppress = suppress or {}
             self.max_clips = max_clips
             self.max_clip_seconds = max_clip_seconds
             self.max_body_bytes = int(max_body_bytes)
@@ -273,11 +278,35 @@ def _ingress_class() -> type:
                 await asyncio.to_thread(normalize_audio_parts, messages, self.max_clips, self.max_clip_seconds)
             except RequestError as exc:
                 return JSONResponse(_error_body(str(exc), exc.status), status_code=exc.status)
+            block = self.suppress.get(body.model or served[0])
+            if block:
+                body.bad_words, body.logit_bias = suppressed(body.bad_words, body.logit_bias, block)
             return await super().chat(body, request)
 
     # FastAPI reads the route's parameters from these (this module uses postponed annotations).
     PolyAudioIngress.chat.__annotations__ = {"request": Request, "return": Response}
     return PolyAudioIngress
+
+
+def suppressed(bad_words: list[str] | None, logit_bias: dict[str, float] | None,
+               block: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
+    """A request's ``bad_words`` / ``logit_bias`` with the model's audio placeholder tokens blocked on top: the policy
+    must never answer with one (a served answer is text; the rollout engines block the same tokens). The block wins
+    over what the client asked for the same token."""
+    words = list(dict.fromkeys([*(bad_words or []), *block.get("bad_words", [])]))
+    return words, {**(logit_bias or {}), **{str(k): float(v) for k, v in block.get("logit_bias", {}).items()}}
+
+
+def audio_token_block(model_path: str) -> dict[str, Any]:
+    """How vLLM blocks this checkpoint's audio placeholder tokens (:func:`actors.rollout_engine.vllm_suppression`)."""
+    from transformers import AutoTokenizer
+
+    from actors.rollout_engine import vllm_suppression
+    from polyaudio_rl.core.grpo_loss import audio_special_ids
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    words, bias = vllm_suppression(tok, audio_special_ids(tok))
+    return {"bad_words": words, "logit_bias": {str(k): v for k, v in bias.items()}}
 
 
 def _server_class() -> type:
@@ -344,7 +373,8 @@ def build_app(cfg: ServeConfig, policy_path: str, judge_path: str, api_key: str 
         "llm_configs": llm_configs(cfg, policy_path, judge_path),
         "ingress_cls_config": {"ingress_cls": _ingress_class(), "ingress_extra_kwargs": {
             "max_clips": cfg.max_clips, "max_clip_seconds": cfg.max_clip_seconds,
-            "max_body_bytes": int(cfg.max_body_mb * 2**20), "api_key_sha256": key_digest(api_key)}},
+            "max_body_bytes": int(cfg.max_body_mb * 2**20), "api_key_sha256": key_digest(api_key),
+            "suppress": {cfg.policy_model_id: audio_token_block(policy_path)}}},
         "ingress_deployment_config": ingress_deployment_config(cfg),
     })
 

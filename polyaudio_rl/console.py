@@ -30,7 +30,7 @@ LOGGER_FILES = {
     "ray": "ray", "ray.data": "data", "ray.train": "ray", "ray.serve": "serve", "vllm": "vllm",
     "deepspeed": "deepspeed", "DeepSpeed": "deepspeed", "transformers": "transformers", "peft": "transformers",
     "torch": "transformers", "datasets": "transformers", "py.warnings": "warnings", "filelock": "train",
-    "urllib3": "train", "matplotlib": "train", "PIL": "train",
+    "urllib3": "train", "matplotlib": "train", "PIL": "train", "httpx": "serve", "httpcore": "serve", "openai": "serve",
 }
 WORKER_FILES = (("Rollout", "rollout"), ("Learner", "learner"), ("Reward", "reward"), ("Serve", "serve"),
                 ("Judge", "serve"), ("Map", "data"), ("Read", "data"), ("Split", "data"), ("Data", "data"),

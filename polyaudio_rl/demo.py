@@ -2,7 +2,6 @@
 chart, and the commands to serve the trained adapter again (``eval.serve``) and to query it with ``openai``."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ def per_task_chart(summary: dict[str, Any], path: Path) -> Path | None:
 
 
 def write_report(run_dir: Path, cfg: Any, summary: dict[str, Any], table_lines: list[str],
-                 bench: dict[str, Any] | None = None) -> Path:
+                 bench_lines: list[str] = ()) -> Path:
     run_dir = Path(run_dir)
     chart = per_task_chart(summary, run_dir / "per_task_accuracy.png")
     ckpts = sorted((run_dir / "grpo" / "checkpoints").glob("step-*"))
@@ -55,8 +54,13 @@ def write_report(run_dir: Path, cfg: Any, summary: dict[str, Any], table_lines: 
         lines += [f"![per-task accuracy]({chart.name})", ""]
     if (run_dir / "reward_curves.png").exists():
         lines += ["## Reward curves", "", "![reward curves](reward_curves.png)", ""]
-    if bench:
-        lines += ["## PolyAudio-Bench against the served adapter", "", "```", json.dumps(bench, indent=1), "```", ""]
+    bench = summary.get("bench")
+    if bench and bench_lines:
+        lines += ["## PolyAudio-Bench against the served adapter", "",
+                  f"`eval.bench` sent the bench split over HTTP to `eval.serve` at {bench['url']} (Ray Serve, "
+                  "OpenAI-compatible; the adapter merged into the base checkpoint). Full report: "
+                  "[bench/report.md](bench/report.md).", "", "```", *bench_lines, "```", "",
+                  "![bench per task](bench/chart.png)", ""]
     lines += [
         "## Serve the trained adapter again", "",
         "```bash",

@@ -104,6 +104,22 @@ def check_resources(cfg: Config, resources: dict[str, Any]) -> None:
                             f"{resources.get('CPU', 0):g} (raise ray_num_cpus for a local cluster)")
 
 
+def check_built_tasks(cfg: Config, split: str, d: str) -> None:
+    """An existing split must hold the tasks the config asks for (its ``datacard.json`` counts): data built by an
+    older curriculum or for other tasks is an error that names the directory, never silently trained on."""
+    card = Path(d) / "datacard.json"
+    if not card.is_file():
+        return
+    from datagen.config import DatagenConfig
+
+    want = set(DatagenConfig(preset=cfg.data.preset, tasks=list(cfg.data.tasks)).task_list())
+    have = set(json.loads(card.read_text()).get("counts", {}))
+    if have and not want <= have:
+        raise ConfigError(f"data.{split}_dir={d!r} was built for tasks {sorted(have)}, but the config asks for "
+                          f"{sorted(want)} (missing {sorted(want - have)}): remove the directory to rebuild it, or "
+                          f"point data.{split}_dir elsewhere")
+
+
 def ensure_data(cfg: Config, console: Any = None) -> None:
     """Build the train/pref/bench splits with datagen when a directory has no shards and building is allowed."""
     from datagen.build import interrupted
@@ -113,6 +129,7 @@ def ensure_data(cfg: Config, console: Any = None) -> None:
 
     for split, d in (("train", cfg.data.train_dir), ("pref", cfg.data.pref_dir), ("bench", cfg.data.bench_dir)):
         if shard_paths(d) and not interrupted(d):  # an interrupted build is completed (resumed) below
+            check_built_tasks(cfg, split, d)
             say(f"   {split}: {d} (exists)")
             continue
         if not cfg.data.build_if_missing:
@@ -360,9 +377,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cfg: Config, run_dir: Path, a: argparse.Namespace, con: Any) -> int:
     from .core.model import resolve_path
 
-    tasks = ", ".join(cfg.data.tasks) or ("odd_one_out, comparison, counting" if cfg.data.preset == "starter"
+    from datagen.tasks.starter import STARTER_TASKS
+
+    n = 5 if cfg.eval.serve_bench else 4  # stages
+    tasks = ", ".join(cfg.data.tasks) or (", ".join(STARTER_TASKS) if cfg.data.preset == "starter"
                                           else "the eleven paper tasks")
-    con.header(f"1/4 data: {cfg.data.preset} preset ({tasks}), model {cfg.model.path}")
+    con.header(f"1/{n} data: {cfg.data.preset} preset ({tasks}), model {cfg.model.path}")
     resolve_path(cfg.model)
     ensure_data(cfg, con)
     t0 = time.time()
@@ -371,27 +391,40 @@ def _run(cfg: Config, run_dir: Path, a: argparse.Namespace, con: Any) -> int:
     if not a.skip_sft and not a.init_adapter and (cfg.sft.max_steps or cfg.sft.epochs) and not (a.resume and sft_ckpt):
         from .sft import run_sft
 
-        con.header(f"2/4 LoRA SFT: {cfg.sft.epochs} epoch(s) of {cfg.data.train_dir}, batch {cfg.sft.batch_size}, "
+        con.header(f"2/{n} LoRA SFT: {cfg.sft.epochs} epoch(s) of {cfg.data.train_dir}, batch {cfg.sft.batch_size}, "
                    f"lr {cfg.sft.lr:g}")
         sft_res = run_sft(replace(cfg, run_dir=str(run_dir / "sft")), progress=not a.quiet, console=con)
         sft_ckpt = sft_res["checkpoint"]
     else:
-        con.header(f"2/4 LoRA SFT: skipped ({'from ' + sft_ckpt if sft_ckpt and not a.skip_sft else 'none'})")
-    con.header(f"3/4 GRPO: {cfg.grpo.steps} steps x {cfg.grpo.prompts_per_step} prompts x G={cfg.grpo.group_size}, "
+        con.header(f"2/{n} LoRA SFT: skipped ({'from ' + sft_ckpt if sft_ckpt and not a.skip_sft else 'none'})")
+    con.header(f"3/{n} GRPO: {cfg.grpo.steps} steps x {cfg.grpo.prompts_per_step} prompts x G={cfg.grpo.group_size}, "
                f"{cfg.rollout.engine} rollout, {cfg.learner.num_workers} DeepSpeed learner(s)")
     grpo_resume = latest_checkpoint(run_dir, "grpo") if a.resume else None
     summary = run_grpo(cfg, run_dir, init_adapter=None if a.skip_sft else sft_ckpt, resume=grpo_resume,
                        progress=not a.quiet, console=con)
+    bench_rows: list[str] = []
+    final = latest_checkpoint(run_dir, "grpo")
+    if cfg.eval.serve_bench and final and "preempted" not in summary:
+        from .core.model import resolve_path as _resolve
+        from .serve_bench import bench_lines, serve_and_bench
+
+        con.header(f"4/{n} serve + bench: eval.serve (Ray Serve, OpenAI API) with the trained adapter, eval.bench on "
+                   f"{cfg.data.bench_dir}")
+        rep = serve_and_bench(cfg, run_dir, str(Path(final) / "adapter"), _resolve(cfg.model), progress=not a.quiet,
+                              console=con)
+        summary["bench"] = {"url": rep["url"], "overall": rep["overall"], "tasks": rep["tasks"],
+                            "judge_note": rep["judge_note"], "report": str(run_dir / "bench" / "report.md")}
+        bench_rows = bench_lines(rep)
     summary["wall_s"] = time.time() - t0
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    con.header("4/4 summary")
+    con.header(f"{n}/{n} summary")
     lines = summary_lines(summary, run_dir)
-    for line in lines:
+    for line in [*lines[:-1], *bench_rows, lines[-1]]:
         con.print("   " + line)
     try:
         from .demo import write_report
 
-        report = write_report(run_dir, cfg, summary, lines[:-1])
+        report = write_report(run_dir, cfg, summary, lines[:-1], bench_rows)
         con.print(f"   report: {report}")
     except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say why the report is missing
         con.log("train", f"report failed: {exc!r}")

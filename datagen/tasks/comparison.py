@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from ..sources.music import compose
 from . import register
-from .starter import is_starter, loudest
 from .base import Draft, choose, clip_ref, describe_counts, join_and, scene_from_counts
 
 EVENT_Q = [
@@ -106,8 +105,6 @@ def _corpus_tempo(ctx, rng, n):
 
 @register("comparison")
 def generate(ctx, rng, n):
-    if is_starter(ctx.cfg):
-        return loudest(ctx, rng, n)  # the starter curriculum's variant (tasks/starter.py)
     if ctx.corpora is not None and len(ctx.corpora.with_tempo()) >= n and rng.random() < ctx.cfg.corpus_fraction:
         return _corpus_tempo(ctx, rng, n)
     v = rng.choice(["events", "tempo", "mode"], p=[0.5, 0.3, 0.2])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from actors.rollout_engine import EngineSpec, HFEngine, VLLMEngine, _vllm_suppression
+from actors.rollout_engine import EngineSpec, HFEngine, VLLMEngine, vllm_suppression
 from polyaudio_rl.core.grpo_loss import AUDIO_SPECIAL_TOKENS, audio_special_ids
 from polyaudio_rl.core.prompts import build_prompt, processor_inputs, to_vllm_input
 from tests.actors.rollout_fixtures import small_cfg
@@ -57,7 +57,7 @@ def test_the_suppressed_ids_are_the_audio_placeholders(tiny_processor):
     tok = tiny_processor.tokenizer
     ids = audio_special_ids(tok)
     assert ids == sorted(tok.convert_tokens_to_ids(t) for t in AUDIO_SPECIAL_TOKENS) and 4 in ids
-    words, bias = _vllm_suppression(tok, ids)  # each is one token: vLLM blocks it with a -inf logit
+    words, bias = vllm_suppression(tok, ids)  # each is one token: vLLM blocks it with a -inf logit
     assert sorted(words) == sorted(AUDIO_SPECIAL_TOKENS) and bias == {}
 
 

@@ -1,5 +1,5 @@
 """The starter curriculum (datagen/tasks/starter.py): three tasks' signal variants whose exact keys are checked
-from the decoded audio — noise by spectral flatness, loudness by RMS, beeps by short-time energy."""
+from the decoded audio — noise by spectral flatness, beeps by short-time energy."""
 from __future__ import annotations
 
 import numpy as np
@@ -68,13 +68,16 @@ def test_odd_one_out_key_is_the_noise_clip(samples):
         assert sorted(flat)[-2] < 0.1 < flat[s.key["value"] - 1]  # tones are peaky, white noise flat
 
 
-def test_comparison_key_is_the_loudest_clip_by_rms(samples):
-    for s in samples["comparison"]:
-        r = [_rms(w) for w in _waves(s)]
-        k = s.key["value"]
-        assert int(np.argmax(r)) + 1 == k, (s.id, r)
-        assert all(20 * np.log10(r[k - 1] / x) >= 19.5 for i, x in enumerate(r) if i != k - 1), (s.id, r)
-        assert "loud" in s.question
+def test_entailment_key_says_whether_a_clip_is_noise_by_spectral_flatness(samples):
+    labels = set()
+    for s in samples["entailment"]:
+        flat = [_flatness(w) for w in _waves(s)]
+        noisy = [i + 1 for i, f in enumerate(flat) if f > 0.1]
+        assert s.key == {"type": "yesno", "value": "Yes" if noisy else "No"}, (s.id, flat)
+        assert noisy == ([s.metadata["noise_clip"]] if noisy else []) and len(noisy) <= 1, (s.id, flat)
+        assert "noise" in s.question and s.metadata["answer_space"] == ["Yes", "No"]
+        labels.add(s.key["value"])
+    assert labels == {"Yes", "No"}
 
 
 def test_counting_key_is_the_number_of_beeps_by_energy(samples):
@@ -91,7 +94,8 @@ def test_keys_verify_with_the_tasks_rule_verifiers_and_answer_space(samples):
     for task, ss in samples.items():
         for s in ss:
             n = len(s.clips)
-            assert 2 <= n <= 3 and s.metadata["answer_space"] == list(range(1, n + 1))
+            space = ["Yes", "No"] if s.key["type"] == "yesno" else list(range(1, n + 1))
+            assert 2 <= n <= 3 and s.metadata["answer_space"] == space
             assert verify(s, s.answer).score == 1.0, (s.id, s.answer)
             wrong = next(a for a in s.metadata["answer_space"] if a != s.key["value"])
             bad = f"Clip {wrong}." if s.key["type"] == "clip" else f"{wrong}."

@@ -294,3 +294,28 @@ def test_starting_serve_in_process_leaves_child_exit_statuses_intact(url):
     assert subprocess.run(["false"]).returncode == 1
     assert subprocess.run(["sh", "-c", "exit 2"]).returncode == 2
     assert "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper" not in os.environ
+
+
+def test_the_policy_never_answers_with_an_audio_placeholder_token(url, tiny_ckpt):
+    """A client's logit_bias +100 on <|AUDIO|> makes the (unguarded) judge emit it; the policy's ingress blocks the
+    audio placeholder tokens on top of whatever the client asks (bad_words / logit_bias, as the rollout engines)."""
+    from transformers import AutoTokenizer
+
+    from eval.serve import suppressed
+
+    tok = AutoTokenizer.from_pretrained(tiny_ckpt)
+    audio = tok.convert_tokens_to_ids("<|AUDIO|>")
+    body = chat(q(part(tone(0.5)), part(tone(0.5, 660))), logit_bias={str(audio): 100}, logprobs=True)
+
+    def tokens(model):
+        r = post(url, {**body, "model": model})
+        assert r.status_code == 200, r.text
+        return [t["token"] for t in r.json()["choices"][0]["logprobs"]["content"]]
+
+    assert "<|AUDIO|>" in tokens("judge")  # the control: the bias works on a model without the block
+    got = tokens("polyaudio")
+    assert got and not {"<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"} & set(got), got
+    # the merge itself (table): the block wins over the client's value for the same token, the rest is kept
+    assert suppressed(["foo"], {"7": 5.0, "9": 1.0}, {"bad_words": ["<|AUDIO|>"], "logit_bias": {9: -100}}) == (
+        ["foo", "<|AUDIO|>"], {"7": 5.0, "9": -100.0})
+    assert suppressed(None, None, {"bad_words": [], "logit_bias": {}}) == ([], {})

@@ -32,6 +32,12 @@ class EvalConfig:
     protocol_hint: bool = cfg_field(
         True, "With 'concat'/'pair', add one sentence to the question saying how the clips were joined (the numbering "
         "'Audio i' of the question no longer matches audio parts otherwise).")
+    serve_bench: bool = cfg_field(
+        False, "After GRPO, serve the trained adapter with eval.serve (Ray Serve, OpenAI-compatible) on the run's Ray "
+        "cluster and run eval.bench on the bench split against it (RUN_DIR/bench/). `make demo` turns it on.")
+    serve_bench_judge: str = cfg_field(
+        "", "Judge checkpoint served for that bench (a chat model; the paper: Qwen3-7B-Instruct). Empty: the policy's "
+        "base checkpoint (on the embedded default the tiny random model: its scores are labelled as meaningless).")
     answer_tag: bool = cfg_field(
         False, "Ask for the final answer inside <answer></answer> (match the policy's training prompt, data.answer_tag).")
     mmau_match: str = cfg_field(
