@@ -43,17 +43,19 @@ adapter into the base weights first (:mod:`eval.merge`: vLLM's Qwen2-Audio has n
 from __future__ import annotations
 
 import argparse
-import contextlib
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -420,6 +422,10 @@ def start(cfg: ServeConfig, policy: str, judge: str, *, ray_address: str = "", n
     from ray import serve
 
     check_bind(cfg.host, api_key, insecure)
+    if not cfg.port:  # 0: any free port (the URL returned says which)
+        with socket.socket() as sock:
+            sock.bind((cfg.host, 0))
+            cfg = replace(cfg, port=int(sock.getsockname()[1]))
 
     if adapter:
         from .merge import merge_adapter

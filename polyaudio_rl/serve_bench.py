@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,6 @@ from typing import Any
 from .core.config import Config
 
 TINY_JUDGE_NOTE = "the judge is the tiny random checkpoint (embedded default): its scores are not a measurement"
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def serve_and_bench(cfg: Config, run_dir: Path, adapter_dir: str, model_path: str, progress: bool = True,
@@ -40,8 +33,7 @@ def serve_and_bench(cfg: Config, run_dir: Path, adapter_dir: str, model_path: st
 
     say = console.print if console is not None else print
     judge = cfg.eval.serve_bench_judge or model_path
-    port = cfg.serve.port or _free_port(cfg.serve.host)
-    scfg = replace(cfg.serve, port=port, merged_dir=str(run_dir / "serve" / "merged"))
+    scfg = replace(cfg.serve, merged_dir=str(run_dir / "serve" / "merged"))
     with contextlib.ExitStack() as quiet:
         if console is not None:  # Serve's deployment dumps, the merge's prints and bars: logs/serve.log
             console.quiet_loggers()  # ray.serve attached its own console handler on import

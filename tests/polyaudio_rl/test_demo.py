@@ -134,6 +134,10 @@ def test_data_built_for_other_tasks_is_an_error_naming_the_directory(tmp_path):
         check_built_tasks(cfg, "bench", str(old))
     check_built_tasks(cfg, "bench", str(new))  # the current curriculum: fine
     check_built_tasks(cfg, "bench", str(tmp_path))  # no datacard (data from elsewhere): not checked
+    # no tasks named (the paper's eleven as a filter): a subset is fine; naming one the data lacks is not
+    check_built_tasks(load_config(None, []), "bench", str(old))
+    with pytest.raises(ConfigError, match=r"missing \['needle_qa'\]"):
+        check_built_tasks(load_config(None, ["data.tasks=[counting,needle_qa]"]), "bench", str(old))
 
 
 # -- the demo configuration end to end: its learning margin and the flipped-sign control ------------------------------

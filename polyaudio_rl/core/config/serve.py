@@ -22,7 +22,7 @@ class ServeConfig:
     """Ray Serve OpenAI-compatible endpoints (policy and judge) behind one validating ingress."""
 
     host: str = cfg_field("127.0.0.1", "Bind address. Loopback unless told otherwise.")
-    port: int = cfg_field(8000, "HTTP port.")
+    port: int = cfg_field(8000, "HTTP port; 0: any free port (the printed URL says which).")
     policy_model_id: str = cfg_field("polyaudio", "Model name clients send for the policy (listed by /v1/models).")
     judge_model_id: str = cfg_field("judge", "Model name clients send for the judge (listed by /v1/models).")
     policy_replicas: int = cfg_field(1, "Replicas of the policy deployment (the minimum when autoscaling).")
