@@ -43,21 +43,21 @@ def _tone(sr: int, hz: float, seconds: float, amp: float, fade: bool = True) -> 
     return (amp * ramp * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
+def _tone_or_noise(sr: int, rng, noise: bool, fade: bool = True) -> ClipDraft:
+    """One 0.5–1.5 s clip: white noise, or a steady sine tone at 200–1000 Hz."""
+    dur = float(rng.uniform(0.5, 1.5))
+    if noise:
+        wav = (0.2 * rng.standard_normal(int(dur * sr))).astype(np.float32)
+        return ClipDraft(wav, {"kind": "signal", "signal": "white noise", "seconds": dur}, f"noise:{dur:.3f}", LICENCE)
+    f = float(rng.uniform(200, 1000))
+    return ClipDraft(_tone(sr, f, dur, 0.3, fade=fade), {"kind": "signal", "signal": "sine", "hz": f, "seconds": dur},
+                     f"sine:{f:.1f}:{dur:.3f}", LICENCE)
+
+
 def odd_noise(ctx, rng, n) -> Draft:
     """n-1 steady sine tones (200–1000 Hz) and one white-noise clip, each 0.5–1.5 s."""
-    sr = ctx.cfg.sample_rate
     k = int(rng.integers(1, n + 1))
-    clips = []
-    for i in range(1, n + 1):
-        dur = float(rng.uniform(0.5, 1.5))
-        if i == k:
-            wav = (0.2 * rng.standard_normal(int(dur * sr))).astype(np.float32)
-            meta, sid = {"kind": "signal", "signal": "white noise", "seconds": dur}, f"noise:{dur:.3f}"
-        else:
-            f = float(rng.uniform(200, 1000))
-            wav = _tone(sr, f, dur, 0.3, fade=False)
-            meta, sid = {"kind": "signal", "signal": "sine", "hz": f, "seconds": dur}, f"sine:{f:.1f}:{dur:.3f}"
-        clips.append(ClipDraft(wav, meta, sid, LICENCE))
+    clips = [_tone_or_noise(ctx.cfg.sample_rate, rng, i == k, fade=False) for i in range(1, n + 1)]
     q = choose(rng, ["Which clip is noise rather than a steady tone?", "Which of these clips is the odd one out?"])
     return Draft(clips, q, f"Clip {k}.", {"type": "clip", "value": k}, list(range(1, n + 1)),
                  extra={"variant": "signal", "odd": "noise", "common": "tone", "answer_space": list(range(1, n + 1))})
@@ -66,20 +66,9 @@ def odd_noise(ctx, rng, n) -> Draft:
 def noise_claim(ctx, rng, n) -> Draft:
     """n clips (0.5–1.5 s): steady sine tones (200–1000 Hz), and in half of the items one of them white noise; the
     claim "one of the clips is white noise" is supported (Yes) or not (No)."""
-    sr = ctx.cfg.sample_rate
     has_noise = bool(rng.random() < 0.5)
     k = int(rng.integers(1, n + 1)) if has_noise else 0
-    clips = []
-    for i in range(1, n + 1):
-        dur = float(rng.uniform(0.5, 1.5))
-        if i == k:
-            wav = (0.2 * rng.standard_normal(int(dur * sr))).astype(np.float32)
-            meta, sid = {"kind": "signal", "signal": "white noise", "seconds": dur}, f"noise:{dur:.3f}"
-        else:
-            f = float(rng.uniform(200, 1000))
-            wav = _tone(sr, f, dur, 0.3)
-            meta, sid = {"kind": "signal", "signal": "sine", "hz": f, "seconds": dur}, f"sine:{f:.1f}:{dur:.3f}"
-        clips.append(ClipDraft(wav, meta, sid, LICENCE))
+    clips = [_tone_or_noise(ctx.cfg.sample_rate, rng, i == k) for i in range(1, n + 1)]
     claim = choose(rng, ["One of the clips is white noise.", "At least one of these clips is noise, not a tone."])
     q = choose(rng, ["Based on the clips, is the statement '{c}' supported?",
                      "Is the following statement true according to the audio clips: '{c}'?"]).format(c=claim)
