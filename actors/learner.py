@@ -60,6 +60,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def lr_factor(warmup: int, schedule: str, total: int):
+    """The LR multiplier of optimizer step ``s`` (0-based): linear warm-up over ``warmup`` steps, then constant, or a
+    linear / cosine decay that reaches 0 after step ``total`` (no decay when ``total`` is unknown, 0)."""
+    def f(s: int) -> float:
+        w = min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
+        if schedule == "constant" or total <= 0 or s < warmup:
+            return w
+        frac = min(1.0, (s + 1 - warmup) / max(1, total - warmup))
+        return w * ((1.0 - frac) if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac)))
+    return f
+
+
 class LearnerWorker:
     """One data-parallel rank: the PEFT policy inside a DeepSpeed engine. Created by :class:`Learner`."""
 
@@ -84,7 +96,7 @@ class LearnerWorker:
 
     # ----------------------------------------------------------------------------------------------------------
     def setup(self, master_addr: str, master_port: int, resume_from: str | None = None,
-              init_adapter: str | None = None) -> dict[str, Any]:
+              init_adapter: str | None = None, total_steps: int = 0) -> dict[str, Any]:
         import deepspeed
 
         from polyaudio_rl.core import checkpoint
@@ -116,10 +128,11 @@ class LearnerWorker:
         lr = cfg.grpo.lr if self.stage == "grpo" else cfg.sft.lr
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.learner.weight_decay)
-        warm = cfg.learner.warmup_steps
+        factor = lr_factor(cfg.learner.warmup_steps, cfg.sft.lr_schedule if self.stage == "sft" else "constant",
+                           total_steps)
 
         def schedule(opt):
-            return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warm + 1)) if warm else 1.0)
+            return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
         ds_config = {
             "train_micro_batch_size_per_gpu": cfg.learner.micro_batch_size,
@@ -285,7 +298,7 @@ class Learner:
     """The driver's handle on the learner worker group (see the module docstring)."""
 
     def __init__(self, cfg: Config, stage: str = "grpo", resume_from: str | None = None, ray_init: bool = True,
-                 init_adapter: str | None = None):
+                 init_adapter: str | None = None, total_steps: int = 0):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -316,7 +329,7 @@ class Learner:
         ]
         try:
             addr, port = ray.get(self.workers[0].address.remote())
-            infos = ray.get([w.setup.remote(addr, port, resume_from, init_adapter) for w in self.workers])
+            infos = ray.get([w.setup.remote(addr, port, resume_from, init_adapter, total_steps) for w in self.workers])
         except BaseException:
             self.shutdown()  # never leave half-started workers (and their placement group) behind
             raise

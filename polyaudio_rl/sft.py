@@ -87,14 +87,14 @@ def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True, 
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     samples = load_train_split(cfg)
     processor = load_processor(resolve_path(cfg.model))
-    learner = Learner(cfg, stage="sft", resume_from=resume_from)
-    pos = learner.client_state.get("data_position", {"epoch": 0, "index": 0})
-    skipped: dict[str, str] = dict(learner.client_state.get("skipped", {}))
-    step = learner.step
     per_epoch = -(-len(samples) // cfg.sft.batch_size)
     total = per_epoch * cfg.sft.epochs
     if cfg.sft.max_steps:
         total = min(total, cfg.sft.max_steps)
+    learner = Learner(cfg, stage="sft", resume_from=resume_from, total_steps=total)  # total: the LR schedule's end
+    pos = learner.client_state.get("data_position", {"epoch": 0, "index": 0})
+    skipped: dict[str, str] = dict(learner.client_state.get("skipped", {}))
+    step = learner.step
     history: list[dict[str, float]] = []
     ckpt = None
     metrics_f = (run_dir / "sft_metrics.jsonl").open("a")

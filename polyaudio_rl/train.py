@@ -22,7 +22,9 @@ from typing import Any
 import yaml
 
 from .core.config import Config, ConfigError, load_config, to_dict
+from .faults import FaultInjector
 from .preemption import StopRequest
+from .storage import RunStorage
 
 
 class ResourceError(RuntimeError):
@@ -206,7 +208,9 @@ def latest_checkpoint(run_dir: Path, stage: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------------- stages
 def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str | None, progress: bool = True,
-             console: Any = None) -> dict[str, Any]:
+             console: Any = None, on_checkpoint: Any = None) -> dict[str, Any]:
+    """GRPO from ``init_adapter`` (or ``resume``); ``on_checkpoint()`` runs after each checkpoint is written (the
+    run directory's mirror to a URI, see :mod:`polyaudio_rl.storage`)."""
     from tqdm import tqdm
 
     from actors.learner import Learner
@@ -251,9 +255,11 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
         bar = (console.bar(cfg.grpo.steps, "grpo", initial=start) if console is not None and progress
                else tqdm(total=cfg.grpo.steps, initial=start, desc="grpo", disable=not progress))
         step = start + 1
+        faults = FaultInjector(cfg.faults, start_step=start)
         with StopRequest() as stop:  # SIGTERM/SIGINT: finish the step in flight, checkpoint, exit 0
             while step <= cfg.grpo.steps:
                 try:
+                    faults.before_step(step, rollout, rewards, learner)  # cfg.faults: off unless asked for
                     res = driver.step(step)
                 except LearnerFailure as exc:
                     if restarts >= cfg.learner.max_restarts:
@@ -281,10 +287,12 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
                 if (every and step % every == 0) or step == cfg.grpo.steps or stop.requested:
                     learner.save_checkpoint(str(run_dir / "grpo" / "checkpoints" / f"step-{step:06d}"),
                                             {"data_position": driver.data_position, "version": driver.version, "step": step})
+                    if on_checkpoint is not None:
+                        on_checkpoint()
                 if stop.requested and step < cfg.grpo.steps:
                     summary["preempted"] = {"signal": stop.signal, "after_step": step}
                     say(f"[train] stopped by {stop.signal} after GRPO step {step}/{cfg.grpo.steps} (checkpoint written). "
-                        f"Continue with:\n    python -m polyaudio_rl.train --resume {run_dir}")
+                        f"Continue with:\n    python -m polyaudio_rl.train --resume {cfg.run_dir or run_dir}")
                     break
                 step += 1
         bar.close()
@@ -299,6 +307,9 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
         summary["policy_version"] = driver.version
         summary["rollout_resends"] = rollout.resends
         summary["learner_restarts"] = restarts
+        summary["reward_actor_replacements"] = rewards.replaced
+        if faults.fired:
+            summary["faults"] = faults.fired
     finally:
         logger.close()
         try:
@@ -320,8 +331,9 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="PolyAudio-RL training: LoRA SFT then GRPO (see module docstring)")
     ap.add_argument("--config", default=None, help="YAML config (default configs/tiny_cpu.yaml)")
-    ap.add_argument("--run-dir", default=None, help="output directory (default runs/<timestamp>)")
-    ap.add_argument("--resume", default=None, help="a RUN_DIR to continue exactly (its config.yaml is used)")
+    ap.add_argument("--run-dir", default=None, help="output directory or pyarrow.fs URI, e.g. file:///shared/runs/x, "
+                    "s3://bucket/runs/x (default runs/<timestamp>)")
+    ap.add_argument("--resume", default=None, help="a RUN_DIR (path or URI) to continue exactly (its config.yaml is used)")
     ap.add_argument("--skip-sft", action="store_true", help="start GRPO from the base model (paper's 'GRPO only')")
     ap.add_argument("--init-adapter", default=None,
                     help="start GRPO from this SFT checkpoint (e.g. RUN_DIR/sft/checkpoints/step-N) and skip SFT")
@@ -332,22 +344,37 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.resume:
-            run_dir = Path(a.resume)
+            storage = RunStorage.open(a.resume)
+            storage.pull()  # a URI run directory comes back into its local staging copy first
+            run_dir = storage.local
             cfg = load_config(run_dir / "config.yaml", a.overrides)
         else:
             cfg = load_config(a.config, a.overrides)
-            run_dir = Path(a.run_dir or cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+            storage = RunStorage.open(a.run_dir or cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir = storage.local
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:  # a run directory URI that cannot be opened / a missing run
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     problem = run_dir_problem(run_dir, Path.cwd())
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    cfg.run_dir = str(run_dir)
+    cfg.run_dir = str(storage)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not a.resume:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    try:
+        return _main(cfg, run_dir, storage, a)
+    finally:
+        if storage.uri is not None:  # also after a SIGTERM stop or a failure: what was written outlives the node
+            storage.push()
+            print(f"[train] results: {storage.uri} (mirrored from {run_dir})", file=sys.stderr)
+
+
+def _main(cfg: Config, run_dir: Path, storage: RunStorage, a: argparse.Namespace) -> int:
     from .console import Console
 
     con = Console(run_dir, verbose=a.verbose, quiet=a.quiet).install()
@@ -364,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 ray.shutdown()
             return 2
         try:
-            return _run(cfg, run_dir, a, con)
+            return _run(cfg, run_dir, a, con, on_checkpoint=storage.push)
         except Exception as exc:  # noqa: BLE001 - the full traceback and where the component logs are
             con.error(exc)
             return 1
@@ -375,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         con.close()
 
 
-def _run(cfg: Config, run_dir: Path, a: argparse.Namespace, con: Any) -> int:
+def _run(cfg: Config, run_dir: Path, a: argparse.Namespace, con: Any, on_checkpoint: Any = None) -> int:
     from .core.model import resolve_path
 
     from datagen.tasks.starter import STARTER_TASKS
@@ -402,7 +429,7 @@ def _run(cfg: Config, run_dir: Path, a: argparse.Namespace, con: Any) -> int:
                f"{cfg.rollout.engine} rollout, {cfg.learner.num_workers} DeepSpeed learner(s)")
     grpo_resume = latest_checkpoint(run_dir, "grpo") if a.resume else None
     summary = run_grpo(cfg, run_dir, init_adapter=None if a.skip_sft else sft_ckpt, resume=grpo_resume,
-                       progress=not a.quiet, console=con)
+                       progress=not a.quiet, console=con, on_checkpoint=on_checkpoint)
     bench_rows: list[str] = []
     final = latest_checkpoint(run_dir, "grpo")
     if cfg.eval.serve_bench and final and "preempted" not in summary:

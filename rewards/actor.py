@@ -36,6 +36,12 @@ class RewardActor:
     def judge_stats(self) -> dict[str, Any]:
         return self.scorer.judge_stats()
 
+    def judge_outage(self, seconds: float) -> None:
+        """Fault injection: this actor's judge endpoint is unreachable for ``seconds`` (see JudgeClient)."""
+        if self.scorer.judge is None:
+            raise ValueError("judge_outage: this reward actor scores without a judge")
+        self.scorer.judge.start_outage(seconds)
+
     def ping(self) -> dict[str, Any]:
         import os
 
@@ -91,6 +97,10 @@ class RewardPool:
                 items.extend(ray.get(self.actors[i].score_items.remote(shards[i])))
         stats = _merge_stats(ray.get([a.judge_stats.remote() for a in self.actors]))
         return finalize(self.cfg, light, items, stats)
+
+    def judge_outage(self, seconds: float) -> None:
+        """Fault injection: every actor's judge endpoint is unreachable for ``seconds`` from now."""
+        ray.get([a.judge_outage.remote(seconds) for a in self.actors])
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -27,6 +27,8 @@ import asyncio
 import hashlib
 import json
 import re
+import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -151,6 +153,33 @@ class JudgeClient:
         self._cache: LRUCache[str, float] | None = LRUCache(cfg.cache_size) if cfg.cache_size > 0 else None
         self._structured = cfg.structured_output if cfg.structured_output != "auto" else "choice"
         self._loop_state: tuple[Any, AsyncOpenAI, asyncio.Semaphore] | None = None
+        self._outage: tuple[float, socket.socket, AsyncOpenAI | None] | None = None
+
+    # -- fault injection (faults.judge_outage_at_step) -------------------------------------------------
+    def start_outage(self, seconds: float) -> None:
+        """For ``seconds`` from now every request goes to a closed local port (bound, never listening): the
+        connection is refused and the normal retry policy runs, as when the judge endpoint goes away."""
+        self.end_outage()
+        closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        closed.bind(("127.0.0.1", 0))  # reserved so nothing else can listen there; connect() gets ECONNREFUSED
+        self._outage = (time.monotonic() + seconds, closed, None)
+
+    def end_outage(self) -> None:
+        if self._outage is not None:
+            self._outage[1].close()
+            self._outage = None
+
+    def _outage_client(self) -> AsyncOpenAI | None:
+        if self._outage is None:
+            return None
+        until, closed, client = self._outage
+        if time.monotonic() >= until:
+            self.end_outage()
+            return None
+        if client is None:
+            client = make_client(f"http://127.0.0.1:{closed.getsockname()[1]}/v1", "outage", self.cfg.timeout_s)
+            self._outage = (until, closed, client)
+        return client
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def _client(self) -> tuple[AsyncOpenAI, asyncio.Semaphore]:
@@ -198,6 +227,7 @@ class JudgeClient:
                     structured: str) -> Any:
         async with sem:
             self.stats.requests += 1
+            client = self._outage_client() or client
             return await client.chat.completions.create(
                 model=self.cfg.model, messages=messages, timeout=self.cfg.timeout_s, **self._request_kwargs(structured))
 

@@ -191,3 +191,16 @@ def test_sft_cli_zero3_resume_equals_uninterrupted(ray_local, tiny_ckpt, tmp_pat
     oa = load_file(f"{full['checkpoint']}/optimizer.safetensors")
     for k in oa:
         torch.testing.assert_close(ob[k], oa[k], rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("warmup,schedule,total,step,factor", [
+    (0, "constant", 10, 7, 1.0),
+    (0, "linear", 4, 0, 0.75), (0, "linear", 4, 1, 0.5), (0, "linear", 4, 3, 0.0), (0, "linear", 4, 9, 0.0),
+    (0, "cosine", 4, 0, 0.8535534), (0, "cosine", 4, 1, 0.5), (0, "cosine", 4, 3, 0.0),
+    (2, "linear", 6, 0, 1 / 3), (2, "linear", 6, 1, 2 / 3), (2, "linear", 6, 2, 0.75), (2, "linear", 6, 5, 0.0),
+    (2, "constant", 6, 0, 1 / 3), (0, "linear", 0, 5, 1.0),  # total unknown: no decay
+])
+def test_lr_factor_table(warmup, schedule, total, step, factor):
+    from actors.learner import lr_factor
+
+    assert lr_factor(warmup, schedule, total)(step) == pytest.approx(factor, abs=1e-6)

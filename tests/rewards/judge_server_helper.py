@@ -5,6 +5,7 @@ Loaded by path from the test modules (pytest runs with --import-mode=importlib, 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from contextlib import contextmanager
 
@@ -32,6 +33,13 @@ class ScriptedJudge:
             if prompt_b:
                 return "Score: 4/5 - accurate." if right else "Score: 2/5 - it names the wrong clip."
             return "5" if right else "1"
+        if model == "reference":
+            # grades like a careful judge on these tasks: 5 if the model answer contains the reference answer
+            ref = re.search(r"(?:Reference answer: |\[Ground-truth answer\]\n)(.*?)\n", user)
+            ans = re.search(r"(?:Model answer: |\[Assistant response\]\n)(.*?)\n\n", user, re.S)
+            if ref is None or ans is None:
+                raise AssertionError(f"not a rubric prompt: {user[:200]}")
+            return "5" if ref.group(1).strip().lower().rstrip(".") in ans.group(1).lower() else "1"
         if model == "choice":
             # honours vLLM structured_outputs: answers one of the allowed choices
             choices = body.get("structured_outputs", {}).get("choice")

@@ -103,6 +103,27 @@ def test_down_endpoint_is_unscored_not_zero():
     assert time.time() - t0 < 10
 
 
+def test_injected_outage_shorter_than_the_retry_budget_only_delays_the_score(judge_server):
+    """faults.judge_outage: connections are refused for the outage, the retries carry the request through it."""
+    judge = JudgeClient(cfg(judge_server.url, "good", structured_output="none", max_retries=6, backoff_s=0.2,
+                            max_backoff_s=0.4, concurrency=1))
+    judge.start_outage(1.0)
+    t0 = time.time()
+    res = judge.score_sync(answer="ANSWER-RIGHT", **ITEM)
+    assert res.score == 4.5 and time.time() - t0 >= 0.9  # the same score as without the outage, later
+    assert judge.stats.retries >= 2 and judge.stats.errors["connection"] >= 2
+    assert judge_server.bodies  # and the real server answered once the outage ended
+
+
+def test_injected_outage_longer_than_the_retry_budget_leaves_the_item_unscored(judge_server):
+    judge = JudgeClient(cfg(judge_server.url, "good", structured_output="none", max_retries=1))
+    judge.start_outage(30.0)
+    res = judge.score_sync(answer="ANSWER-RIGHT", **ITEM)
+    assert res.score is None and "connection" in res.error
+    judge.end_outage()
+    assert judge.score_sync(answer="ANSWER-RIGHT", **ITEM).score == 4.5
+
+
 def test_slow_endpoint_times_out_bounded(judge_server):
     judge = JudgeClient(cfg(judge_server.url, "slow", timeout_s=0.3, max_retries=1))
     t0 = time.time()

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from .base import ConfigError, build, cfg_field, describe, load_yaml, parse_override, set_dotted, to_dict
 from .data import DataConfig
 from .eval import EvalConfig
+from .faults import FaultsConfig
 from .grpo import GRPOConfig
 from .learner import LearnerConfig
 from .model import LoraConfig, ModelConfig
@@ -40,6 +41,14 @@ class Config:
     sft: SFTConfig = cfg_field(SFTConfig(), "LoRA SFT stage.")
     serve: ServeConfig = cfg_field(ServeConfig(), "Ray Serve endpoints.")
     eval: EvalConfig = cfg_field(EvalConfig(), "Evaluation.")
+    faults: FaultsConfig = cfg_field(FaultsConfig(), "Failures injected on purpose (chaos runs, rehearsals); off by default.")
+
+    def validate(self) -> None:
+        r = self.reward
+        if self.faults.judge_outage_at_step and not (r.correctness_mode in ("judge", "both")
+                                                     and r.weights.get("correctness", 0) > 0):
+            raise ValueError("faults.judge_outage_at_step needs a judge-scored run (reward.correctness_mode judge or "
+                             "both, with a correctness weight > 0)")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -52,7 +61,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 __all__ = [
-    "Config", "ConfigError", "DataConfig", "EvalConfig", "GRPOConfig", "JudgeConfig", "LearnerConfig",
+    "Config", "ConfigError", "DataConfig", "EvalConfig", "FaultsConfig", "GRPOConfig", "JudgeConfig", "LearnerConfig",
     "LoraConfig", "ModelConfig", "RewardConfig", "RolloutConfig", "SFTConfig", "ServeConfig",
     "build", "describe", "load_config", "to_dict", "DEFAULT_CONFIG",
 ]
