@@ -273,6 +273,51 @@ class LearnerWorker:
         out = self.get_weights(mode)
         return [ray.put(out)] if self.rank == 0 else None
 
+    # -- collective transport (actors/collective.py): rank 0 is rank 0 of the weight-broadcast group -------------
+    def prepare_weights(self, mode: str, version: int) -> list[Any] | None:
+        """Collective. Rank 0 keeps :meth:`get_weights` of policy ``version`` packed for :meth:`send_weights` and
+        returns the metadata the receivers allocate from (names, shapes, dtypes: small)."""
+        from .collective import pack
+
+        out = self.get_weights(mode)
+        if self.rank != 0:
+            return None
+        meta, buffers = pack(out)
+        self._prepared = (version, out, meta, buffers)
+        return meta
+
+    def join_weights_group(self, host: str, port: int, world: int, backend: str, timeout_s: float) -> None:
+        from .collective import WeightGroup
+
+        old = getattr(self, "_weight_group", None)
+        if old is not None:
+            old.close()
+        self._weight_group = WeightGroup(host, port, 0, world, backend, timeout_s)
+
+    def send_weights(self, version: int) -> dict[str, float]:
+        """Broadcast the prepared weights of ``version`` to the group (the rollout actors receive at the same time)."""
+        from .collective import nbytes
+
+        prepared = getattr(self, "_prepared", None)
+        if prepared is None or prepared[0] != version:
+            raise RuntimeError(f"send_weights: policy version {version} is not prepared "
+                               f"(have {prepared[0] if prepared else None})")
+        t = time.perf_counter()
+        group = self._weight_group
+        self._weight_group.broadcast({d: b.to(group.device) for d, b in prepared[3].items()})
+        return {"bytes": float(nbytes(prepared[2])), "seconds": time.perf_counter() - t}
+
+    def prepared_weights_ref(self, version: int) -> list[Any]:
+        """``[ref]`` to the prepared weights of ``version`` in the object store: for a rollout actor that restarted
+        after the broadcast (it missed it)."""
+        import ray
+
+        prepared = getattr(self, "_prepared", None)
+        if prepared is None or prepared[0] != version:
+            raise RuntimeError(f"prepared_weights_ref: policy version {version} is not prepared "
+                               f"(have {prepared[0] if prepared else None})")
+        return [ray.put(prepared[1])]
+
     def save_checkpoint(self, path: str, client_state: dict[str, Any], meta: dict[str, Any]) -> str | None:
         from polyaudio_rl.core import checkpoint
 
@@ -500,6 +545,17 @@ class Learner:
 
         outs = ray.get([w.get_weights_ref.remote(mode) for w in self.workers])
         return outs[0][0]
+
+    def prepare_weights(self, mode: str, version: int) -> list[Any]:
+        """Collective transport: every rank gathers, rank 0 keeps them packed; returns the receivers' metadata."""
+        import ray
+
+        return ray.get([w.prepare_weights.remote(mode, version) for w in self.workers])[0]
+
+    @property
+    def sender(self) -> Any:
+        """Learner rank 0's actor handle: rank 0 of the weight-broadcast group."""
+        return self.workers[0]
 
     def save_checkpoint(self, path: str, client_state: dict[str, Any] | None = None) -> str:
         """Atomic checkpoint (see polyaudio_rl/core/checkpoint.py); ``client_state`` is the caller's data position etc."""

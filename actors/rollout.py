@@ -93,6 +93,23 @@ class RolloutActor:
         self.stats["syncs"] += 1
         return res
 
+    def join_weights_group(self, host: str, port: int, rank: int, world: int, backend: str, timeout_s: float) -> None:
+        from .collective import WeightGroup
+
+        old = getattr(self, "_weight_group", None)
+        if old is not None:
+            old.close()
+        self._weight_group = WeightGroup(host, port, rank, world, backend, timeout_s)
+
+    def receive_and_sync(self, meta: list, version: int, expected: list[float] | None = None) -> SyncResult:
+        """Collective transport: receive policy ``version`` from learner rank 0's broadcast, then load and verify it
+        as :meth:`sync` does."""
+        from .collective import empty_buffers, unpack
+
+        buffers = empty_buffers(meta, self._weight_group.device)
+        self._weight_group.broadcast(buffers)
+        return self.sync(unpack(meta, buffers), version, expected)
+
     def verify(self, expected: list[float], version: int | None = None) -> Fingerprint:
         return self.syncer.verify(expected, version)
 
@@ -168,6 +185,9 @@ class RolloutPool:
         self.resends = 0  # shards re-sent after their actor died or refused a stale version
         self.resend_causes: dict[str, int] = {}
         self.recoveries = 0  # restarted actors brought back to the current version
+        self._sender: Any = None  # collective transport: learner rank 0's handle (rank 0 of the weight group)
+        self._group_members: tuple | None = None  # (sender id, actor pids) the weight group was built for
+        self.group_builds = 0
         # Submits and syncs may come from different driver threads (the pipelined GRPO driver): sending a shard and
         # sending a sync are ordered under this lock, so each actor sees them in the pool's version order.
         self._lock = threading.RLock()
@@ -268,6 +288,9 @@ class RolloutPool:
                 time.sleep(0.5)
         self.infos[i] = info
         if info["version"] != version:
+            if self._weights_ref is None and self._sender is not None and version == self.version:
+                # collective transport: it missed the broadcast; learner rank 0 still holds this version
+                self._weights_ref = ray.get(self._sender.prepared_weights_ref.remote(version))[0]
             if self._weights_ref is None or version != self.version:
                 raise RolloutError(f"rollout actor {i} restarted at version {info['version']} and the pool has no "
                                    f"weights for version {version}")
@@ -305,6 +328,56 @@ class RolloutPool:
         if errors:
             raise SyncError(f"sync of policy version {version} failed on {len(errors)} of {len(self.actors)} "
                             "rollout actors:\n  " + "\n  ".join(errors))
+        return results
+
+    def _ensure_group(self, sender: Any) -> None:
+        """(Re)build the weight-broadcast group when its members changed (first sync, a restarted actor or learner)."""
+        pids = tuple(i["pid"] for i in ray.get([a.ready.remote() for a in self.actors],
+                                                timeout=self.rc.actor_start_timeout_s))
+        members = (sender._actor_id.hex(), pids)
+        if members == self._group_members:
+            return
+        gpu = self.cfg.learner.use_gpu and self.rc.gpus_per_actor > 0
+        backend, world, timeout = ("nccl" if gpu else "gloo"), len(self.actors) + 1, self.rc.actor_start_timeout_s
+        host, port = ray.get(sender.address.remote())
+        ray.get([sender.join_weights_group.remote(host, port, world, backend, timeout)]
+                + [a.join_weights_group.remote(host, port, i + 1, world, backend, timeout)
+                   for i, a in enumerate(self.actors)], timeout=timeout)
+        self._group_members = members
+        self.group_builds += 1
+
+    def sync_collective(self, sender: Any, meta: list, version: int, expected: Sequence[float] | None = None
+                        ) -> list[SyncResult]:
+        """Collective transport: ``sender`` (learner rank 0, holding policy ``version`` from its
+        ``prepare_weights``) broadcasts it to every actor in one ``torch.distributed`` group (gloo on CPU, NCCL on
+        GPU); each loads and verifies it against ``expected``. The tensors never pass the driver or the object store."""
+        if version <= self.version:
+            raise ValueError(f"sync version {version} must be newer than the pool's {self.version}")
+        expected = list(expected) if expected is not None else None
+        with self._lock:
+            self._ensure_group(sender)
+            self._sender = sender
+            self.version, self._weights_ref, self._expected = version, None, expected
+            send = sender.send_weights.remote(version)
+            refs = [a.receive_and_sync.remote(meta, version, expected) for a in self.actors]
+        errors = []
+        try:
+            ray.get(send, timeout=self.rc.actor_start_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - reported with the actors' errors below
+            errors.append(f"learner rank 0 could not broadcast: {str(exc).splitlines()[0]}")
+        results = []
+        for i, r in enumerate(refs):
+            try:
+                results.append(ray.get(r, timeout=self.rc.actor_start_timeout_s))
+            except RayActorError as exc:
+                errors.append(f"rollout actor {i} is down ({type(exc).__name__}): {str(exc).splitlines()[0]}")
+            except SyncError as exc:
+                errors.append(str(exc).splitlines()[-1])
+            except GetTimeoutError:
+                errors.append(f"rollout actor {i} did not answer within {self.rc.actor_start_timeout_s:g} s")
+        if errors:
+            self._group_members = None  # rebuilt at the next sync
+            raise SyncError(f"collective sync of policy version {version} failed:\n  " + "\n  ".join(errors))
         return results
 
     def verify(self, expected: Sequence[float]) -> list[Fingerprint]:

@@ -3,8 +3,8 @@
 Stages (all CPU):
 
 1. ``read_parquet`` the split's shards (schema: :mod:`polyaudio_rl.core.schema`), keep the configured tasks;
-2. a seeded order per epoch (sort by ``hash(seed, epoch, id)``), the same on every run: resuming at position k
-   skips exactly the first k rows of that order;
+2. a seeded order per epoch (sort by ``hash(seed, epoch, id)``; with ``data.interleave_tasks`` the tasks take turns),
+   the same on every run: resuming at position k skips exactly the first k rows of that order;
 3. ``map_batches(DecodeStage)`` on an actor pool: decode each clip (FLAC/WAV) to mono float32 at 16 kHz, validate
    it, render the chat-templated prompt. A row that fails (bad audio, too many clips, over 30 s, broken key) is
    kept with an ``error`` naming the sample and the problem; the driver skips it and counts it.
@@ -22,7 +22,7 @@ import hashlib
 import json
 import queue
 import threading
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -51,6 +51,24 @@ class PromptItem:
 
 def order_key(seed: int, epoch: int, sample_id: str) -> str:
     return hashlib.sha256(f"{seed}:{epoch}:{sample_id}".encode()).hexdigest()
+
+
+def epoch_order(ids: list[str], tasks: list[str], seed: int, epoch: int, interleave: bool = False) -> list[str]:
+    """The ids of one epoch in order: sorted by :func:`order_key`; with ``interleave`` the tasks take turns (in a
+    seeded task order), each task's rows in their seeded order, until every row is placed once."""
+    ranked = sorted(range(len(ids)), key=lambda i: order_key(seed, epoch, ids[i]))
+    if not interleave:
+        return [ids[i] for i in ranked]
+    queues: dict[str, deque[str]] = defaultdict(deque)
+    for i in ranked:
+        queues[tasks[i]].append(ids[i])
+    turn = sorted(queues, key=lambda t: order_key(seed, epoch, f"task:{t}"))
+    out: list[str] = []
+    while len(out) < len(ids):
+        for t in turn:
+            if queues[t]:
+                out.append(queues[t].popleft())
+    return out
 
 
 class DecodeStage:
@@ -150,7 +168,9 @@ class PromptStream:
             keep = set(data_cfg.tasks)
             ds = ds.filter(lambda r: r["task"] in keep)
         self._base = ds
-        self._ids = [r["id"] for r in ds.select_columns(["id"]).take_all()]  # the order and resume work on ids
+        rows = ds.select_columns(["id", "task"]).take_all()  # the order and resume work on ids
+        self._ids = [r["id"] for r in rows]
+        self._tasks = [r["task"] for r in rows]
         self.num_rows = len(self._ids)
         if self.num_rows == 0:
             raise ValueError(f"{split_dir}: no rows left after the task filter {data_cfg.tasks}")
@@ -205,12 +225,13 @@ class PromptStream:
     def _epoch(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
         import ray
 
-        seed = self.seed
+        order = epoch_order(self._ids, self._tasks, self.seed, epoch, bool(getattr(self.cfg, "interleave_tasks", False)))
+        rank = {sid: k for k, sid in enumerate(order)}
         base = self._base
         if skip:  # resuming mid-epoch: drop the rows already consumed *before* decoding (reads only the ids)
-            done = set(sorted(self._ids, key=lambda i: order_key(seed, epoch, i))[:skip])
+            done = set(order[:skip])
             base = base.filter(lambda r: r["id"] not in done)
-        ds = base.map(lambda r: {**r, "okey": order_key(seed, epoch, r["id"])}).sort("okey")
+        ds = base.map(lambda r: {**r, "okey": rank[r["id"]]}).sort("okey")
         ds = ds.map_batches(
             DecodeStage,
             fn_constructor_kwargs=dict(

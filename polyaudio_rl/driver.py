@@ -12,9 +12,10 @@ One GRPO step *b* trains on one :class:`RolloutBatch`:
    when their fraction exceeds ``reward.max_unscored_fraction``;
 4. **train**    here, in the driver: group advantages (``grpo.advantage``) and dynamic sampling from
    :mod:`polyaudio_rl.core.core_algos`, then the learner's μ = ``grpo.inner_epochs`` clipped-surrogate updates;
-5. **sync**     the learner puts the new weights in the object store and every rollout actor loads them as policy
-   version v+1, each verified against the learner's own log-probs of a fixed probe (a sync that did not take effect
-   raises); the driver passes only the reference (``rollout.sync_transport``).
+5. **sync**     the learner hands the new weights to every rollout actor — through the object store (the driver
+   passes only the reference) or in one broadcast from learner rank 0 (``collective``: gloo on CPU, NCCL on GPU;
+   the driver passes only names and shapes), ``rollout.sync_transport`` — and each loads them as policy version
+   v+1, verified against the learner's own log-probs of a fixed probe (a sync that did not take effect raises).
 
 Steps 1–3 run in a *producer* thread, steps 4–5 in the caller's (*consumer*) thread. ``grpo.max_policy_lag`` = k
 bounds how far the producer may run ahead: the batch of step b is sampled from a policy at most k versions older
@@ -190,12 +191,17 @@ class GRPODriver:
         mode = self.cfg.rollout.sync_mode
         if self.cfg.rollout.sync_transport == "driver":
             return _learner_call(self.learner.get_weights, mode)  # materialised here, re-put by the pool
+        if self.cfg.rollout.sync_transport == "collective":  # rank 0 keeps them; the driver gets the metadata
+            return _learner_call(self.learner.prepare_weights, mode, self.version + 1)
         return _learner_call(self.learner.get_weights_ref, mode)  # an ObjectRef: learner → object store → actors
 
     def _push(self, weights: Any, expected: list[float], version: int) -> dict[str, float]:
         t = time.time()
         with self.timeline.span("sync", "push+verify", version=version):
-            results = self.rollout.sync(weights, version, expected)
+            if self.cfg.rollout.sync_transport == "collective":  # learner rank 0 broadcasts `version` to the actors
+                results = self.rollout.sync_collective(self.learner.sender, weights, version, expected)
+            else:
+                results = self.rollout.sync(weights, version, expected)
         diffs = [getattr(r, "max_abs_diff", 0.0) or 0.0 for r in results]
         return {"time/sync_push": time.time() - t, "sync/max_abs_diff": float(max(diffs) if diffs else 0.0)}
 

@@ -91,16 +91,29 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 1024):
     return fast
 
 
-def build_config(vocab_size: int, audio_token_index: int, eos_id: int, pad_id: int):
+TEXT_SIZES = {"hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256, "num_attention_heads": 2,
+              "num_key_value_heads": 1}
+
+
+def build_config(vocab_size: int, audio_token_index: int, eos_id: int, pad_id: int, **sizes: int):
+    """The tiny config; ``sizes`` overrides the language model's :data:`TEXT_SIZES` (head_dim stays 64), e.g.
+    ``hidden_size=1024, num_hidden_layers=12, intermediate_size=2816, num_attention_heads=16, num_key_value_heads=2``
+    for a larger random model (sync and memory measurements; not for the tests)."""
     from transformers import Qwen2AudioConfig
+
+    unknown = set(sizes) - set(TEXT_SIZES)
+    if unknown:
+        raise ValueError(f"unknown text sizes {sorted(unknown)}; known: {sorted(TEXT_SIZES)}")
+    t = {**TEXT_SIZES, **sizes}
 
     audio = dict(
         model_type="qwen2_audio_encoder", d_model=64, encoder_layers=2, encoder_attention_heads=2,
         encoder_ffn_dim=128, num_mel_bins=128, max_source_positions=1500,
     )
     text = dict(
-        model_type="qwen2", vocab_size=vocab_size, hidden_size=128, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=64, num_hidden_layers=2, intermediate_size=256, max_position_embeddings=8192,
+        model_type="qwen2", vocab_size=vocab_size, hidden_size=t["hidden_size"],
+        num_attention_heads=t["num_attention_heads"], num_key_value_heads=t["num_key_value_heads"], head_dim=64,
+        num_hidden_layers=t["num_hidden_layers"], intermediate_size=t["intermediate_size"], max_position_embeddings=8192,
         rope_theta=10000.0, tie_word_embeddings=False, eos_token_id=eos_id, pad_token_id=pad_id,
         bos_token_id=eos_id,
     )
@@ -110,8 +123,9 @@ def build_config(vocab_size: int, audio_token_index: int, eos_id: int, pad_id: i
     return cfg
 
 
-def write_tiny(out: str | Path, seed: int = 0) -> Path:
-    """Write the checkpoint to ``out`` atomically (temp dir, then rename). Returns the path."""
+def write_tiny(out: str | Path, seed: int = 0, **sizes: int) -> Path:
+    """Write the checkpoint to ``out`` atomically (temp dir, then rename). Returns the path. ``sizes``: see
+    :func:`build_config` (default: the tiny sizes)."""
     import torch
     from safetensors.torch import save_file
     from transformers import GenerationConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, WhisperFeatureExtractor
@@ -122,7 +136,7 @@ def write_tiny(out: str | Path, seed: int = 0) -> Path:
         audio_id = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
         eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        config = build_config(len(tokenizer), audio_id, eos_id, pad_id)
+        config = build_config(len(tokenizer), audio_id, eos_id, pad_id, **sizes)
         torch.manual_seed(seed)
         model = Qwen2AudioForConditionalGeneration(config).eval()
         # lm_head std 0.1 instead of 0.02: after the final RMSNorm |h| ≈ sqrt(hidden), so with 0.02 no logit can
@@ -155,8 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="directory to write the checkpoint to")
     ap.add_argument("--seed", type=int, default=0, help="random seed (same seed => same tensors)")
+    for k, v in TEXT_SIZES.items():
+        ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=v, help=f"language model {k} (default {v})")
     args = ap.parse_args(argv)
-    path = write_tiny(args.out, args.seed)
+    path = write_tiny(args.out, args.seed, **{k: getattr(args, k) for k in TEXT_SIZES})
     cfg = json.loads((path / "config.json").read_text())
     print(f"wrote tiny Qwen2-Audio to {path} (vocab {cfg['text_config']['vocab_size']}, "
           f"audio_token_index {cfg['audio_token_index']})")

@@ -42,10 +42,12 @@ def test_order_is_seeded_resumable_and_bad_rows_are_counted(ray_local, split_dir
     # resuming mid-epoch (the consumed rows are dropped before decoding) continues exactly too
     mid = PromptStream(split_dir, tiny_ckpt, cfg, seed=3, position=first_items[2].position)
     assert [it.sample.id for it in mid.take(3)] == first[2:5]
-    # another seed gives another order
-    other = PromptStream(split_dir, tiny_ckpt, cfg, seed=4)
-    assert [it.sample.id for it in other.take(7)] != epoch0
-    for st in (stream, again, mid, other):
+    # the order is epoch_order's for this seed (bad rows skipped), and another seed gives another order
+    from polyaudio_rl.data_stream import epoch_order
+
+    assert [i for i in epoch_order(stream._ids, stream._tasks, 3, 0) if i != "bad-long"] == epoch0
+    assert epoch_order(stream._ids, stream._tasks, 4, 0) != epoch_order(stream._ids, stream._tasks, 3, 0)
+    for st in (stream, again, mid):
         st.close()
 
 
@@ -63,3 +65,21 @@ def test_repeated_sample_ids_in_a_split_are_an_error_naming_them(ray_local, tmp_
     write_shard(str(tmp_path / "b.parquet"), [sample_factory("twice", (0.5, 0.7))])
     with pytest.raises(ValueError, match=r"unique within a split; repeated: \['twice'\]"):
         PromptStream(str(tmp_path), tiny_ckpt, DataConfig(), seed=0)
+
+
+def test_epoch_order_interleaves_tasks_when_asked():
+    from polyaudio_rl.data_stream import epoch_order, order_key
+
+    ids = [f"a{i}" for i in range(4)] + [f"b{i}" for i in range(2)] + [f"c{i}" for i in range(3)]
+    tasks = [i[0] for i in ids]
+    plain = epoch_order(ids, tasks, seed=1, epoch=0)
+    assert plain == sorted(ids, key=lambda i: order_key(1, 0, i))  # the seeded shuffle, as before
+    mixed = epoch_order(ids, tasks, seed=1, epoch=0, interleave=True)
+    assert sorted(mixed) == sorted(ids)  # every row once
+    # turns a, b, c (in a seeded task order) until b, then c run out; each task keeps its seeded order
+    turn = sorted("abc", key=lambda t: order_key(1, 0, f"task:{t}"))
+    assert [i[0] for i in mixed[:6]] == turn + turn
+    assert [i[0] for i in mixed[6:]] == [t for t in turn if t != "b"] + ["a"]  # a: 2 left, c: 1 left
+    for t in "abc":
+        assert [i for i in mixed if i[0] == t] == [i for i in plain if i[0] == t]
+    assert epoch_order(ids, tasks, seed=1, epoch=1, interleave=True) != mixed  # another epoch, another order

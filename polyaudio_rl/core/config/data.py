@@ -28,6 +28,10 @@ class DataConfig:
     system_prompt: str = cfg_field(
         "You are a helpful assistant.", "System message of the chat template (Qwen2-Audio-Instruct's default)."
     )
+    interleave_tasks: bool = cfg_field(
+        False, "Order each epoch task by task in turn (each task's rows in their seeded order), so every GRPO batch "
+        "holds the tasks in equal shares instead of whatever a shuffle gives; still seeded and exactly resumable. "
+        "Default false (a seeded shuffle over all rows).")
     prefetch_items: int = cfg_field(
         64, "Prompts the stream decodes ahead in a background thread (across epoch boundaries), so the GRPO driver "
         "never waits for Ray Data; 0 decodes on demand. Memory: up to this many decoded prompts (16 kHz clips)."

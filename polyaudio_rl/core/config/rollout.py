@@ -56,8 +56,9 @@ class RolloutConfig:
     sync_transport: str = cfg_field(
         "object_store",
         "How new weights reach the rollout actors: 'object_store' (learner rank 0 puts them in Ray's object store and "
-        "the actors fetch them; the driver only passes the reference) or 'driver' (the driver fetches and re-puts "
-        "them: one extra copy through one process, kept for comparison).",
+        "the actors fetch them; the driver only passes the reference), 'collective' (learner rank 0 broadcasts them "
+        "in a torch.distributed group with every rollout actor: gloo on CPU, NCCL on GPU; actors/collective.py) or "
+        "'driver' (the driver fetches and re-puts them: one extra copy through one process, kept for comparison).",
     )
     engine_in_process: bool = cfg_field(
         True, "Run the vLLM engine core inside the rollout actor's process (VLLM_ENABLE_V1_MULTIPROCESSING=0: it dies "
@@ -100,7 +101,8 @@ class RolloutConfig:
             raise ValueError(f"rollout.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.sync_check_tolerance < 0:
             raise ValueError(f"rollout.sync_check_tolerance must be >= 0, got {self.sync_check_tolerance}")
-        if self.sync_transport not in ("object_store", "driver"):
-            raise ValueError(f"rollout.sync_transport must be 'object_store' or 'driver', got {self.sync_transport!r}")
+        if self.sync_transport not in ("object_store", "collective", "driver"):
+            raise ValueError("rollout.sync_transport must be 'object_store', 'collective' or 'driver', got "
+                             f"{self.sync_transport!r}")
         if self.probe_tokens < 1:
             raise ValueError(f"rollout.probe_tokens must be >= 1, got {self.probe_tokens}")
