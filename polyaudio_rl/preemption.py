@@ -8,8 +8,9 @@
 
 The first signal is noted (the step in flight finishes: an optimizer step is never cut in half); a second one of
 either kind aborts at once (KeyboardInterrupt). Handlers are installed only in the main thread (elsewhere signals
-cannot be caught) and restored on exit. A preempted node, a cancelled ``ray job stop`` (SIGTERM to the entrypoint;
-give the job a grace period longer than one GRPO step) and Ctrl-C all end the same way.
+cannot be caught) and restored on exit. A preempted node, a cancelled ``ray job stop`` (SIGTERM to the entrypoint,
+SIGKILL after ``RAY_JOB_STOP_WAIT_TIME_S`` — 3 s by default, read where ``ray start --head`` ran: set it above one GRPO
+step) and Ctrl-C all end the same way.
 """
 from __future__ import annotations
 
