@@ -315,6 +315,14 @@ class RolloutPool:
             # From here the pool's policy is `version`: an actor that misses it refuses rollouts until re-synced.
             self.version, self._weights_ref, self._expected = version, ref, expected
             refs = [a.sync.remote(ref, version, expected) for a in self.actors]
+        results, errors = self._sync_results(refs)
+        if errors:
+            raise SyncError(f"sync of policy version {version} failed on {len(errors)} of {len(self.actors)} "
+                            "rollout actors:\n  " + "\n  ".join(errors))
+        return results
+
+    def _sync_results(self, refs: list[Any]) -> tuple[list[SyncResult], list[str]]:
+        """Each actor's SyncResult, or a line saying why it has none (down, failed verification, no answer)."""
         results, errors = [], []
         for i, r in enumerate(refs):
             try:
@@ -325,10 +333,7 @@ class RolloutPool:
                 errors.append(str(exc).splitlines()[-1])
             except GetTimeoutError:
                 errors.append(f"rollout actor {i} did not answer within {self.rc.actor_start_timeout_s:g} s")
-        if errors:
-            raise SyncError(f"sync of policy version {version} failed on {len(errors)} of {len(self.actors)} "
-                            "rollout actors:\n  " + "\n  ".join(errors))
-        return results
+        return results, errors
 
     def _ensure_group(self, sender: Any) -> None:
         """(Re)build the weight-broadcast group when its members changed (first sync, a restarted actor or learner)."""
@@ -365,16 +370,8 @@ class RolloutPool:
             ray.get(send, timeout=self.rc.actor_start_timeout_s)
         except Exception as exc:  # noqa: BLE001 - reported with the actors' errors below
             errors.append(f"learner rank 0 could not broadcast: {str(exc).splitlines()[0]}")
-        results = []
-        for i, r in enumerate(refs):
-            try:
-                results.append(ray.get(r, timeout=self.rc.actor_start_timeout_s))
-            except RayActorError as exc:
-                errors.append(f"rollout actor {i} is down ({type(exc).__name__}): {str(exc).splitlines()[0]}")
-            except SyncError as exc:
-                errors.append(str(exc).splitlines()[-1])
-            except GetTimeoutError:
-                errors.append(f"rollout actor {i} did not answer within {self.rc.actor_start_timeout_s:g} s")
+        results, more = self._sync_results(refs)
+        errors += more
         if errors:
             self._group_members = None  # rebuilt at the next sync
             raise SyncError(f"collective sync of policy version {version} failed:\n  " + "\n  ".join(errors))
