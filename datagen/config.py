@@ -19,7 +19,7 @@ PRESETS: dict[str, dict[str, int]] = {
     "small": {"train": 200, "pref": 100, "bench": 40},
     "paper": {"train": 10_000, "pref": 4_546, "bench": 250},
     # the starter curriculum (tasks/starter.py) that the tiny random model learns in minutes: `make demo`
-    "starter": {"train": 64, "pref": 96, "bench": 16},
+    "starter": {"train": 64, "pref": 96, "bench": 32},
 }
 CURRICULA = ("paper", "starter")
 

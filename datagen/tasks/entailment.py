@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..text import number_words
 from . import register
 from .base import Draft, choose, filler, join_and
-from .starter import is_starter, noise_claim
+from .starter import is_starter, pitch_claim
 
 ATTRS = ("day", "place", "time", "quantity")
 QUESTIONS = [
@@ -47,7 +47,7 @@ def _wrong(ctx, rng, attr, v):
 @register("entailment")
 def generate(ctx, rng, n):
     if is_starter(ctx.cfg):
-        return noise_claim(ctx, rng, n)  # the starter curriculum's variant (tasks/starter.py)
+        return pitch_claim(ctx, rng, n)  # the starter curriculum's variant (tasks/starter.py)
     if ctx.author is not None and "entailment" in ctx.cfg.llm.tasks:
         from ..llm import authored_entailment
 

@@ -1,5 +1,5 @@
 """The starter curriculum (datagen/tasks/starter.py): three tasks' signal variants whose exact keys are checked
-from the decoded audio — noise by spectral flatness, beeps by short-time energy."""
+from the decoded audio — noise by spectral flatness, a high tone by its spectral peak, beeps by short-time energy."""
 from __future__ import annotations
 
 import numpy as np
@@ -68,14 +68,20 @@ def test_odd_one_out_key_is_the_noise_clip(samples):
         assert sorted(flat)[-2] < 0.1 < flat[s.key["value"] - 1]  # tones are peaky, white noise flat
 
 
-def test_entailment_key_says_whether_a_clip_is_noise_by_spectral_flatness(samples):
+def _peak_hz(x):
+    return float(np.argmax(np.abs(np.fft.rfft(x))) * SR / x.size)
+
+
+def test_entailment_key_says_whether_a_clip_is_a_high_tone_by_its_spectral_peak(samples):
     labels = set()
     for s in samples["entailment"]:
-        flat = [_flatness(w) for w in _waves(s)]
-        noisy = [i + 1 for i, f in enumerate(flat) if f > 0.1]
-        assert s.key == {"type": "yesno", "value": "Yes" if noisy else "No"}, (s.id, flat)
-        assert noisy == ([s.metadata["noise_clip"]] if noisy else []) and len(noisy) <= 1, (s.id, flat)
-        assert "noise" in s.question and s.metadata["answer_space"] == ["Yes", "No"]
+        peaks = [_peak_hz(w) for w in _waves(s)]
+        assert all(_flatness(w) < 0.1 for w in _waves(s)), s.id  # only tones: never an odd_one_out's noise clip
+        high = [i + 1 for i, f in enumerate(peaks) if f > 1500]
+        assert all(200 <= f <= 4000 for f in peaks) and len(high) <= 1, (s.id, peaks)
+        assert s.key == {"type": "yesno", "value": "Yes" if high else "No"}, (s.id, peaks)
+        assert high == ([s.metadata["high_clip"]] if high else []), (s.id, peaks)
+        assert "high" in s.question and s.metadata["answer_space"] == ["Yes", "No"]
         labels.add(s.key["value"])
     assert labels == {"Yes", "No"}
 
@@ -88,6 +94,22 @@ def test_counting_key_is_the_number_of_beeps_by_energy(samples):
         assert sum(per) == s.key["value"] >= 1 and s.key["type"] == "count"
         totals.add(s.key["value"])
     assert totals == {1, 2, 3}
+
+
+def test_counting_totals_are_uniform_over_one_to_n_clips():
+    """A constant answer must score 1/n (the chance the report prints): with a coin flip per clip and at least one
+    beep, "1." would score ~0.55 and a policy could look like it counts while it only learned the prior."""
+    from collections import Counter
+
+    ctx = Context(DatagenConfig(preset="starter", max_clips=3), "train")
+    by_n: dict[int, Counter] = {2: Counter(), 3: Counter()}
+    for i in range(120):
+        s = make_item(ctx, "counting", i).sample
+        by_n[len(s.clips)][s.key["value"]] += 1
+    for n, counts in by_n.items():
+        assert sorted(counts) == list(range(1, n + 1)), (n, counts)
+        share = max(counts.values()) / sum(counts.values())
+        assert share < 1 / n + 0.15, (n, counts)  # 60 items per n: a constant answer stays near 1/n
 
 
 def test_keys_verify_with_the_tasks_rule_verifiers_and_answer_space(samples):

@@ -186,7 +186,7 @@ def test_demo_config_learns_and_flipped_sign_does_not(tiny_ckpt, starter_data, d
     out, err = capfd.readouterr()
     s = _summary(run)
     sft_acc, grpo_acc, chance = s["eval_before"]["accuracy"], s["eval_after"]["accuracy"], s["chance"]
-    assert s["eval_after"]["n"] == 48 and set(s["eval_after"]["per_task"]) == set(STARTER_TASKS)
+    assert s["eval_after"]["n"] == 96 and set(s["eval_after"]["per_task"]) == set(STARTER_TASKS)
     assert 0.43 < chance < 0.46, chance  # clip and count items: half 1/2, half 1/3; yes/no items 1/2
     # the promise `make demo` prints: GRPO >= SFT + 0.10 and > chance + 0.15
     assert grpo_acc >= sft_acc + 0.1, (sft_acc, grpo_acc)
@@ -198,12 +198,12 @@ def test_demo_config_learns_and_flipped_sign_does_not(tiny_ckpt, starter_data, d
     # stage 4: the adapter served by eval.serve answers the bench over HTTP as it did in training (greedy, same
     # prompts; a few items may flip on float rounding of the merged weights)
     bench = s["bench"]
-    assert bench["overall"]["scored"] + bench["overall"]["failed"] == 48 and bench["overall"]["failed"] == 0
+    assert bench["overall"]["scored"] + bench["overall"]["failed"] == 96 and bench["overall"]["failed"] == 0
     assert abs(bench["overall"]["rule_acc"] / 100 - grpo_acc) <= 0.0625, (bench["overall"], grpo_acc)
     assert bench["judge_note"] and (run / "bench" / "report.md").is_file()  # the tiny judge: labelled as such
     assert bench["url"].startswith("http://127.0.0.1:") and not bench["url"].endswith(":8000/v1")  # serve.port 0
     results = [json.loads(l) for l in (run / "bench" / "results.jsonl").read_text().splitlines()]
-    assert len(results) == 48 and all(r["status"] == "ok" and 1.0 <= r["judge_score"] <= 5.0 for r in results)
+    assert len(results) == 96 and all(r["status"] == "ok" and 1.0 <= r["judge_score"] <= 5.0 for r in results)
     shown = out + err  # what a person saw
     assert "4/5 serve + bench" in shown and "eval.bench on the served adapter" in shown
     assert "Deployment Options" not in shown and "HTTP Request" not in shown  # Serve's chatter: logs/serve.log
