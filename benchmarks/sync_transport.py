@@ -61,7 +61,8 @@ def measure(model_path: str, mode: str, repeats: int) -> dict:
     from polyaudio_rl.driver import GRPODriver
 
     cfg = load_config(overrides=[f"model.path={model_path}", f"rollout.sync_mode={mode}", "rollout.num_actors=1",
-                                 "rollout.cpus_per_actor=1", "learner.num_workers=1", "rollout.enforce_eager=true"])
+                                 "rollout.cpus_per_actor=1", "learner.num_workers=1", "rollout.enforce_eager=true",
+                                 "rollout.max_model_len=1024"])  # no generation: the probe only
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(ROOT)}})
     learner = pool = None
