@@ -12,8 +12,9 @@ is checked on both measured sizes first.
 
 Extrapolation: bytes(7B) from the same formula with Qwen2-Audio-7B-Instruct's language model (hidden 4096,
 intermediate 11008, 32 layers, 32 heads, no GQA; LoRA rank 64 as in configs/qwen2_audio_7b_8xa100.yaml, bf16), and
-seconds(7B) = fixed cost (the tiny model's time) + bytes(7B) / the bandwidth measured on the large model. That is a
-CPU/gloo figure; NCCL between GPUs is one to two orders of magnitude faster per byte. Writes DIR/sync_transport.json
+transfer seconds(7B) = bytes(7B) × the per-byte cost measured on the large model (what a merged sync pays beyond an
+adapter sync of the same model). That is a CPU/gloo figure; NCCL between GPUs is one to two orders of magnitude
+faster per byte. ``--report-only`` re-prints a saved run. Writes DIR/sync_transport.json
 and DIR/sync_transport.png; prints a table. A 2-core machine: rough.
 """
 from __future__ import annotations
@@ -88,17 +89,19 @@ def measure(model_path: str, mode: str, repeats: int) -> dict:
 
 
 def extrapolate(res: dict, rank_7b: int) -> dict:
-    """Seconds per sync at 7B for each (mode, transport): the tiny model's time as fixed cost plus bytes over the
-    large model's measured bandwidth (bytes / (large − tiny) seconds)."""
-    out = {}
+    """Transfer seconds per sync at 7B for each (mode, transport). At the large size both modes pay the same fixed
+    cost (Ray calls, the probe's forward passes on the learner and the actor); what merged pays beyond adapter is the
+    per-byte cost (merge, pack, move, load): rate = (t_merged − t_adapter) / (bytes_merged − bytes_adapter), and
+    transfer(7B) = bytes(7B) × rate. The probe's cost at 7B is a 16-token forward pass on a GPU: not extrapolated."""
+    large = res["large"]
+    out: dict = {}
+    db = large["merged"]["bytes"] - large["adapter"]["bytes"]
     for mode in ("merged", "adapter"):
         b7 = synced_params(QWEN2_AUDIO_7B, mode, rank_7b) * 2  # bf16
         out[mode] = {"bytes": b7}
         for t in TRANSPORTS:
-            tiny, large = res["tiny"][mode][t]["sync"], res["large"][mode][t]["sync"]
-            db = res["large"][mode]["bytes"] - res["tiny"][mode]["bytes"]
-            bw = db / max(large - tiny, 1e-3)
-            out[mode][t] = {"bandwidth_GBps": bw / 1e9, "seconds": tiny + b7 / bw}
+            rate = max(large["merged"][t]["sync"] - large["adapter"][t]["sync"], 1e-6) / db
+            out[mode][t] = {"bandwidth_GBps": 1e-9 / rate, "transfer_s": b7 * rate}
     return out
 
 
@@ -126,6 +129,20 @@ def plot(res: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def report(res: dict, out: Path) -> None:
+    rep = {"results": res}
+    if {"tiny", "large"} <= set(res):
+        rep["qwen2_audio_7b"] = extrapolate(res, 64)
+        print("== extrapolated to Qwen2-Audio-7B (bf16, LoRA rank 64; CPU/gloo per-byte cost of the large model; "
+              "plus the fixed cost: the probe's forward passes, not extrapolated)")
+        for mode, r in rep["qwen2_audio_7b"].items():
+            print(f"    {mode:7s} {r['bytes'] / 1e9:7.3f} GB: " + ", ".join(
+                f"{t} {r[t]['transfer_s']:.1f} s @ {r[t]['bandwidth_GBps']:.2f} GB/s" for t in TRANSPORTS))
+    (out / "sync_transport.json").write_text(json.dumps(rep, indent=2))
+    plot(res, out / "sync_transport.png")
+    print(f"wrote {out / 'sync_transport.json'} and {out / 'sync_transport.png'}")
+
+
 def main() -> None:
     from polyaudio_rl.core.config import load_config
     from polyaudio_rl.core.tiny import ensure_tiny, write_tiny
@@ -134,9 +151,13 @@ def main() -> None:
     ap.add_argument("--sizes", default="tiny,large")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="artifacts/bench/sync_transport")
+    ap.add_argument("--report-only", action="store_true", help="re-print and re-plot DIR/sync_transport.json")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        report(json.loads((out / "sync_transport.json").read_text())["results"], out)
+        return
     rank = load_config().model.lora.rank
     paths = {"tiny": str(ensure_tiny(ROOT / "artifacts" / "tiny-qwen2-audio")), "large": str(out / "large-qwen2-audio")}
     if not (Path(paths["large"]) / "config.json").exists():
@@ -152,17 +173,7 @@ def main() -> None:
             formula = synced_params(text, mode, rank) * 4  # fp32 on CPU
             res[size][mode]["formula_bytes"] = formula
             print(f"    bytes {res[size][mode]['bytes']:,} (formula {formula:,}); {time.time() - t0:.0f} s", flush=True)
-    report = {"results": res}
-    if {"tiny", "large"} <= set(res):
-        report["qwen2_audio_7b"] = extrapolate(res, 64)
-        print("== extrapolated to Qwen2-Audio-7B (bf16, LoRA rank 64; CPU/gloo bandwidths)")
-        for mode, r in report["qwen2_audio_7b"].items():
-            print(f"    {mode:7s} {r['bytes'] / 1e9:7.3f} GB: " + ", ".join(
-                f"{t} {r[t]['seconds']:.1f} s @ {r[t]['bandwidth_GBps']:.2f} GB/s" for t in TRANSPORTS))
-    (out / "sync_transport.json").write_text(json.dumps(report, indent=2))
-    plot(res, out / "sync_transport.png")
-    print(f"wrote {out / 'sync_transport.json'} and {out / 'sync_transport.png'}")
-
+    report(res, out)
 
 if __name__ == "__main__":
     main()
