@@ -175,5 +175,6 @@ def main() -> None:
             print(f"    bytes {res[size][mode]['bytes']:,} (formula {formula:,}); {time.time() - t0:.0f} s", flush=True)
     report(res, out)
 
+
 if __name__ == "__main__":
     main()

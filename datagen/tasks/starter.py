@@ -45,6 +45,13 @@ def _tone(sr: int, hz: float, seconds: float, amp: float, fade: bool = True) -> 
     return (amp * ramp * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
+def _sine_clip(sr: int, hz: float, seconds: float, fade: bool = True) -> ClipDraft:
+    """A steady sine tone clip at amplitude 0.3, with its metadata."""
+    return ClipDraft(_tone(sr, hz, seconds, 0.3, fade=fade),
+                     {"kind": "signal", "signal": "sine", "hz": hz, "seconds": seconds}, f"sine:{hz:.1f}:{seconds:.3f}",
+                     LICENCE)
+
+
 def _tone_or_noise(sr: int, rng, noise: bool) -> ClipDraft:
     """One 0.5–1.5 s clip: white noise, or a steady sine tone at 200–1000 Hz (no fades: byte-identical to the clips
     the 'signal' odd_one_out variant was first measured on)."""
@@ -52,9 +59,7 @@ def _tone_or_noise(sr: int, rng, noise: bool) -> ClipDraft:
     if noise:
         wav = (0.2 * rng.standard_normal(int(dur * sr))).astype(np.float32)
         return ClipDraft(wav, {"kind": "signal", "signal": "white noise", "seconds": dur}, f"noise:{dur:.3f}", LICENCE)
-    f = float(rng.uniform(200, 1000))
-    return ClipDraft(_tone(sr, f, dur, 0.3, fade=False), {"kind": "signal", "signal": "sine", "hz": f, "seconds": dur},
-                     f"sine:{f:.1f}:{dur:.3f}", LICENCE)
+    return _sine_clip(sr, float(rng.uniform(200, 1000)), dur, fade=False)
 
 
 def odd_noise(ctx, rng, n) -> Draft:
@@ -78,9 +83,7 @@ def pitch_claim(ctx, rng, n) -> Draft:
     clips = []
     for i in range(1, n + 1):
         dur = float(rng.uniform(0.5, 1.5))
-        f = float(rng.uniform(2000, 4000) if i == k else rng.uniform(200, 500))
-        clips.append(ClipDraft(_tone(sr, f, dur, 0.3), {"kind": "signal", "signal": "sine", "hz": f, "seconds": dur},
-                               f"sine:{f:.1f}:{dur:.3f}", LICENCE))
+        clips.append(_sine_clip(sr, float(rng.uniform(2000, 4000) if i == k else rng.uniform(200, 500)), dur))
     claim = choose(rng, ["One of the clips is a high-pitched tone.", "At least one of these clips is a high tone."])
     q = choose(rng, ["Based on the clips, is the statement '{c}' supported?",
                      "Is the following statement true according to the audio clips: '{c}'?"]).format(c=claim)
