@@ -53,22 +53,39 @@ def order_key(seed: int, epoch: int, sample_id: str) -> str:
     return hashlib.sha256(f"{seed}:{epoch}:{sample_id}".encode()).hexdigest()
 
 
-def epoch_order(ids: list[str], tasks: list[str], seed: int, epoch: int, interleave: bool = False) -> list[str]:
+def _take_turns(groups: dict[str, deque[str]], turn: list[str]) -> list[str]:
+    """Round-robin over ``turn`` (the groups' keys), one id per group per turn, until every group is empty."""
+    out: list[str] = []
+    while any(groups[k] for k in turn):
+        for k in turn:
+            if groups[k]:
+                out.append(groups[k].popleft())
+    return out
+
+
+def epoch_order(ids: list[str], tasks: list[str], seed: int, epoch: int, interleave: bool = False,
+                answers: list[str] | None = None) -> list[str]:
     """The ids of one epoch in order: sorted by :func:`order_key`; with ``interleave`` the tasks take turns (in a
-    seeded task order), each task's rows in their seeded order, until every row is placed once."""
+    seeded task order), each task's rows in their seeded order, until every row is placed once. With ``answers``
+    (one reference answer per row; needs ``interleave``) a task's rows also take turns by answer (in a seeded answer
+    order, each answer's rows in their seeded order), so a task's next rows never all share one answer."""
     ranked = sorted(range(len(ids)), key=lambda i: order_key(seed, epoch, ids[i]))
     if not interleave:
+        if answers is not None:
+            raise ValueError("epoch_order: balancing answers needs interleave (data.balance_answers needs "
+                             "data.interleave_tasks)")
         return [ids[i] for i in ranked]
     queues: dict[str, deque[str]] = defaultdict(deque)
+    by_answer: dict[str, dict[str, deque[str]]] = defaultdict(lambda: defaultdict(deque))
     for i in ranked:
-        queues[tasks[i]].append(ids[i])
+        if answers is None:
+            queues[tasks[i]].append(ids[i])
+        else:
+            by_answer[tasks[i]][answers[i]].append(ids[i])
+    for t, groups in by_answer.items():
+        queues[t] = deque(_take_turns(groups, sorted(groups, key=lambda a: order_key(seed, epoch, f"answer:{t}:{a}"))))
     turn = sorted(queues, key=lambda t: order_key(seed, epoch, f"task:{t}"))
-    out: list[str] = []
-    while len(out) < len(ids):
-        for t in turn:
-            if queues[t]:
-                out.append(queues[t].popleft())
-    return out
+    return _take_turns(queues, turn)
 
 
 class DecodeStage:
@@ -168,9 +185,10 @@ class PromptStream:
             keep = set(data_cfg.tasks)
             ds = ds.filter(lambda r: r["task"] in keep)
         self._base = ds
-        rows = ds.select_columns(["id", "task"]).take_all()  # the order and resume work on ids
+        rows = ds.select_columns(["id", "task", "answer"]).take_all()  # the order and resume work on ids
         self._ids = [r["id"] for r in rows]
         self._tasks = [r["task"] for r in rows]
+        self._answers = [r["answer"] for r in rows] if getattr(data_cfg, "balance_answers", False) else None
         self.num_rows = len(self._ids)
         if self.num_rows == 0:
             raise ValueError(f"{split_dir}: no rows left after the task filter {data_cfg.tasks}")
@@ -225,7 +243,8 @@ class PromptStream:
     def _epoch(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
         import ray
 
-        order = epoch_order(self._ids, self._tasks, self.seed, epoch, bool(getattr(self.cfg, "interleave_tasks", False)))
+        order = epoch_order(self._ids, self._tasks, self.seed, epoch, bool(getattr(self.cfg, "interleave_tasks", False)),
+                            self._answers)
         rank = {sid: k for k, sid in enumerate(order)}
         base = self._base
         if skip:  # resuming mid-epoch: drop the rows already consumed *before* decoding (reads only the ids)

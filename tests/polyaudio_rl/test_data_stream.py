@@ -83,3 +83,29 @@ def test_epoch_order_interleaves_tasks_when_asked():
     for t in "abc":
         assert [i for i in mixed if i[0] == t] == [i for i in plain if i[0] == t]
     assert epoch_order(ids, tasks, seed=1, epoch=1, interleave=True) != mixed  # another epoch, another order
+
+
+def test_epoch_order_balances_answers_within_each_task_when_asked():
+    from polyaudio_rl.data_stream import epoch_order, order_key
+
+    # task a: four "1" rows then two "2" rows (ids in that order); task b: three rows, one answer
+    ids = ["a0", "a1", "a2", "a3", "a4", "a5", "b0", "b1", "b2"]
+    tasks = [i[0] for i in ids]
+    answers = ["1", "1", "1", "1", "2", "2", "x", "x", "x"]
+    ans = dict(zip(ids, answers))
+    plain = epoch_order(ids, tasks, seed=3, epoch=0)
+    order = epoch_order(ids, tasks, seed=3, epoch=0, interleave=True, answers=answers)
+    assert sorted(order) == sorted(ids)  # every row once
+    a_rows = [i for i in order if i[0] == "a"]
+    # a's answers alternate while both last (in a seeded answer order), then the rest of "1"
+    first = min("12", key=lambda x: order_key(3, 0, f"answer:a:{x}"))
+    second = "2" if first == "1" else "1"
+    assert [ans[i] for i in a_rows] == [first, second, first, second, "1", "1"]
+    for x in "12":  # each answer's rows keep their seeded order
+        assert [i for i in a_rows if ans[i] == x] == [i for i in plain if i[0] == "a" and ans[i] == x]
+    assert [i for i in order if i[0] == "b"] == [i for i in plain if i[0] == "b"]  # one answer: as without balancing
+    # the tasks still take turns
+    turn = sorted("ab", key=lambda t: order_key(3, 0, f"task:{t}"))
+    assert [i[0] for i in order[:6]] == turn * 3
+    with pytest.raises(ValueError, match="interleave"):
+        epoch_order(ids, tasks, seed=3, epoch=0, answers=answers)

@@ -32,6 +32,10 @@ class DataConfig:
         False, "Order each epoch task by task in turn (each task's rows in their seeded order), so every GRPO batch "
         "holds the tasks in equal shares instead of whatever a shuffle gives; still seeded and exactly resumable. "
         "Default false (a seeded shuffle over all rows).")
+    balance_answers: bool = cfg_field(
+        False, "With interleave_tasks: within each task the rows also take turns by reference answer (e.g. 'Clip 1.', "
+        "'Clip 2.', 'Clip 3.'), so a GRPO batch's items of a task do not all share one answer and a step cannot be won "
+        "by a constant answer (stratified sampling). Default false.")
     prefetch_items: int = cfg_field(
         64, "Prompts the stream decodes ahead in a background thread (across epoch boundaries), so the GRPO driver "
         "never waits for Ray Data; 0 decodes on demand. Memory: up to this many decoded prompts (16 kHz clips)."
@@ -45,3 +49,5 @@ class DataConfig:
             raise ValueError(f"data.max_clip_seconds must be in (0, 30], got {self.max_clip_seconds}")
         if self.sample_rate != 16000:
             raise ValueError(f"data.sample_rate must be 16000 for Qwen2-Audio, got {self.sample_rate}")
+        if self.balance_answers and not self.interleave_tasks:
+            raise ValueError("data.balance_answers needs data.interleave_tasks: true (answers take turns within a task)")
