@@ -128,7 +128,7 @@ class LearnerWorker:
         lr = cfg.grpo.lr if self.stage == "grpo" else cfg.sft.lr
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.learner.weight_decay)
-        factor = lr_factor(cfg.learner.warmup_steps, cfg.sft.lr_schedule if self.stage == "sft" else "constant",
+        factor = lr_factor(cfg.learner.warmup_steps, cfg.sft.lr_schedule if self.stage == "sft" else cfg.grpo.lr_schedule,
                            total_steps)
 
         def schedule(opt):

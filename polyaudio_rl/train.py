@@ -224,7 +224,8 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
 
     model_path = resolve_path(cfg.model)
     processor = load_processor(model_path)
-    learner = Learner(cfg, stage="grpo", resume_from=resume, init_adapter=init_adapter)
+    total = cfg.grpo.steps * cfg.grpo.inner_epochs  # optimizer steps: where a decaying grpo.lr_schedule reaches 0
+    learner = Learner(cfg, stage="grpo", resume_from=resume, init_adapter=init_adapter, total_steps=total)
     state = learner.client_state or {}
     # the prompt stream starts decoding (its own thread) while the rollout engines boot
     stream = PromptStream(cfg.data.pref_dir, model_path, cfg.data, seed=cfg.seed,
@@ -269,7 +270,8 @@ def run_grpo(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str |
                     print(f"[train] {exc}; restarting the learner from {ckpt or 'its initial adapter'} "
                           f"({restarts}/{cfg.learner.max_restarts})", file=sys.stderr)
                     learner.shutdown()
-                    learner = Learner(cfg, stage="grpo", resume_from=ckpt, init_adapter=None if ckpt else init_adapter)
+                    learner = Learner(cfg, stage="grpo", resume_from=ckpt, init_adapter=None if ckpt else init_adapter,
+                                      total_steps=total)
                     stream.close()
                     stream = PromptStream(cfg.data.pref_dir, model_path, cfg.data, seed=cfg.seed,
                                           position=int((learner.client_state or {}).get("data_position", 0)))

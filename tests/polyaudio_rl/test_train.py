@@ -94,7 +94,8 @@ def test_ray_job_submit_to_a_head_node_runs_the_driver(tiny_ckpt, data, tmp_path
                 time.sleep(1)
         job = subprocess.run(
             ["ray", "job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={ROOT}", "--",
-             "python", "-m", "polyaudio_rl.train", "--run-dir", f"file://{run_dir}", "--quiet", *overrides(tiny_ckpt, data)],
+             "python", "-m", "polyaudio_rl.train", "--run-dir", f"file://{run_dir}", "--quiet",
+             *overrides(tiny_ckpt, data, **{"grpo.lr_schedule": "linear", "grpo.lr": "1e-5"})],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
         assert "succeeded" in job.stdout
@@ -111,6 +112,8 @@ def test_ray_job_submit_to_a_head_node_runs_the_driver(tiny_ckpt, data, tmp_path
                 "time/generate", "time/reward", "time/train", "time/sync", "samples_per_s", "policy_version"):
         assert all(key in r for r in steps), key
     assert steps[-1]["policy_version"] == 3.0  # initial sync (SFT adapter) + one per step
+    # grpo.lr_schedule=linear over steps x inner_epochs = 2 optimizer steps: 0.5 x lr, then 0 (constant: 1e-5 twice)
+    assert steps[0]["learner/lr"] <= 0.5e-5 + 1e-12 and steps[-1]["learner/lr"] == pytest.approx(0.0, abs=1e-12)
     assert (run_dir / "reward_curves.png").stat().st_size > 1000
     summary = json.loads((run_dir / "summary.json").read_text())
     assert len(summary["trained_ids"]) == 2 * 3 and summary["eval_after"]["n"] == 2

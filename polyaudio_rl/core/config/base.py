@@ -17,6 +17,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+LR_SCHEDULES = ("constant", "linear", "cosine")  # after learner.warmup_steps; decays reach 0 at a stage's last step
+
 
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names the dotted key."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import cfg_field
+from .base import LR_SCHEDULES, cfg_field
 
 
 @dataclass
@@ -48,6 +48,10 @@ class GRPOConfig:
     sign: float = cfg_field(1.0, "Advantage sign; -1 flips it (used only by the learning test to show it can fail).")
     eps: float = cfg_field(1e-6, "ε added to the group std in 'grpo' normalisation.")
     lr: float = cfg_field(1e-5, "Learning rate for GRPO (LoRA parameters).")
+    lr_schedule: str = cfg_field(
+        "constant", "LR after the warm-up (learner.warmup_steps): 'constant', or 'linear' / 'cosine' decay to 0 at the "
+        "last GRPO step (steps × inner_epochs optimizer steps; verl's actor optim.lr_scheduler_type: constant / "
+        "cosine). Default constant.")
 
     def validate(self) -> None:
         from ..core_algos import (  # torch: only when validating
@@ -73,5 +77,7 @@ class GRPOConfig:
             raise ValueError(f"grpo.max_policy_lag must be >= 0, got {self.max_policy_lag}")
         if self.tis_cap <= 0:
             raise ValueError(f"grpo.tis_cap must be > 0, got {self.tis_cap}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"grpo.lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
         if self.sign not in (1.0, -1.0):
             raise ValueError(f"grpo.sign must be 1 or -1, got {self.sign}")

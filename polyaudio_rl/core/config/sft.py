@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import cfg_field
+from .base import LR_SCHEDULES, cfg_field
 
 
 @dataclass
@@ -19,5 +19,5 @@ class SFTConfig:
         "stage's last step (TRL's SFTTrainer decays linearly by default). Default constant.")
 
     def validate(self) -> None:
-        if self.lr_schedule not in ("constant", "linear", "cosine"):
+        if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"sft.lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")

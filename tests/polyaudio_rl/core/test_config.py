@@ -33,6 +33,7 @@ def test_dotted_overrides_set_typed_values():
         ("rollout.enforce_eager=maybe", "rollout.enforce_eager: expected bool"),
         ("grpo.group_size", "must look like section.key=value"),
         ("rollout.engine=tensorrt", "rollout.engine must be 'vllm' or 'hf'"),
+        ("grpo.lr_schedule=step", "grpo.lr_schedule must be constant, linear or cosine, got 'step'"),
         ("data.balance_answers=true", "data.balance_answers needs data.interleave_tasks: true"),
     ],
 )
