@@ -68,7 +68,8 @@ def epoch_order(ids: list[str], tasks: list[str], seed: int, epoch: int, interle
     """The ids of one epoch in order: sorted by :func:`order_key`; with ``interleave`` the tasks take turns (in a
     seeded task order), each task's rows in their seeded order, until every row is placed once. With ``answers``
     (one reference answer per row; needs ``interleave``) a task's rows also take turns by answer (in a seeded answer
-    order, each answer's rows in their seeded order), so a task's next rows never all share one answer."""
+    order, each answer's rows in their seeded order): a task's rows alternate answers while more than one is left
+    (the rarest run out first, so an epoch's tail holds the common answers)."""
     ranked = sorted(range(len(ids)), key=lambda i: order_key(seed, epoch, ids[i]))
     if not interleave:
         if answers is not None:

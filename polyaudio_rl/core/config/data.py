@@ -34,8 +34,9 @@ class DataConfig:
         "Default false (a seeded shuffle over all rows).")
     balance_answers: bool = cfg_field(
         False, "With interleave_tasks: within each task the rows also take turns by reference answer (e.g. 'Clip 1.', "
-        "'Clip 2.', 'Clip 3.'), so a GRPO batch's items of a task do not all share one answer and a step cannot be won "
-        "by a constant answer (stratified sampling). Default false.")
+        "'Clip 2.', 'Clip 3.'), so a GRPO batch's items of a task differ in answer while more than one answer is left "
+        "in the epoch and a constant answer does not win a step (stratified sampling). Default false (measured on "
+        "configs/demo.yaml: README 'Where the demo stands').")
     prefetch_items: int = cfg_field(
         64, "Prompts the stream decodes ahead in a background thread (across epoch boundaries), so the GRPO driver "
         "never waits for Ray Data; 0 decodes on demand. Memory: up to this many decoded prompts (16 kHz clips)."
