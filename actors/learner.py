@@ -88,6 +88,7 @@ class LearnerWorker:
         threads = cfg.learner.torch_threads or max(1, int(cfg.learner.cpus_per_worker))
         torch.set_num_threads(threads)
         self.engine = None
+        self._mb_cache: dict[Any, list] = {}  # completion_logprobs(cache_key=...): the probe's built micro-batches
 
     def address(self) -> tuple[str, int]:
         import ray
@@ -233,10 +234,21 @@ class LearnerWorker:
         return {"epochs": [sums], "time_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(),
                 "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else 0.0}
 
-    def completion_logprobs(self, items: list[TrainItem], num_micro: int) -> list[list[float]]:
-        """Per-token log-probs of each item's completion under the current policy (collective under ZeRO-3)."""
+    def completion_logprobs(self, items: list[TrainItem], num_micro: int, cache_key: str | None = None
+                            ) -> list[list[float]]:
+        """Per-token log-probs of each item's completion under the current policy (collective under ZeRO-3).
+
+        ``cache_key`` (the sync probe): the same items come again under this key, so their micro-batches — the
+        processor's features and, with ``learner.cache_audio_embeddings``, the frozen audio encoder's embeddings —
+        are built once and kept; only the language model runs again (a sync's learner half: ~100 → ~10 ms here)."""
+        key = (cache_key, num_micro, tuple(tuple(it.completion_ids) for it in items)) if cache_key else None
+        mbs = self._mb_cache.get(key) if key else None
+        if mbs is None:
+            mbs = self._microbatches(items, num_micro)
+            if key:
+                self._mb_cache[key] = mbs
         out = []
-        for mb in self._microbatches(items, num_micro):
+        for mb in mbs:
             logp = self._nograd_logprobs(mb, reference=False).float().cpu()
             for row in range(logp.shape[0]):
                 m = mb.mask[row].cpu() > 0
@@ -522,11 +534,12 @@ class Learner:
         return m
 
     # ----------------------------------------------------------------------------------------------------------
-    def completion_logprobs(self, items: Sequence[TrainItem]) -> list[list[float]]:
-        """Per-token log-probs of each completion under the current learner policy (e.g. to probe a weight sync)."""
+    def completion_logprobs(self, items: Sequence[TrainItem], cache_key: str | None = None) -> list[list[float]]:
+        """Per-token log-probs of each completion under the current learner policy (e.g. to probe a weight sync).
+        ``cache_key``: these exact items come again under this key (the probe); the workers keep their inputs."""
         items = self._prepare(items)
         shards, num_micro = self._shard(items)
-        outs = self._run("completion_logprobs", shards, num_micro)
+        outs = self._run("completion_logprobs", shards, num_micro, cache_key)
         flat = [row for o in outs for row in o]
         return flat[: len(items)]
 

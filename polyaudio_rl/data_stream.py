@@ -11,6 +11,10 @@ Stages (all CPU):
 
 The driver consumes :class:`PromptItem` objects (sample without audio bytes + prompt text + PCM clips).
 
+Replay (``data.replay_cache_mb``): the decoded rows of a split that fits the budget are kept in the driver; once every
+row has been decoded, later epochs are served from there in their own seeded order, without a new pipeline (whose
+start costs seconds of CPU on every epoch of a small split). The items, positions and bad rows are the same.
+
 Prefetch (``data.prefetch_items`` > 0): a background thread runs the pipeline from :meth:`PromptStream.start` on
 (the driver calls it while the actors boot) and keeps up to that many decoded prompts ready (at most one epoch),
 epoch after epoch, so the next epoch's pipeline starts while the driver still consumes the last one. ``position`` always counts what the driver took (the resume
@@ -197,6 +201,11 @@ class PromptStream:
             dup = sorted(i for i, n in Counter(self._ids).items() if n > 1)[:5]
             raise ValueError(f"{split_dir}: sample ids must be unique within a split; repeated: {dup}")
         self._it: Iterator[PromptItem] | None = None
+        self._decoded: dict[str, dict[str, Any]] = {}  # id -> decoded record, for replay (data.replay_cache_mb)
+        self._decoded_bytes = 0
+        self._replay_ok = int(getattr(data_cfg, "replay_cache_mb", 0) or 0) > 0
+        self.streamed_epochs = 0  # epochs (or their remainders) read through a Ray Data pipeline
+        self.replayed_epochs = 0  # epochs served from the decoded rows
 
     def start(self) -> "PromptStream":
         """Start decoding ahead now (the first :meth:`take` does it otherwise): e.g. while the actors boot."""
@@ -266,6 +275,24 @@ class PromptStream:
         )
         yield from ds.iter_rows()
 
+    def _remember(self, rec: Any) -> None:
+        """Keep a decoded record for replay while the split fits ``data.replay_cache_mb``."""
+        if not self._replay_ok or rec["id"] in self._decoded:
+            return
+        keep = {k: rec[k] for k in ("id", "row", "text", "pcm", "error")}
+        self._decoded_bytes += len(keep["row"]) + len(keep["text"]) + sum(len(b) for b in keep["pcm"])
+        if self._decoded_bytes > self.cfg.replay_cache_mb * 2**20:
+            self._replay_ok = False  # too big to hold: every epoch streams
+            self._decoded.clear()
+            return
+        self._decoded[keep["id"]] = keep
+
+    def _replay(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
+        order = epoch_order(self._ids, self._tasks, self.seed, epoch, bool(getattr(self.cfg, "interleave_tasks", False)),
+                            self._answers)
+        for sid in order[skip:]:
+            yield self._decoded[sid]
+
     def __iter__(self) -> Iterator[PromptItem]:
         if self._it is None:
             self._it = self._generate(self.position)
@@ -276,7 +303,13 @@ class PromptStream:
         pos = start
         while True:
             epoch, skip = divmod(pos, self.num_rows)
-            for rec in self._epoch(epoch, skip):
+            replay = self._replay_ok and len(self._decoded) == self.num_rows
+            if replay:
+                self.replayed_epochs += 1
+            else:
+                self.streamed_epochs += 1
+            for rec in (self._replay(epoch, skip) if replay else self._epoch(epoch, skip)):
+                self._remember(rec)
                 here, pos = pos, pos + 1
                 if rec["error"]:
                     self._bad.append((here, rec["id"], rec["error"]))

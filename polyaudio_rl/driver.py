@@ -185,7 +185,7 @@ class GRPODriver:
     def expected_probe(self) -> list[float]:
         """The learner's log-probs of the probe completion: what every rollout actor must reproduce."""
         item = TrainItem(self.probe.prompt, list(self.probe.completion_ids))
-        return list(_learner_call(self.learner.completion_logprobs, [item])[0])
+        return list(_learner_call(self.learner.completion_logprobs, [item], "sync-probe")[0])
 
     def _learner_weights(self) -> Any:
         mode = self.cfg.rollout.sync_mode

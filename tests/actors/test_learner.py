@@ -122,12 +122,14 @@ def test_grpo_two_workers_resume_equals_uninterrupted(ray_local, tiny_ckpt, tiny
 
 
 def test_sharding_does_not_change_the_update(ray_local, tiny_ckpt, tiny_processor, tmp_path):
-    """One GRPO step on 1 worker and on 2 workers (uneven shards, fillers) gives the same loss and adapter.
+    """One GRPO step on 1 worker and on 2 workers (uneven shards, fillers) gives the same loss and adapter; the
+    sync probe's cached inputs (``cache_key``) give the same log-probs as fresh ones after the update.
 
     The 2-worker learner gets the datagen Samples instead of built prompts (the driver may pass either)."""
     from dataclasses import replace
 
     from actors.learner import Learner
+    from polyaudio_rl.core.prompts import build_prompt
 
     items, rewards = _batches(tiny_processor, n_batches=1, seed=3)[0]
     items, rewards = items[:5], rewards[:5]  # 5 completions: shards of 3 and 2
@@ -139,9 +141,14 @@ def test_sharding_does_not_change_the_update(ray_local, tiny_ckpt, tiny_processo
                    "grpo.loss_agg=seq-mean-token-mean", "learner.zero_stage=2")
         learner = Learner(cfg, "grpo")
         try:
+            probe = [replace(items[0], prompt=build_prompt(_sample("probe", (0.6, 0.9)), tiny_processor))]
+            before = learner.completion_logprobs(probe, cache_key="probe")  # builds the probe's inputs once
             learner.train_grpo_step(items, rewards)  # step 1 only moves lora_B (B starts at 0); step 2 both
             m = learner.train_grpo_step(items, rewards)
             results[n] = (m, learner.get_weights("adapter"))
+            # the probe's kept inputs give the new policy's log-probs, exactly as inputs built afresh do
+            cached, fresh = learner.completion_logprobs(probe, cache_key="probe"), learner.completion_logprobs(probe)
+            assert cached == fresh and cached != before
         finally:
             learner.shutdown()
     (m1, w1), (m2, w2) = results[1], results[2]

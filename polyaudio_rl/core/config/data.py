@@ -41,6 +41,13 @@ class DataConfig:
         64, "Prompts the stream decodes ahead in a background thread (across epoch boundaries), so the GRPO driver "
         "never waits for Ray Data; 0 decodes on demand. Memory: up to this many decoded prompts (16 kHz clips)."
     )
+    replay_cache_mb: int = cfg_field(
+        1024, "A split whose decoded prompts fit in this many MB is decoded by Ray Data once; later epochs replay the "
+        "decoded rows from the driver's memory in their own seeded order (the same items, positions and bad rows as a "
+        "new pipeline would give) instead of starting a new Ray Data pipeline, whose start costs seconds of CPU "
+        "(measured 4–12 s for an 18-row split on 2 cores: most of an epoch on a small split, nothing on a paper-scale "
+        "one). Over the budget the cache is dropped and every epoch streams. 0: every epoch streams."
+    )
     shuffle_seed: int = cfg_field(0, "Seed for the order in which the pref split is streamed.")
 
     def validate(self) -> None:
@@ -50,5 +57,7 @@ class DataConfig:
             raise ValueError(f"data.max_clip_seconds must be in (0, 30], got {self.max_clip_seconds}")
         if self.sample_rate != 16000:
             raise ValueError(f"data.sample_rate must be 16000 for Qwen2-Audio, got {self.sample_rate}")
+        if self.replay_cache_mb < 0:
+            raise ValueError(f"data.replay_cache_mb must be >= 0 (0: no replay), got {self.replay_cache_mb}")
         if self.balance_answers and not self.interleave_tasks:
             raise ValueError("data.balance_answers needs data.interleave_tasks: true (answers take turns within a task)")
