@@ -12,6 +12,7 @@ Driver-side API (:class:`Learner`)::
     learner = Learner(cfg, stage="grpo", init_adapter=<SFT checkpoint dir>)  # GRPO from the SFT adapter
     metrics = learner.train_grpo_step(items, rewards)  # items: list[TrainItem]; rewards → advantages here
     weights = learner.get_weights("merged")            # {hub name: tensor} for vLLM load_weights
+    weights, probe_lps = learner.sync_half(transport, mode, version, probe_item)  # a sync's learner half
     learner.save_checkpoint(path, client_state={...}); learner.shutdown()
 
 Per step the driver shards the completions contiguously (a group's completions stay together, so each prompt is
@@ -298,6 +299,19 @@ class LearnerWorker:
         self._prepared = (version, out, meta, buffers)
         return meta
 
+    def sync_half(self, transport: str, mode: str, version: int, probe: list[TrainItem], num_micro: int
+                  ) -> tuple[Any, list[list[float]]]:
+        """Collective. The learner's half of a weight sync in one call: the weights as ``transport`` hands them over
+        (``driver``: the tensors; ``object_store``: ``[ref]``; ``collective``: the receivers' metadata, rank 0 keeps
+        the packed tensors) and the probe's log-probs under them (its inputs built once: ``cache_key``)."""
+        if transport == "driver":
+            weights = self.get_weights(mode)
+        elif transport == "collective":
+            weights = self.prepare_weights(mode, version)
+        else:
+            weights = self.get_weights_ref(mode)
+        return weights, self.completion_logprobs(probe, num_micro, cache_key="sync-probe")
+
     def join_weights_group(self, host: str, port: int, world: int, backend: str, timeout_s: float) -> None:
         from .collective import WeightGroup
 
@@ -551,19 +565,22 @@ class Learner:
         outs = ray.get([w.get_weights.remote(mode) for w in self.workers])
         return outs[0]
 
-    def get_weights_ref(self, mode: str = "merged") -> Any:
-        """An ObjectRef to :meth:`get_weights` put by learner rank 0: the weights go learner → object store →
-        rollout actors, never through the driver process (``rollout.sync_transport='object_store'``)."""
-        import ray
-
-        outs = ray.get([w.get_weights_ref.remote(mode) for w in self.workers])
-        return outs[0][0]
-
     def prepare_weights(self, mode: str, version: int) -> list[Any]:
         """Collective transport: every rank gathers, rank 0 keeps them packed; returns the receivers' metadata."""
         import ray
 
         return ray.get([w.prepare_weights.remote(mode, version) for w in self.workers])[0]
+
+    def sync_half(self, transport: str, mode: str, version: int, probe: TrainItem) -> tuple[Any, list[float]]:
+        """The learner's half of a sync in one round trip (:meth:`LearnerWorker.sync_half`): (the weights as
+        ``transport`` hands them to the rollout actors, the probe completion's log-probs they must reproduce)."""
+        import ray
+
+        shards, num_micro = self._shard(self._prepare([probe]))
+        outs = ray.get([w.sync_half.remote(transport, mode, version, s, num_micro)
+                        for w, s in zip(self.workers, shards)])
+        weights, probe_lps = outs[0]
+        return (weights[0] if transport == "object_store" else weights), list(probe_lps[0])
 
     @property
     def sender(self) -> Any:

@@ -182,18 +182,14 @@ class GRPODriver:
         self._reset_pipeline()
 
     # ------------------------------------------------------------------------------------------------ sync
-    def expected_probe(self) -> list[float]:
-        """The learner's log-probs of the probe completion: what every rollout actor must reproduce."""
+    def _learner_half(self, version: int) -> tuple[Any, list[float]]:
+        """One learner call: the new weights as ``rollout.sync_transport`` hands them over — ``object_store``: an
+        ObjectRef (learner → object store → actors); ``collective``: names and shapes (rank 0 keeps the tensors for
+        its broadcast); ``driver``: the tensors, materialised here (the old path, for comparison) — and the
+        probe's log-probs under them."""
         item = TrainItem(self.probe.prompt, list(self.probe.completion_ids))
-        return list(_learner_call(self.learner.completion_logprobs, [item], "sync-probe")[0])
-
-    def _learner_weights(self) -> Any:
-        mode = self.cfg.rollout.sync_mode
-        if self.cfg.rollout.sync_transport == "driver":
-            return _learner_call(self.learner.get_weights, mode)  # materialised here, re-put by the pool
-        if self.cfg.rollout.sync_transport == "collective":  # rank 0 keeps them; the driver gets the metadata
-            return _learner_call(self.learner.prepare_weights, mode, self.version + 1)
-        return _learner_call(self.learner.get_weights_ref, mode)  # an ObjectRef: learner → object store → actors
+        rc = self.cfg.rollout
+        return _learner_call(self.learner.sync_half, rc.sync_transport, rc.sync_mode, version, item)
 
     def _push(self, weights: Any, expected: list[float], version: int) -> dict[str, float]:
         t = time.time()
@@ -221,8 +217,7 @@ class GRPODriver:
         t = time.time()
         self.wait_sync()
         with self.timeline.span("learner", "sync: weights + probe", version=self.version + 1):
-            weights = self._learner_weights()
-            expected = self.expected_probe()
+            weights, expected = self._learner_half(self.version + 1)
         self.version += 1
         version = self.version
         crit = {"time/sync_learner": time.time() - t, "policy_version": float(version)}

@@ -57,8 +57,8 @@ def test_learner_broadcasts_to_rollout_actors_verified_by_the_probe(tiny_ckpt, t
         prompts = [build_prompt(make_sample(f"p{i}", d), tiny_processor) for i, d in enumerate([(1.0, 0.5), (0.7, 1.2)])]
 
         def sync(version):
-            meta = learner.prepare_weights(cfg.rollout.sync_mode, version)
-            expected = learner.completion_logprobs([TrainItem(probe.prompt, list(probe.completion_ids))])[0]
+            meta, expected = learner.sync_half("collective", cfg.rollout.sync_mode, version,
+                                               TrainItem(probe.prompt, list(probe.completion_ids)))
             results = pool.sync_collective(learner.sender, meta, version, expected)
             assert [r.version for r in results] == [version, version]
             return np.asarray(expected), meta
