@@ -241,7 +241,7 @@ class LearnerWorker:
 
         ``cache_key`` (the sync probe): the same items come again under this key, so their micro-batches — the
         processor's features and, with ``learner.cache_audio_embeddings``, the frozen audio encoder's embeddings —
-        are built once and kept; only the language model runs again (a sync's learner half: ~100 → ~10 ms here)."""
+        are built once and kept; only the language model runs again (the probe: ~100 → ~5 ms here)."""
         key = (cache_key, num_micro, tuple(tuple(it.completion_ids) for it in items)) if cache_key else None
         mbs = self._mb_cache.get(key) if key else None
         if mbs is None:
