@@ -52,8 +52,10 @@ def test_order_is_seeded_resumable_and_bad_rows_are_counted(ray_local, split_dir
 
 
 def test_later_epochs_replay_the_decoded_rows_and_give_what_a_new_pipeline_gives(ray_local, split_dir, tiny_ckpt):
-    def run(replay_mb: int, position: int = 0, n: int = 19):
-        st = PromptStream(split_dir, tiny_ckpt, DataConfig(replay_cache_mb=replay_mb), seed=5, position=position)
+    def run(replay_mb: int, position: int = 0, n: int = 19, prefetch: int = 0):
+        # prefetch 0: the stream reads no further than asked, so its epoch counters are exact when we look
+        st = PromptStream(split_dir, tiny_ckpt, DataConfig(replay_cache_mb=replay_mb, prefetch_items=prefetch),
+                          seed=5, position=position)
         got = [(it.position, it.sample.id, it.prompt.text, [a.tobytes() for a in it.prompt.audios])
                for it in st.take(n)]
         out = got, list(st.bad), st.streamed_epochs, st.replayed_epochs
@@ -66,11 +68,12 @@ def test_later_epochs_replay_the_decoded_rows_and_give_what_a_new_pipeline_gives
     assert (n_streamed, n_replayed) == (1, 2)  # one pipeline, then the decoded rows in each epoch's own order
     assert replayed == streamed and bad_r == bad_s and len(bad_r) >= 2  # the bad row once per epoch passed
     assert [sid for _, sid, *_ in replayed[:7]] != [sid for _, sid, *_ in replayed[7:14]]  # each epoch its order
+    assert run(1024, prefetch=64)[0] == streamed  # the same with the prefetch thread running ahead
     # resumed mid-epoch: the partial epoch streams, the next one too (rows were skipped), then replay
     resumed, _, n_streamed, n_replayed = run(1024, position=streamed[3][0], n=16)
     assert resumed == streamed[3:] and (n_streamed, n_replayed) == (2, 1)
     # a budget the split does not fit (~1 byte, under one row's decoded size): every epoch streams
-    tiny_budget = PromptStream(split_dir, tiny_ckpt, DataConfig(replay_cache_mb=1), seed=5)
+    tiny_budget = PromptStream(split_dir, tiny_ckpt, DataConfig(replay_cache_mb=1, prefetch_items=0), seed=5)
     tiny_budget.cfg.replay_cache_mb = 1e-6
     assert [it.sample.id for it in tiny_budget.take(9)] == [sid for _, sid, *_ in streamed[:9]]
     assert (tiny_budget.streamed_epochs, tiny_budget.replayed_epochs) == (2, 0)
