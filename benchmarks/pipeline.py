@@ -11,7 +11,8 @@ wall time from the first step's start to the last step's end:
     speedup            lag 1 / lag 0;  ideal = (generate + train) / max(generate, train) from the lag-0 run's phases
     busy fractions     rollout actors, reward actors, learner (union of their timeline spans / wall)
     data_wait_frac     time the producer waited for the prompt stream / wall
-    sync_critical_frac time the trainer thread spent in weight sync / wall
+    sync_critical_frac time the trainer thread spent in weight sync / wall (``_steady``: without the last step, a
+                       checkpoint barrier whose sync is synchronous at any lag)
 
 Writes DIR/pipeline.json and DIR/pipeline.png; prints a table. Measured on a shared 2-core machine: rough.
 """
@@ -76,6 +77,8 @@ def figures(run_dir: Path) -> dict[str, float]:
         "steps": len(g), "wall_s": wall, "samples_per_s": samples / wall,
         "generate_s": mean("time/generate"), "train_s": mean("time/train"), "reward_s": mean("time/reward"),
         "data_wait_frac": total("time/data") / wall, "sync_critical_frac": total("time/sync") / wall,
+        # the same without the last step: a checkpoint barrier, whose sync is synchronous at any lag
+        "sync_critical_frac_steady": sum(r["time/sync"] for r in g[:-1]) / max(sum(r["time/step"] for r in g[:-1]), 1e-9),
         "busy_rollout": sum(r["busy/rollout"] * r["time/step"] for r in g) / wall,
         "busy_reward": sum(r["busy/reward"] * r["time/step"] for r in g) / wall,
         "busy_learner": sum(r["busy/learner"] * r["time/step"] for r in g) / wall,
@@ -134,11 +137,12 @@ def main() -> None:
     res["of_ideal"] = res["speedup"] / res["ideal_speedup"]
     res["data_wait_frac"] = {"lag0": l0["data_wait_frac"], "lag1": l1["data_wait_frac"]}
     res["sync_critical_frac"] = {"lag0": l0["sync_critical_frac"], "lag1": l1["sync_critical_frac"]}
+    res["sync_critical_frac_steady"] = {"lag0": l0["sync_critical_frac_steady"], "lag1": l1["sync_critical_frac_steady"]}
     (out / "pipeline.json").write_text(json.dumps(res, indent=1))
     plot(res, out / "pipeline.png")
     print(f"{'':22}{'lag 0':>10}{'lag 1':>10}")
     for k in ("samples_per_s", "generate_s", "train_s", "reward_s", "busy_rollout", "busy_reward", "busy_learner",
-              "data_wait_frac", "sync_critical_frac", "policy_lag_max", "data_positions"):
+              "data_wait_frac", "sync_critical_frac", "sync_critical_frac_steady", "policy_lag_max", "data_positions"):
         print(f"{k:22}{l0[k]:>10.3f}{l1[k]:>10.3f}")
     print(f"speedup per round: {', '.join(f'{x:.2f}×' for x in res['speedup_per_round'])}")
     print(f"speedup {res['speedup']:.2f}× (ideal {res['ideal_speedup']:.2f}×, {res['of_ideal']:.0%} of ideal); "
