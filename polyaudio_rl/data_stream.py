@@ -250,11 +250,15 @@ class PromptStream:
         finally:
             it.close()
 
+    def _order(self, epoch: int) -> list[str]:
+        """The ids of ``epoch`` in stream order (:func:`epoch_order` with this stream's settings)."""
+        return epoch_order(self._ids, self._tasks, self.seed, epoch, bool(getattr(self.cfg, "interleave_tasks", False)),
+                           self._answers)
+
     def _epoch(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
         import ray
 
-        order = epoch_order(self._ids, self._tasks, self.seed, epoch, bool(getattr(self.cfg, "interleave_tasks", False)),
-                            self._answers)
+        order = self._order(epoch)
         rank = {sid: k for k, sid in enumerate(order)}
         base = self._base
         if skip:  # resuming mid-epoch: drop the rows already consumed *before* decoding (reads only the ids)
@@ -288,8 +292,7 @@ class PromptStream:
         self._decoded[keep["id"]] = keep
 
     def _replay(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
-        order = epoch_order(self._ids, self._tasks, self.seed, epoch, bool(getattr(self.cfg, "interleave_tasks", False)),
-                            self._answers)
+        order = self._order(epoch)
         for sid in order[skip:]:
             yield self._decoded[sid]
 
