@@ -45,6 +45,7 @@ from polyaudio_rl.core.grpo_loss import (
     token_logprobs,
     train_mode,
 )
+from polyaudio_rl.core.prompts import MultiAudioPrompt
 
 STAGES = ("grpo", "sft")
 
@@ -90,6 +91,7 @@ class LearnerWorker:
         torch.set_num_threads(threads)
         self.engine = None
         self._mb_cache: dict[Any, list] = {}  # completion_logprobs(cache_key=...): the probe's built micro-batches
+        self.prompts = None  # the PromptCache (setup), None when off or under ZeRO-3
 
     def address(self) -> tuple[str, int]:
         import ray
@@ -151,6 +153,14 @@ class LearnerWorker:
             model=self.model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
         )
         self._train_mode()
+        # a forward is deterministic unless a dropout is active in training mode (then the proximal log-probs of
+        # grpo.is_correction need their own pass)
+        self._stochastic = any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training
+                               for m in self.engine.module.modules())
+        if cfg.learner.prompt_cache_mb > 0 and cfg.learner.zero_stage < 3:
+            from polyaudio_rl.core.prompt_cache import PromptCache
+
+            self.prompts = PromptCache(cfg.learner.prompt_cache_mb)
         self.step = 0
         client_state: dict[str, Any] = {}
         if resume_from:
@@ -161,11 +171,27 @@ class LearnerWorker:
                 "backend": backend, "device": str(self.device)}
 
     # ----------------------------------------------------------------------------------------------------------
-    def _microbatches(self, items: Sequence[TrainItem], num_micro: int):
+    def _embed_model(self) -> Any:
         cache = self.cfg.learner.cache_audio_embeddings and self.cfg.model.freeze_audio_encoder
+        return self.engine.module if cache else None
+
+    def _microbatches(self, items: Sequence[TrainItem], num_micro: int):
+        t0, before = time.perf_counter(), (self.prompts.hits, self.prompts.misses) if self.prompts else (0, 0)
         mbs = build_microbatches(items, self.processor, self.cfg.learner.micro_batch_size, num_micro,
-                                 embed_model=self.engine.module if cache else None)
+                                 embed_model=self._embed_model(), cache=self.prompts)
+        after = (self.prompts.hits, self.prompts.misses) if self.prompts else (0, len({id(it.prompt) for it in items}))
+        self._prep = {"prompts_cached": after[0] - before[0], "prompts_encoded": after[1] - before[1],
+                      "prep_s": time.perf_counter() - t0}  # what the step's _reduce reports
         return [mb.to(self.device, self.dtype) for mb in mbs]
+
+    def prefetch(self, prompts: list[MultiAudioPrompt]) -> dict[str, float]:
+        """Encode (and embed) ``prompts`` into the prompt cache now, so the step that trains on them finds them
+        there (:meth:`Learner.prefetch`). Returns the cache's counters."""
+        if self.prompts is None:
+            return {}
+        t0 = time.perf_counter()
+        self.prompts.encode(prompts, self.processor, self._embed_model())
+        return {**self.prompts.stats(), "time_s": time.perf_counter() - t0}
 
     def _train_mode(self) -> None:
         train_mode(self.engine.module, self.cfg.model.freeze_audio_encoder)
@@ -191,8 +217,11 @@ class LearnerWorker:
             if not bool(mb.has_old.all()):
                 cur = self._nograd_logprobs(mb, reference=False)
                 mb.old_logp = torch.where(mb.has_old.to(cur.device)[:, None], mb.old_logp, cur)
-        # the proximal policy (these weights, before the update) for an off-policy correction (grpo.is_correction)
-        proxs = [self._nograd_logprobs(mb, reference=False) if cfg.is_correction != "none" else None for mb in mbs]
+        # the proximal policy (these weights, before the update) for an off-policy correction (grpo.is_correction):
+        # without dropout the first inner epoch's own forward gives it, detached; with dropout a separate pass
+        fused = cfg.is_correction != "none" and not self._stochastic
+        proxs = [self._nograd_logprobs(mb, reference=False) if cfg.is_correction != "none" and not fused else None
+                 for mb in mbs]
         self._train_mode()
         epochs = []
         for _ in range(cfg.inner_epochs):
@@ -201,6 +230,8 @@ class LearnerWorker:
             for i, (mb, ref, prox) in enumerate(zip(mbs, refs, proxs)):
                 self.engine.set_gradient_accumulation_boundary(i == len(mbs) - 1)
                 logp, ent = token_logprobs(self.engine, mb, with_entropy=True)
+                if fused and prox is None:
+                    prox = proxs[i] = logp.detach()
                 loss, st = grpo_microbatch_loss(logp, mb, ref, cfg, counts, prox_logp=prox)
                 self.engine.backward(loss * self.world)
                 sums["loss"] += float(loss.detach())
@@ -212,7 +243,7 @@ class LearnerWorker:
             sums["lr"] = float(self.engine.get_lr()[0])
             epochs.append(sums)
         self.step += 1
-        return {"epochs": epochs, "time_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(),
+        return {"epochs": epochs, "time_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(), **self._prep,
                 "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else 0.0}
 
     def sft_step(self, items: list[TrainItem], counts: GlobalCounts, num_micro: int) -> dict[str, Any]:
@@ -232,7 +263,7 @@ class LearnerWorker:
         sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         sums["lr"] = float(self.engine.get_lr()[0])
         self.step += 1
-        return {"epochs": [sums], "time_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(),
+        return {"epochs": [sums], "time_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(), **self._prep,
                 "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else 0.0}
 
     def completion_logprobs(self, items: list[TrainItem], num_micro: int, cache_key: str | None = None
@@ -413,7 +444,7 @@ class Learner:
     def _prepare(self, items: Sequence[TrainItem]) -> list[TrainItem]:
         """Items whose ``prompt`` is a datagen ``Sample`` (or its row dict) get their MultiAudioPrompt built here
         (once per sample object, so a group shares one prompt)."""
-        from polyaudio_rl.core.prompts import MultiAudioPrompt, build_prompt_from_config
+        from polyaudio_rl.core.prompts import build_prompt_from_config
 
         out, built = [], {}
         for it in items:
@@ -429,13 +460,26 @@ class Learner:
             out.append(it)
         return out
 
+    def _bounds(self, n_items: int) -> list[tuple[int, int]]:
+        """Worker r trains on items [start, end) of a step's batch: contiguous shards of ceil(n / workers)."""
+        size = math.ceil(n_items / len(self.workers))
+        return [(r * size, min(n_items, (r + 1) * size)) for r in range(len(self.workers))]
+
     def _shard(self, items: list[TrainItem]) -> tuple[list[list[TrainItem]], int]:
-        n = len(self.workers)
-        size = math.ceil(len(items) / n)
-        shards = [items[r * size : (r + 1) * size] for r in range(n)]
+        shards = [items[a:b] for a, b in self._bounds(len(items))]
         shards = [s if s else [replace(items[0], pad=True)] for s in shards]  # fewer items than workers
         num_micro = max(math.ceil(len(s) / self.cfg.learner.micro_batch_size) for s in shards)
         return shards, num_micro
+
+    def prefetch(self, prompts: Sequence[MultiAudioPrompt], group_size: int) -> None:
+        """Have each worker encode, in the background, the prompts of the shard it will train on when these
+        prompts come as one step of ``group_size`` completions each (dropped groups only shift a few: those are
+        encoded in the step). Returns at once; the work queues on the workers like any call."""
+        if not prompts or self.cfg.learner.prompt_cache_mb <= 0 or self.cfg.learner.zero_stage >= 3:
+            return
+        for w, (a, b) in zip(self.workers, self._bounds(len(prompts) * group_size)):
+            if b > a:  # prompts of items a .. b-1
+                w.prefetch.remote(list(prompts[a // group_size : (b - 1) // group_size + 1]))
 
     def _counts(self, items: Sequence[TrainItem]) -> GlobalCounts:
         real = [it for it in items if not it.pad]
@@ -527,6 +571,10 @@ class Learner:
             "time_s": wall,
             "tokens_per_s": counts.tokens * n_ep / wall if wall > 0 else 0.0,
             "peak_rss_mb_max": max(r["peak_rss_mb"] for r in results),
+            # prompts whose inputs came from the prompt cache (prefetched or met before) / were built in the step
+            "prompts_cached": float(sum(r["prompts_cached"] for r in results)),
+            "prompts_encoded": float(sum(r["prompts_encoded"] for r in results)),
+            "prep_s_max": max(r["prep_s"] for r in results),
             "peak_gpu_mb_max": max(r["peak_gpu_mb"] for r in results),
             **{f"peak_rss_mb_w{i}": r["peak_rss_mb"] for i, r in enumerate(results)},
             **({f"peak_gpu_mb_w{i}": r["peak_gpu_mb"] for i, r in enumerate(results)} if results[0]["peak_gpu_mb"] else {}),

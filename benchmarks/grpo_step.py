@@ -12,7 +12,8 @@ allocator warm-up). Engines run one after another on one local Ray cluster; each
 
 Prints per engine the mean seconds per step of each phase (data, generate, reward, train, sync) and samples/s
 (completions / step wall time), then the vLLM/HF ratios of samples/s and of generate time. Writes
-``OUT/grpo_step.json`` and ``OUT/grpo_step.png``. Timings on a shared machine vary: the load average is recorded.
+``OUT/grpo_step.json`` and ``OUT/grpo_step.png``; Ray's and the libraries' log lines go to ``OUT/logs/``.
+Timings on a shared machine vary: the load average is recorded.
 """
 from __future__ import annotations
 
@@ -164,6 +165,7 @@ def main(argv=None) -> dict:
     import ray
 
     from polyaudio_rl.core.config import load_config
+    from polyaudio_rl.console import Console
     from polyaudio_rl.train import check_resources, connect_ray
 
     out = Path(a.out)
@@ -181,7 +183,9 @@ def main(argv=None) -> dict:
     # Everything is reported and written while Ray is still up: a Ray Data thread that outlives ray.shutdown()
     # can make Ray end the process.
     try:
-        check_resources(cfg, connect_ray(cfg))
+        # library chatter (Ray Data progress, workers' output) goes to OUT/logs/, the console keeps the figures
+        con = Console(out, quiet=True).install()
+        check_resources(cfg, connect_ray(cfg, con))
         for engine in filter(None, a.engines.split(",")):
             print(f"== rollout.engine={engine}", flush=True)
             res["engines"][engine] = bench_engine(cfg, engine, a.warmup, a.steps)

@@ -159,6 +159,8 @@ class GRPODriver:
         self._sync_result: dict[str, float] = {}
         self._first: tuple[int, int] | None = None  # (first step, its learner version) of this pipeline
         self._last_end: float | None = None
+        self._prep: list[tuple[int, list[Any]]] = []  # (step, prompts) submitted to rollouts, not yet prefetched
+        self._prep_lock = threading.Lock()
 
     @property
     def trained_ids(self) -> list[str]:
@@ -237,6 +239,19 @@ class GRPODriver:
         crit["time/sync"] = time.time() - t  # what the step waited for; the push runs on
         return crit
 
+    # ------------------------------------------------------------------------------------------------ prefetch
+    def _prefetch(self, upto: int) -> None:
+        """Hand the learner the prompts of batches up to step ``upto`` to encode before their step (the learner's
+        prompt cache): at lag 0 right after their rollouts are submitted (the learner waits for them anyway), at
+        lag >= 1 after the sync of the step before, never ahead of a step the learner still has to train."""
+        prefetch = getattr(self.learner, "prefetch", None)
+        with self._prep_lock:
+            ready = [p for p in self._prep if p[0] <= upto]
+            self._prep = [p for p in self._prep if p[0] > upto]
+        for _, prompts in ready:
+            if prefetch is not None:
+                prefetch(prompts, self.cfg.grpo.group_size)
+
     # ------------------------------------------------------------------------------------------------ producer
     def _start(self, step: int) -> None:
         self._first = (step, self.version)
@@ -265,6 +280,10 @@ class GRPODriver:
         self.timeline.add("data", "take (wait)", t0, t1, step=step)
         gids = [f"{step}:{it.position}:{it.sample.id}" for it in items]
         job = self.rollout.submit([it.prompt for it in items], gids, g.group_size)
+        with self._prep_lock:
+            self._prep.append((step, [it.prompt for it in items]))
+        if self.lag == 0:
+            self._prefetch(step)
         groups = self.rollout.collect(job)
         t2 = time.time()
         for sh in job.shards:
@@ -359,6 +378,8 @@ class GRPODriver:
         self.data_position = batch.end_position
         background = self.lag > 0 and step not in self.checkpoint_steps()
         m.update(self.sync(background=background))
+        if self.lag > 0:
+            self._prefetch(step + 1)
         t3 = time.time()
         self._last_end = t3
         n_samples = sum(len(grp.completions) for grp in batch.groups)

@@ -186,14 +186,16 @@ def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id
 
 def build_microbatches(
     items: Sequence[TrainItem], processor: Any, micro_batch_size: int, num_micro: int | None = None,
-    embed_model: Any = None,
+    embed_model: Any = None, cache: Any = None,
 ) -> list[MicroBatch]:
     """Split ``items`` into ``num_micro`` micro-batches of at most ``micro_batch_size`` (padding with filler items
     copied from the first one when ``num_micro`` asks for more than the items fill).
 
     With ``embed_model`` (only valid while the audio encoder, projector and token embeddings are frozen) each
     unique prompt's merged input embeddings are computed once (:func:`prompt_embeddings`) and reused by every
-    completion of its group, the reference pass and all μ inner epochs."""
+    completion of its group, the reference pass and all μ inner epochs. With ``cache`` (a
+    :class:`polyaudio_rl.core.prompt_cache.PromptCache`) each prompt is encoded (and embedded) on its own, or
+    taken from the cache: the same tensors either way."""
     if not items:
         raise BatchError("build_microbatches: no items")
     vocab = len(processor.tokenizer)
@@ -205,8 +207,11 @@ def build_microbatches(
         if id(it.prompt) not in uniq:
             uniq[id(it.prompt)] = len(prompts)
             prompts.append(it.prompt)
-    enc = encode_prompts(prompts, processor)
-    if embed_model is not None:
+    if cache is not None:
+        enc = cache.encode(prompts, processor, embed_model)
+    else:
+        enc = encode_prompts(prompts, processor)
+    if embed_model is not None and cache is None:
         for e, emb in zip(enc, prompt_embeddings(embed_model, enc, processor.tokenizer.pad_token_id)):
             e.embeds = emb
     need = -(-len(items) // micro_batch_size)

@@ -1,6 +1,7 @@
 """2-worker DeepSpeed learners on CPU (gloo, fp32) through Ray: GRPO and SFT steps on the tiny checkpoint, and
 resume-from-checkpoint == an uninterrupted run."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -133,6 +134,7 @@ def test_sharding_does_not_change_the_update(ray_local, tiny_ckpt, tiny_processo
 
     items, rewards = _batches(tiny_processor, n_batches=1, seed=3)[0]
     items, rewards = items[:5], rewards[:5]  # 5 completions: shards of 3 and 2
+    built = [items[0].prompt, items[3].prompt]
     results = {}
     for n in (1, 2):
         if n == 2:
@@ -143,8 +145,13 @@ def test_sharding_does_not_change_the_update(ray_local, tiny_ckpt, tiny_processo
         try:
             probe = [replace(items[0], prompt=build_prompt(_sample("probe", (0.6, 0.9)), tiny_processor))]
             before = learner.completion_logprobs(probe, cache_key="probe")  # builds the probe's inputs once
-            learner.train_grpo_step(items, rewards)  # step 1 only moves lora_B (B starts at 0); step 2 both
+            if n == 2:  # each worker encodes the prompt of its shard ahead (as while rollouts generate)
+                learner.prefetch(built, group_size=3)
+            m0 = learner.train_grpo_step(items, rewards)  # step 1 only moves lora_B (B starts at 0); step 2 both
             m = learner.train_grpo_step(items, rewards)
+            # prompt cache: n=1 builds both prompts in step 1 and finds them in step 2; n=2 finds them prefetched
+            assert (m0["prompts_cached"], m0["prompts_encoded"]) == ((2.0, 0.0) if n == 2 else (0.0, 2.0))
+            assert (m["prompts_cached"], m["prompts_encoded"]) == (2.0, 0.0)
             results[n] = (m, learner.get_weights("adapter"))
             # the probe's kept inputs give the new policy's log-probs, exactly as inputs built afresh do
             cached, fresh = learner.completion_logprobs(probe, cache_key="probe"), learner.completion_logprobs(probe)
@@ -211,3 +218,25 @@ def test_lr_factor_table(warmup, schedule, total, step, factor):
     from actors.learner import lr_factor
 
     assert lr_factor(warmup, schedule, total)(step) == pytest.approx(factor, abs=1e-6)
+
+
+def test_tis_proximal_logprobs_are_the_policy_before_the_update(ray_local, tiny_ckpt, tiny_processor, tmp_path):
+    """grpo.is_correction='tis' without dropout takes the proximal log-probs from the first inner epoch's own
+    forward (no extra pass): the importance weights it reports are min(π_before / π_behaviour, cap) per token, with
+    π_before measured separately before the step."""
+    from actors.learner import Learner
+
+    items, rewards = _batches(tiny_processor, n_batches=1, seed=5)[0]
+    cfg = _cfg(tiny_ckpt, tmp_path, "learner.num_workers=1", "model.lora.dropout=0.0", "grpo.is_correction=tis",
+               "grpo.tis_cap=1.5", "grpo.inner_epochs=2", "grpo.kl_coef=0.0", "grpo.lr=1e-2")
+    learner = Learner(cfg, "grpo")
+    try:
+        learner.train_grpo_step(items, rewards)  # move off the initial adapter (B = 0)
+        before = learner.completion_logprobs(items)
+        m = learner.train_grpo_step(items, rewards)
+    finally:
+        learner.shutdown()
+    weights = [min(math.exp(p - (b if it.old_logprobs else p)), 1.5)
+               for it, lp in zip(items, before) for p, b in zip(lp, it.old_logprobs or lp)]
+    assert m["is_weight_mean"] == pytest.approx(sum(weights) / len(weights), rel=1e-5)
+    assert abs(m["is_weight_mean"] - 1.0) > 1e-3  # the synthetic behaviour log-probs are off-policy: weights bite

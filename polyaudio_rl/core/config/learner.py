@@ -24,6 +24,12 @@ class LearnerConfig:
         True, "Run the (frozen) audio encoder once per prompt per step and reuse its embeddings for all G completions, "
         "the reference pass and the μ inner epochs. Ignored when model.freeze_audio_encoder is false."
     )
+    prompt_cache_mb: float = cfg_field(
+        1024.0, "Per-worker budget (MB) for encoded prompts — processor features and, with the cache above, the frozen "
+        "encoder's embeddings — kept across steps by content (polyaudio_rl/core/prompt_cache.py): the driver has a "
+        "batch's prompts prepared while its rollouts generate, and a prompt met again in a later epoch is not "
+        "re-encoded. 0 disables it. Not used under ZeRO-3 (there the encoder pass is a collective of the step)."
+    )
     max_restarts: int = cfg_field(
         2, "Times the driver rebuilds a learner group whose worker died, from the last GRPO checkpoint (its data "
         "position included), before failing the run."
@@ -40,5 +46,7 @@ class LearnerConfig:
         if self.num_workers < 1 or self.micro_batch_size < 1:
             raise ValueError(f"learner.num_workers and micro_batch_size must be >= 1, got {self.num_workers}, "
                              f"{self.micro_batch_size}")
+        if self.prompt_cache_mb < 0:
+            raise ValueError(f"learner.prompt_cache_mb must be >= 0, got {self.prompt_cache_mb}")
         if self.backend not in ("auto", "gloo", "nccl"):
             raise ValueError(f"learner.backend must be auto, gloo or nccl, got {self.backend!r}")
