@@ -83,8 +83,8 @@ class TrainItem:
 @dataclass
 class EncodedPrompt:
     input_ids: torch.Tensor  # [L] unpadded, audio placeholders expanded
-    input_features: torch.Tensor  # [n_clips, mel, frames]
-    feature_attention_mask: torch.Tensor  # [n_clips, frames]
+    input_features: torch.Tensor | None  # [n_clips, mel, frames]; None once ``embeds`` stand for them
+    feature_attention_mask: torch.Tensor | None  # [n_clips, frames]
     embeds: torch.Tensor | None = None  # [L, D] merged text+audio input embeddings (frozen encoder cache)
 
 
@@ -123,7 +123,7 @@ class MicroBatch:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "MicroBatch":
         mi = {k: v.to(device) for k, v in self.model_inputs.items()}
-        if dtype is not None:
+        if dtype is not None and "input_features" in mi:
             mi["input_features"] = mi["input_features"].to(dtype)
         pe = [e.to(device) for e in self.prompt_embeds] if self.prompt_embeds is not None else None
         return MicroBatch(
@@ -164,15 +164,14 @@ def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id
         if hit.any():
             true_ids = ids.clone()
             ids = ids.masked_fill(hit, pad_id)
-    model_inputs = {
-        "input_ids": ids,
-        "attention_mask": attn,
-        "input_features": torch.cat([e.input_features for e in encoded]),
-        "feature_attention_mask": torch.cat([e.feature_attention_mask for e in encoded]),
-    }
     embeds = [e.embeds for e in encoded]
+    embedded = all(e is not None for e in embeds)
+    model_inputs = {"input_ids": ids, "attention_mask": attn}
+    if not embedded:  # with the prompts' embeddings the audio encoder does not run: no features to carry
+        model_inputs["input_features"] = torch.cat([e.input_features for e in encoded])
+        model_inputs["feature_attention_mask"] = torch.cat([e.feature_attention_mask for e in encoded])
     return MicroBatch(
-        prompt_embeds=embeds if all(e is not None for e in embeds) else None,
+        prompt_embeds=embeds if embedded else None,
         model_inputs=model_inputs,
         targets=targets,
         mask=resp[:, 1:],

@@ -9,7 +9,8 @@ token embeddings are frozen, so both can be computed *before* the step — while
 Every prompt is encoded and embedded on its own (one processor call and one encoder call per prompt), so a prompt's
 tensors never depend on which other prompts shared its batch or on whether they came from the cache: a step gives
 bit-identical inputs with a warm, cold or evicted cache (exact resume stays exact). Entries are keyed by the
-prompt's content (text and PCM bytes), evicted least-recently-used beyond ``budget_mb``.
+prompt's content (text and PCM bytes), evicted least-recently-used beyond ``budget_mb``. An embedded entry keeps
+only the ids and the embeddings (the Whisper features, ~1.5 MB per clip, are not needed once the encoder ran).
 """
 from __future__ import annotations
 
@@ -64,8 +65,9 @@ class PromptCache:
                 if e is None:
                     self.misses += 1
                     (e,) = encode_prompts([p], processor)
-                    if embed_model is not None:
+                    if embed_model is not None:  # the embeddings stand for the features from here on
                         (e.embeds,) = prompt_embeddings(embed_model, [e], processor.tokenizer.pad_token_id)
+                        e.input_features = e.feature_attention_mask = None
                     self._put(key, e)
                 else:
                     self.hits += 1

@@ -47,12 +47,14 @@ def test_cached_entries_equal_a_fresh_encoding_and_are_reused(tiny_processor, po
     for p, e in zip(two, first):  # each prompt exactly as a one-prompt encoding + encoder pass gives it
         (fresh,) = encode_prompts([p], tiny_processor)
         (emb,) = prompt_embeddings(policy, [fresh], tiny_processor.tokenizer.pad_token_id)
-        assert torch.equal(e.input_ids, fresh.input_ids) and torch.equal(e.input_features, fresh.input_features)
-        assert torch.equal(e.embeds, emb)
+        assert torch.equal(e.input_ids, fresh.input_ids) and torch.equal(e.embeds, emb)
+        assert e.input_features is None  # the embeddings stand for the features: only they are kept
     again = cache.encode([two[1], two[0]], tiny_processor, policy)
     assert again[0] is first[1] and again[1] is first[0] and (cache.hits, cache.misses) == (2, 2)
-    cache.encode(two[:1], tiny_processor)  # without the encoder: a separate entry (no embeddings)
-    assert cache.misses == 3 and cache.encode(two[:1], tiny_processor)[0].embeds is None
+    plain = cache.encode(two[:1], tiny_processor)[0]  # without the encoder: a separate entry, features kept
+    assert cache.misses == 3 and plain.embeds is None
+    assert torch.equal(plain.input_features, encode_prompts(two[:1], tiny_processor)[0].input_features)
+    assert cache.encode(two[:1], tiny_processor)[0] is plain
 
 
 def test_budget_evicts_least_recently_used(tiny_processor, two):
@@ -79,6 +81,7 @@ def test_microbatches_are_identical_cold_warm_and_mixed(tiny_processor, policy, 
     for c, w in zip(cold, warm):
         assert all(torch.equal(x, y) for x, y in zip(c.prompt_embeds, w.prompt_embeds))
         assert torch.equal(c.model_inputs["input_ids"], w.model_inputs["input_ids"]) and torch.equal(c.mask, w.mask)
+        assert "input_features" not in c.model_inputs  # the encoder does not run again: no features carried
     plain = build_microbatches(items, tiny_processor, 2, embed_model=policy)  # the batched path (no cache)
     for c, p in zip(cold, plain):
         for x, y in zip(c.prompt_embeds, p.prompt_embeds):
