@@ -93,9 +93,13 @@ def bench_engine(cfg, engine: str, warmup: int, steps: int) -> dict:
             m = driver.step(step).metrics
             rows.append({"step": step, "warmup": step <= warmup, "samples": round(m["samples_per_s"] * m["time/step"]),
                          "response_length": m["response_length"], "step_s": m["time/step"],
+                         "prompts_cached": m.get("learner/prompts_cached", 0.0),
+                         "prompts_encoded": m.get("learner/prompts_encoded", 0.0), "prep_s": m.get("learner/prep_s_max"),
                          **{p: m[f"time/{p}"] for p in PHASES}})
             print(f"  {engine} step {step}{' (warm-up)' if step <= warmup else ''}: {m['time/step']:.2f} s, "
-                  + ", ".join(f"{p} {m[f'time/{p}']:.2f}" for p in PHASES), flush=True)
+                  + ", ".join(f"{p} {m[f'time/{p}']:.2f}" for p in PHASES)
+                  + f" (prompts ready/built {rows[-1]['prompts_cached']:.0f}/{rows[-1]['prompts_encoded']:.0f}, "
+                  f"slowest worker's inputs {rows[-1]['prep_s'] or 0:.2f} s)", flush=True)
     finally:
         for p in reversed(parts):
             try:
