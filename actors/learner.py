@@ -28,7 +28,7 @@ import os
 import socket
 import time
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -622,13 +622,23 @@ class Learner:
     def sync_half(self, transport: str, mode: str, version: int, probe: TrainItem) -> tuple[Any, list[float]]:
         """The learner's half of a sync in one round trip (:meth:`LearnerWorker.sync_half`): (the weights as
         ``transport`` hands them to the rollout actors, the probe completion's log-probs they must reproduce)."""
+        return self.submit_sync_half(transport, mode, version, probe)()
+
+    def submit_sync_half(self, transport: str, mode: str, version: int, probe: TrainItem
+                         ) -> Callable[[], tuple[Any, list[float]]]:
+        """Send :meth:`sync_half` to the workers and return a function that waits for its result. The workers run
+        calls in the order they were sent, so the weights are those of every step sent before and of none after:
+        the driver may send the next step right away and wait for the sync's result on another thread."""
         import ray
 
         shards, num_micro = self._shard(self._prepare([probe]))
-        outs = ray.get([w.sync_half.remote(transport, mode, version, s, num_micro)
-                        for w, s in zip(self.workers, shards)])
-        weights, probe_lps = outs[0]
-        return (weights[0] if transport == "object_store" else weights), list(probe_lps[0])
+        refs = [w.sync_half.remote(transport, mode, version, s, num_micro) for w, s in zip(self.workers, shards)]
+
+        def result() -> tuple[Any, list[float]]:
+            weights, probe_lps = ray.get(refs)[0]
+            return (weights[0] if transport == "object_store" else weights), list(probe_lps[0])
+
+        return result
 
     @property
     def sender(self) -> Any:

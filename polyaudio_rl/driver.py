@@ -36,7 +36,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -184,14 +184,16 @@ class GRPODriver:
         self._reset_pipeline()
 
     # ------------------------------------------------------------------------------------------------ sync
-    def _learner_half(self, version: int) -> tuple[Any, list[float]]:
-        """One learner call: the new weights as ``rollout.sync_transport`` hands them over — ``object_store``: an
-        ObjectRef (learner → object store → actors); ``collective``: names and shapes (rank 0 keeps the tensors for
-        its broadcast); ``driver``: the tensors, materialised here (the old path, for comparison) — and the
-        probe's log-probs under them."""
+    def _learner_half(self, version: int) -> Callable[[], tuple[Any, list[float]]]:
+        """Send the learner's half of the sync (one call; it runs before any learner call sent after it) and
+        return the function that waits for it: the new weights as ``rollout.sync_transport`` hands them over —
+        ``object_store``: an ObjectRef (learner → object store → actors); ``collective``: names and shapes (rank 0
+        keeps the tensors for its broadcast); ``driver``: the tensors, materialised here (the old path, for
+        comparison) — and the probe's log-probs under them."""
         item = TrainItem(self.probe.prompt, list(self.probe.completion_ids))
         rc = self.cfg.rollout
-        return _learner_call(self.learner.sync_half, rc.sync_transport, rc.sync_mode, version, item)
+        wait = _learner_call(self.learner.submit_sync_half, rc.sync_transport, rc.sync_mode, version, item)
+        return lambda: _learner_call(wait)
 
     def _push(self, weights: Any, expected: list[float], version: int) -> dict[str, float]:
         t = time.time()
@@ -215,29 +217,39 @@ class GRPODriver:
 
     def sync(self, background: bool = False) -> dict[str, float]:
         """New weights to every rollout actor as policy version v+1, verified by the probe. With ``background``
-        the rollout side (push + verify) runs in a thread; :meth:`wait_sync` (or the next sync) joins it."""
+        the step only sends the learner's half (the learner runs it before the next step, which may be sent at
+        once); waiting for it, the push and the verification run in a thread that :meth:`wait_sync` (or the next
+        sync) joins. ``time/sync`` is what the step waited for."""
         t = time.time()
-        self.wait_sync()
-        with self.timeline.span("learner", "sync: weights + probe", version=self.version + 1):
-            weights, expected = self._learner_half(self.version + 1)
-        self.version += 1
-        version = self.version
-        crit = {"time/sync_learner": time.time() - t, "policy_version": float(version)}
+        prev = self.wait_sync()  # the background sync before this one (its figures are logged with this step)
+        self._sync_result = {}
+        version = self.version + 1
+        half = self._learner_half(version)
+        self.version = version
+
+        def learner_half() -> tuple[Any, list[float], float]:
+            t0 = time.time()
+            with self.timeline.span("learner", "sync: weights + probe", version=version):
+                weights, expected = half()
+            return weights, expected, time.time() - t0
+
         if not background:
-            out = {**crit, **self._push(weights, expected, version)}
+            weights, expected, _ = learner_half()
+            out = {"time/sync_learner": time.time() - t, "policy_version": float(version),
+                   **self._push(weights, expected, version)}
             out["time/sync"] = time.time() - t
             return out
 
         def run() -> None:
             try:
-                self._sync_result = self._push(weights, expected, version)
+                weights, expected, waited = learner_half()
+                self._sync_result = {"time/sync_learner": waited, **self._push(weights, expected, version)}
             except BaseException as exc:  # noqa: BLE001 - raised in the consumer by wait_sync()
                 self._sync_error = exc
 
         self._sync_thread = threading.Thread(target=run, name=f"sync-v{version}", daemon=True)
         self._sync_thread.start()
-        crit["time/sync"] = time.time() - t  # what the step waited for; the push runs on
-        return crit
+        return {**prev, "time/sync": time.time() - t, "policy_version": float(version)}
 
     # ------------------------------------------------------------------------------------------------ prefetch
     def _prefetch(self, upto: int) -> None:
