@@ -157,7 +157,7 @@ class LearnerWorker:
         # grpo.is_correction need their own pass)
         self._stochastic = any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training
                                for m in self.engine.module.modules())
-        if cfg.learner.prompt_cache_mb > 0 and cfg.learner.zero_stage < 3:
+        if cfg.learner.uses_prompt_cache:
             from polyaudio_rl.core.prompt_cache import PromptCache
 
             self.prompts = PromptCache(cfg.learner.prompt_cache_mb)
@@ -184,14 +184,11 @@ class LearnerWorker:
                       "prep_s": time.perf_counter() - t0}  # what the step's _reduce reports
         return [mb.to(self.device, self.dtype) for mb in mbs]
 
-    def prefetch(self, prompts: list[MultiAudioPrompt]) -> dict[str, float]:
+    def prefetch(self, prompts: list[MultiAudioPrompt]) -> None:
         """Encode (and embed) ``prompts`` into the prompt cache now, so the step that trains on them finds them
-        there (:meth:`Learner.prefetch`). Returns the cache's counters."""
-        if self.prompts is None:
-            return {}
-        t0 = time.perf_counter()
-        self.prompts.encode(prompts, self.processor, self._embed_model())
-        return {**self.prompts.stats(), "time_s": time.perf_counter() - t0}
+        there (:meth:`Learner.prefetch`)."""
+        if self.prompts is not None:
+            self.prompts.encode(prompts, self.processor, self._embed_model())
 
     def _train_mode(self) -> None:
         train_mode(self.engine.module, self.cfg.model.freeze_audio_encoder)
@@ -475,7 +472,7 @@ class Learner:
         """Have each worker encode, in the background, the prompts of the shard it will train on when these
         prompts come as one step of ``group_size`` completions each (dropped groups only shift a few: those are
         encoded in the step). Returns at once; the work queues on the workers like any call."""
-        if not prompts or self.cfg.learner.prompt_cache_mb <= 0 or self.cfg.learner.zero_stage >= 3:
+        if not prompts or not self.cfg.learner.uses_prompt_cache:
             return
         for w, (a, b) in zip(self.workers, self._bounds(len(prompts) * group_size)):
             if b > a:  # prompts of items a .. b-1

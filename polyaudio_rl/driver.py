@@ -256,13 +256,11 @@ class GRPODriver:
         """Hand the learner the prompts of batches up to step ``upto`` to encode before their step (the learner's
         prompt cache): at lag 0 right after their rollouts are submitted (the learner waits for them anyway), at
         lag >= 1 after the sync of the step before, never ahead of a step the learner still has to train."""
-        prefetch = getattr(self.learner, "prefetch", None)
         with self._prep_lock:
             ready = [p for p in self._prep if p[0] <= upto]
             self._prep = [p for p in self._prep if p[0] > upto]
         for _, prompts in ready:
-            if prefetch is not None:
-                prefetch(prompts, self.cfg.grpo.group_size)
+            self.learner.prefetch(prompts, self.cfg.grpo.group_size)
 
     # ------------------------------------------------------------------------------------------------ producer
     def _start(self, step: int) -> None:

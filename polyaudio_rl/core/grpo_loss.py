@@ -210,9 +210,9 @@ def build_microbatches(
         enc = cache.encode(prompts, processor, embed_model)
     else:
         enc = encode_prompts(prompts, processor)
-    if embed_model is not None and cache is None:
-        for e, emb in zip(enc, prompt_embeddings(embed_model, enc, processor.tokenizer.pad_token_id)):
-            e.embeds = emb
+        if embed_model is not None:
+            for e, emb in zip(enc, prompt_embeddings(embed_model, enc, processor.tokenizer.pad_token_id)):
+                e.embeds = emb
     need = -(-len(items) // micro_batch_size)
     num_micro = num_micro or need
     if num_micro < need:

@@ -86,10 +86,5 @@ class PromptCache:
             self._bytes -= _nbytes(old)
             self.evictions += 1
 
-    def stats(self) -> dict[str, float]:
-        return {"hits": float(self.hits), "misses": float(self.misses), "evictions": float(self.evictions),
-                "entries": float(len(self._entries)), "mb": self._bytes / 2**20}
-
 
 __all__ = ["PromptCache", "prompt_key"]
-

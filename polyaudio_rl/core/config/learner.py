@@ -40,6 +40,11 @@ class LearnerConfig:
     )
     checkpoint_every: int = cfg_field(10, "Write a checkpoint every K optimizer steps (0: only at the end).")
 
+    @property
+    def uses_prompt_cache(self) -> bool:
+        """Whether the workers keep a prompt cache (``prompt_cache_mb`` > 0, ZeRO stage below 3)."""
+        return self.prompt_cache_mb > 0 and self.zero_stage < 3
+
     def validate(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"learner.zero_stage must be 0–3, got {self.zero_stage}")
