@@ -43,6 +43,8 @@ from polyaudio_rl.core.weights import (
     SyncError, apply_lora_tensors, check_hub_weights, checkpoint_shapes, hub_key, write_peft_adapter,
 )
 
+from .vllm_qwen2_audio import hf_overrides, register
+
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
@@ -282,8 +284,9 @@ def vllm_suppression(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], dic
 # ------------------------------------------------------------------------------------------------ vLLM
 class VLLMEngine(RolloutEngine):
     """vLLM ``LLM`` in this process. On CPU the KV cache is sized by ``rollout.kv_cache_memory_gb``; on GPUs by
-    ``rollout.gpu_memory_utilization``. ``sync_mode='adapter'`` builds the LoRA-capable Qwen2-Audio
-    (:mod:`actors.vllm_lora`) with ``enable_lora``."""
+    ``rollout.gpu_memory_utilization``. The model is PolyAudio's Qwen2-Audio (:mod:`actors.vllm_qwen2_audio`: the
+    audio encoder on each clip's own length, as the learner runs it); ``sync_mode='adapter'`` builds its LoRA-capable
+    variant with ``enable_lora``."""
 
     name = "vllm"
 
@@ -308,16 +311,14 @@ class VLLMEngine(RolloutEngine):
         else:
             kwargs["gpu_memory_utilization"] = c.gpu_memory_utilization
         self.adapter_mode = c.sync_mode == "adapter"
+        register()
+        kwargs["hf_overrides"] = hf_overrides(lora=self.adapter_mode)
         if self.adapter_mode:
-            from .vllm_lora import LORA_ARCH, register
-
-            register()
             want = c.max_lora_rank or spec.lora_rank
             rank = next((r for r in VLLM_LORA_RANKS if r >= want), None)
             if rank is None:
                 raise ValueError(f"LoRA rank {want} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
-            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=rank,
-                          hf_overrides={"architectures": [LORA_ARCH]})
+            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=rank)
         kwargs.update(spec.extra)
         self.llm = LLM(**kwargs)
         self.eos = _eos_ids(self.model_path, self.tokenizer)

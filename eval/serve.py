@@ -354,7 +354,12 @@ def llm_configs(cfg: ServeConfig, policy_path: str, judge_path: str) -> list[Any
 
     accel: dict[str, Any] = {"accelerator_config": {"kind": "cpu"}} if cfg.accelerator == "cpu" else {}
     accel["server_cls"] = _server_class()
-    policy_kw = {**cfg.policy_engine_kwargs, "limit_mm_per_prompt": {"audio": cfg.max_clips}}
+    from actors.vllm_qwen2_audio import hf_overrides
+
+    # PolyAudio's Qwen2-Audio class (audio encoder on each clip's own length, as in training); replicas register it
+    # through the package's vllm.general_plugins entry point
+    policy_kw = {"hf_overrides": hf_overrides(), **cfg.policy_engine_kwargs,
+                 "limit_mm_per_prompt": {"audio": cfg.max_clips}}
     judge_kw = dict(cfg.judge_engine_kwargs)
     return [
         LLMConfig(model_loading_config={"model_id": cfg.policy_model_id, "model_source": policy_path},

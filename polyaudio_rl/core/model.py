@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import torch
 
+from .audio_encoder import use_length_aware_encoder
 from .config import LoraConfig, ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,7 +50,8 @@ def load_processor(path: str | ModelConfig) -> Any:
 
 
 def load_model(model_cfg: ModelConfig | str, dtype: str | None = None, device: str | torch.device = "cpu") -> Any:
-    """``Qwen2AudioForConditionalGeneration.from_pretrained`` in eval mode on ``device``."""
+    """``Qwen2AudioForConditionalGeneration.from_pretrained`` in eval mode on ``device``, its audio encoder run on
+    each clip's own length (:mod:`polyaudio_rl.core.audio_encoder`, as the vLLM engines run it)."""
     from transformers import Qwen2AudioForConditionalGeneration
 
     if isinstance(model_cfg, ModelConfig):
@@ -60,6 +62,7 @@ def load_model(model_cfg: ModelConfig | str, dtype: str | None = None, device: s
         model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype])
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load Qwen2-Audio from {path!r}: {exc}") from exc
+    use_length_aware_encoder(model.model.audio_tower)
     return model.to(device).eval()
 
 

@@ -1,5 +1,5 @@
 """Adapter sync: only the LoRA tensors reach the engine, served by the LoRA-capable Qwen2-Audio registered with
-vLLM (actors.vllm_lora), one new adapter per version; verified against the learner's model."""
+vLLM (actors.vllm_qwen2_audio), one new adapter per version; verified against the learner's model."""
 import gc
 import os
 

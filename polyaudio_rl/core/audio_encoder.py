@@ -1,0 +1,104 @@
+"""Qwen2-Audio's audio encoder, run on each clip's own length instead of a padded 30 s window.
+
+Qwen2-Audio's encoder (Whisper's) takes every clip as 3000 mel frames (30 s) and masks the padding's keys in its
+attention: the outputs at a clip's real positions depend on its real frames only, but every clip pays for 1500
+positions — on a 2 s clip 15× the work of its 100 positions in the linear layers and ~200× in attention. The
+tiny checkpoint's rollouts spent ~70 % of a fresh prompt's generate there.
+
+:func:`use_length_aware_encoder` replaces the encoder's ``forward`` (on one module instance, weights and their
+names untouched) with :func:`length_aware_forward`: each clip runs alone on its own positions — the convolutions
+over the frames they read (the clip's frames plus the two after it, as in the padded window), the position
+embeddings of those positions, attention over them with nothing to mask, the same pooling and final norm. The same
+arithmetic as the padded window restricted to the positions the model keeps, so the embeddings agree with the
+stock encoder's to float rounding (``tests/polyaudio_rl/core/test_audio_encoder.py``), and a clip's embedding no
+longer depends on the other clips of its batch. Positions past a clip's length come back as zeros; both callers
+(transformers' ``Qwen2AudioModel`` and vLLM's ``Qwen2AudioForConditionalGeneration``) keep only the first
+``output_length`` positions of each clip.
+
+Every engine that turns audio into embeddings installs it: the learner, SFT and the HF engine through
+:func:`polyaudio_rl.core.model.load_model`, the vLLM rollout engines and the served policy through the model class
+in :mod:`actors.vllm_qwen2_audio_model`. So rollouts, probes and training see the same audio embeddings.
+"""
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def key_lengths(attention_mask: torch.Tensor | None, num_positions: int) -> list[int] | None:
+    """Each clip's number of real positions from the encoder's attention mask, or ``None`` when the mask does not
+    say (no mask: every clip fills the window; a mask whose kept keys are not a prefix: not a padding mask).
+
+    The callers build the mask over keys only: 4-D ``[B, 1, Q, K]`` (or ``[B, 1, 1, K]``), additive (0 = keep,
+    -inf / the dtype's min = drop) or boolean (True = keep)."""
+    if attention_mask is None:
+        return None
+    m = attention_mask
+    while m.dim() > 2:
+        m = m[:, 0]  # the first query row: the key mask (every clip has at least one real position)
+    if m.shape[-1] != num_positions:
+        return None
+    keep = m if m.dtype == torch.bool else m == 0
+    lengths = keep.sum(-1)
+    prefix = torch.arange(num_positions, device=keep.device)[None, :] < lengths[:, None]
+    if not torch.equal(prefix, keep):
+        return None
+    return [int(n) for n in lengths.tolist()]
+
+
+def _clip_forward(tower: Any, features: torch.Tensor, n: int) -> torch.Tensor:
+    """One clip's encoder output ``[n // 2, D]`` from its mel frames ``[mel, frames]`` and its ``n`` real positions.
+
+    Position s of the second (stride-2) convolution reads the first convolution's outputs 2s-1 .. 2s+1, which read
+    frames 2s-2 .. 2s+2: positions 0 .. n-1 need frames 0 .. 2n, all inside the window when n < 1500."""
+    frames = min(features.shape[-1], 2 * n + 2)
+    x = features[None, :, :frames].to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
+    x = nn.functional.gelu(tower.conv1(x))
+    x = nn.functional.gelu(tower.conv2(x))
+    h = x[:, :, :n].permute(0, 2, 1) + tower.embed_positions.weight[:n]
+    h = nn.functional.dropout(h, p=tower.dropout, training=tower.training)
+    for layer in tower.layers:
+        if tower.training and torch.rand([]) < tower.layerdrop:
+            continue
+        h = layer(h, None)
+        if isinstance(h, tuple):
+            h = h[0]
+    h = tower.avg_pooler(h.permute(0, 2, 1)).permute(0, 2, 1)
+    return tower.layer_norm(h)[0]
+
+
+def clip_outputs(tower: Any, input_features: Any, lengths: list[int]) -> list[torch.Tensor]:
+    """Each clip's encoder output ``[n_i // 2, D]`` (before the projector): clip i's mel frames
+    ``input_features[i]`` and its number of real positions ``n_i`` (the second convolution's output length,
+    ``_get_feat_extract_output_lengths(frames)[0]``)."""
+    return [_clip_forward(tower, input_features[i], int(n)) for i, n in enumerate(lengths)]
+
+
+def length_aware_forward(tower: Any, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                         **kwargs: Any) -> Any:
+    """The encoder's forward, each clip on its own positions (see the module docstring). Falls back to the stock
+    forward when the mask does not give per-clip lengths, or when asked for attentions / hidden states."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    stock = type(tower).forward
+    num_positions = tower.embed_positions.weight.shape[0]
+    lengths = key_lengths(attention_mask, num_positions)
+    if lengths is None or kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
+        return stock(tower, input_features, attention_mask=attention_mask, **kwargs)
+    outs = clip_outputs(tower, input_features, lengths)
+    width = max(o.shape[0] for o in outs)
+    hidden = outs[0].new_zeros((len(outs), width, outs[0].shape[-1]))
+    for i, o in enumerate(outs):
+        hidden[i, : o.shape[0]] = o
+    return BaseModelOutput(last_hidden_state=hidden)
+
+
+def use_length_aware_encoder(tower: Any) -> Any:
+    """Install :func:`length_aware_forward` on this encoder instance (idempotent); returns the encoder."""
+    if not getattr(tower, "_polyaudio_length_aware", False):
+        tower.forward = types.MethodType(length_aware_forward, tower)
+        tower._polyaudio_length_aware = True
+    return tower

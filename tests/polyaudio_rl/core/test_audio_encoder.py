@@ -1,0 +1,85 @@
+"""The length-aware audio encoder: the stock padded-window encoder's embeddings, each clip on its own positions."""
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2AudioForConditionalGeneration
+
+from polyaudio_rl.core.audio_encoder import key_lengths, length_aware_forward, use_length_aware_encoder
+from polyaudio_rl.core.model import load_model
+
+# clip lengths in seconds: shorter than one pooled position, odd and even frame counts, one frame short of the
+# window, the whole window
+SECONDS = (0.03, 1.0, 2.37, 7.11, 29.99, 30.0)
+
+
+@pytest.fixture(scope="module")
+def tower(tiny_ckpt):
+    return Qwen2AudioForConditionalGeneration.from_pretrained(tiny_ckpt).eval().model.audio_tower
+
+
+@pytest.fixture(scope="module")
+def features(tiny_processor):
+    rng = np.random.default_rng(0)
+    audios = [(0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in SECONDS]
+    fe = tiny_processor.feature_extractor(audios, sampling_rate=16000, return_attention_mask=True,
+                                          padding="max_length", return_tensors="pt")
+    return fe["input_features"], fe["attention_mask"]
+
+
+def _masks(tower, frames):
+    """The two padding masks the callers pass: transformers' boolean one and vLLM's additive one."""
+    lengths, out_lengths = tower._get_feat_extract_output_lengths(frames)
+    keep = torch.arange(1500)[None, :] < lengths[:, None]
+    boolean = keep[:, None, None, :].expand(len(frames), 1, 1500, 1500)
+    additive = torch.zeros(boolean.shape).masked_fill(~boolean, float("-inf"))
+    return lengths, out_lengths, {"bool": boolean, "additive": additive}
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_each_clip_matches_the_padded_window_encoder(tower, features, kind):
+    feats, fmask = features
+    lengths, out_lengths, masks = _masks(tower, fmask.sum(-1))
+    assert lengths[-1] == 1500 and lengths[0] < 4  # the cases asked for: the whole window and a near-empty clip
+    with torch.no_grad():
+        stock = type(tower).forward(tower, feats, attention_mask=masks[kind]).last_hidden_state
+        ours = length_aware_forward(tower, feats, attention_mask=masks[kind]).last_hidden_state
+    assert ours.shape[1] == max(out_lengths.tolist())  # no position past the longest clip's
+    for i, k in enumerate(out_lengths.tolist()):
+        assert k >= 0
+        diff = (stock[i, :k] - ours[i, :k]).abs().max().item() if k else 0.0
+        assert diff < 1e-5, f"{SECONDS[i]} s clip: max |Δ| {diff}"
+        assert torch.count_nonzero(ours[i, k:]) == 0  # positions past the clip are zeros, never read by callers
+
+
+def test_a_clip_does_not_depend_on_its_batch(tower, features):
+    feats, fmask = features
+    _, out_lengths, masks = _masks(tower, fmask.sum(-1))
+    with torch.no_grad():
+        batch = length_aware_forward(tower, feats, attention_mask=masks["bool"]).last_hidden_state
+        for i in (1, 3):
+            alone = length_aware_forward(tower, feats[i:i + 1], attention_mask=masks["bool"][i:i + 1])
+            k = out_lengths[i]
+            assert torch.equal(alone.last_hidden_state[0, :k], batch[i, :k])
+
+
+def test_masks_that_do_not_give_lengths_fall_back_to_the_stock_encoder(tower, features):
+    feats, fmask = features
+    lengths, _, masks = _masks(tower, fmask[:2].sum(-1))
+    assert key_lengths(masks["bool"], 1500) == lengths.tolist()
+    assert key_lengths(masks["additive"], 1500) == lengths.tolist()
+    assert key_lengths(None, 1500) is None
+    holes = masks["bool"].clone()
+    holes[..., 0] = False  # the first key dropped: not a padding mask
+    assert key_lengths(holes, 1500) is None
+    with torch.no_grad():
+        expect = type(tower).forward(tower, feats[:2], attention_mask=holes).last_hidden_state
+        got = length_aware_forward(tower, feats[:2], attention_mask=holes).last_hidden_state
+    assert torch.equal(expect, got)
+
+
+def test_load_model_installs_it_once(tiny_ckpt):
+    model = load_model(tiny_ckpt)
+    t = model.model.audio_tower
+    assert t._polyaudio_length_aware and t.forward.__func__ is length_aware_forward
+    use_length_aware_encoder(t)
+    assert t.forward.__func__ is length_aware_forward
