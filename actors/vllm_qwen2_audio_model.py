@@ -3,13 +3,30 @@ from __future__ import annotations
 
 from vllm.model_executor.models.interfaces import SupportsLoRA
 from vllm.model_executor.models.module_mapping import MultiModelKeys
-from vllm.model_executor.models.qwen2_audio import Qwen2AudioForConditionalGeneration
+from vllm.model_executor.models.qwen2_audio import (
+    Qwen2AudioDummyInputsBuilder, Qwen2AudioForConditionalGeneration, Qwen2AudioMultiModalProcessor,
+    Qwen2AudioProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from polyaudio_rl.core.audio_encoder import clip_outputs, use_length_aware_encoder
+from polyaudio_rl.core.audio_encoder import clip_outputs, use_length_aware_encoder, use_length_aware_features
 
 
+class PolyAudioProcessingInfo(Qwen2AudioProcessingInfo):
+    """vLLM's input processing for Qwen2-Audio with the mel features computed on each clip's own length."""
+
+    def get_hf_processor(self, **kwargs: object):
+        processor = super().get_hf_processor(**kwargs)
+        use_length_aware_features(processor.feature_extractor)
+        return processor
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    Qwen2AudioMultiModalProcessor, info=PolyAudioProcessingInfo, dummy_inputs=Qwen2AudioDummyInputsBuilder,
+)
 class PolyAudioQwen2Audio(Qwen2AudioForConditionalGeneration):
-    """vLLM's Qwen2-Audio with the audio encoder run on each clip's own length (weights and their names unchanged)."""
+    """vLLM's Qwen2-Audio with the mel features and the audio encoder computed on each clip's own length (weights
+    and their names unchanged)."""
 
     def __init__(self, *, vllm_config, prefix: str = ""):  # keyword-only: vLLM inspects the signature
         super().__init__(vllm_config=vllm_config, prefix=prefix)

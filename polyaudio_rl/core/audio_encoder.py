@@ -1,4 +1,4 @@
-"""Qwen2-Audio's audio encoder, run on each clip's own length instead of a padded 30 s window.
+"""Qwen2-Audio's audio features and encoder, computed on each clip's own length instead of a padded 30 s window.
 
 Qwen2-Audio's encoder (Whisper's) takes every clip as 3000 mel frames (30 s) and masks the padding's keys in its
 attention: the outputs at a clip's real positions depend on its real frames only, but every clip pays for 1500
@@ -15,15 +15,24 @@ longer depends on the other clips of its batch. Positions past a clip's length c
 (transformers' ``Qwen2AudioModel`` and vLLM's ``Qwen2AudioForConditionalGeneration``) keep only the first
 ``output_length`` positions of each clip.
 
-Every engine that turns audio into embeddings installs it: the learner, SFT and the HF engine through
-:func:`polyaudio_rl.core.model.load_model`, the vLLM rollout engines and the served policy through the model class
-in :mod:`actors.vllm_qwen2_audio_model`. So rollouts, probes and training see the same audio embeddings.
+The mel features before it had the same waste: the Whisper feature extractor pads every clip with zeros to
+480,000 samples and runs the STFT over all of them (~10 ms a clip here, more than the encoder now).
+:func:`use_length_aware_features` replaces its spectrogram step (:func:`length_aware_fbank`): each waveform's STFT
+runs up to 600 samples past its last non-zero sample; every later frame reads zeros only, so its log-mel is the
+floor the stock extractor gives it too (the tail's last frame carries that value), and the per-clip maximum that
+sets the floor is the same. Same frames, same values (to float rounding).
+
+Every engine that turns audio into embeddings installs both: the learner, SFT and the HF engine through
+:func:`polyaudio_rl.core.model.load_model` / :func:`~polyaudio_rl.core.model.load_processor`, the vLLM rollout
+engines and the served policy through the model class and processing info in :mod:`actors.vllm_qwen2_audio_model`.
+So rollouts, probes and training see the same audio embeddings.
 """
 from __future__ import annotations
 
 import types
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -102,3 +111,41 @@ def use_length_aware_encoder(tower: Any) -> Any:
         tower.forward = types.MethodType(length_aware_forward, tower)
         tower._polyaudio_length_aware = True
     return tower
+
+
+# An STFT frame (n_fft 400, hop 160, centred) reads 200 samples either side of its centre; past a waveform's last
+# non-zero sample + 600 there is a frame that reads zeros only, and the reflection at the cut mirrors zeros too.
+_TAIL = 600
+
+
+def length_aware_fbank(fe: Any, waveform: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """The feature extractor's ``_torch_extract_fbank_features`` on the zero-padded waveform(s) ``[B, N]`` / ``[N]``,
+    each computed only up to its last non-zero sample + :data:`_TAIL` (see the module docstring)."""
+    stock = type(fe)._torch_extract_fbank_features
+    batch = waveform if waveform.ndim == 2 else waveform[None]
+    hop, n = fe.hop_length, batch.shape[-1]
+    out = None
+    for i, w in enumerate(batch):
+        nz = np.flatnonzero(w)
+        cut = -(-((int(nz[-1]) + 1 if nz.size else 0) + _TAIL) // hop) * hop  # a whole number of hops
+        if cut >= n:
+            row = stock(fe, w, device)
+        else:
+            short = stock(fe, w[:cut], device)  # [mel, cut // hop]; its last frame reads zeros only
+            row = np.empty((short.shape[0], n // hop), dtype=short.dtype)
+            row[:, : short.shape[1]] = short
+            row[:, short.shape[1]:] = short[:, -1:]
+        if out is None:
+            out = np.empty((len(batch),) + row.shape, dtype=row.dtype)
+        out[i] = row
+    return out if waveform.ndim == 2 else out[0]
+
+
+def use_length_aware_features(feature_extractor: Any) -> Any:
+    """Install :func:`length_aware_fbank` on this Whisper feature extractor instance (idempotent; a no-op on one
+    without a torch spectrogram step); returns it."""
+    if hasattr(type(feature_extractor), "_torch_extract_fbank_features") and \
+            not getattr(feature_extractor, "_polyaudio_length_aware", False):
+        feature_extractor._torch_extract_fbank_features = types.MethodType(length_aware_fbank, feature_extractor)
+        feature_extractor._polyaudio_length_aware = True
+    return feature_extractor

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .audio_encoder import use_length_aware_encoder
+from .audio_encoder import use_length_aware_encoder, use_length_aware_features
 from .config import LoraConfig, ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,7 +36,8 @@ def resolve_path(model_cfg: ModelConfig) -> str:
 
 
 def load_processor(path: str | ModelConfig) -> Any:
-    """``Qwen2AudioProcessor`` (tokenizer + 128-mel Whisper feature extractor + chat template)."""
+    """``Qwen2AudioProcessor`` (tokenizer + 128-mel Whisper feature extractor + chat template), the features computed
+    on each clip's own length (:mod:`polyaudio_rl.core.audio_encoder`, as the vLLM engines compute them)."""
     from transformers import AutoProcessor
 
     path = resolve_path(path) if isinstance(path, ModelConfig) else str(path)
@@ -46,6 +47,7 @@ def load_processor(path: str | ModelConfig) -> Any:
         raise ModelError(f"cannot load the processor from {path!r}: {exc}") from exc
     if proc.tokenizer.pad_token is None:
         proc.tokenizer.pad_token = proc.tokenizer.eos_token
+    use_length_aware_features(proc.feature_extractor)
     return proc
 
 

@@ -4,8 +4,10 @@ import pytest
 import torch
 from transformers import Qwen2AudioForConditionalGeneration
 
-from polyaudio_rl.core.audio_encoder import key_lengths, length_aware_forward, use_length_aware_encoder
-from polyaudio_rl.core.model import load_model
+from polyaudio_rl.core.audio_encoder import (
+    key_lengths, length_aware_fbank, length_aware_forward, use_length_aware_encoder, use_length_aware_features,
+)
+from polyaudio_rl.core.model import load_model, load_processor
 
 # clip lengths in seconds: shorter than one pooled position, odd and even frame counts, one frame short of the
 # window, the whole window
@@ -77,9 +79,37 @@ def test_masks_that_do_not_give_lengths_fall_back_to_the_stock_encoder(tower, fe
     assert torch.equal(expect, got)
 
 
-def test_load_model_installs_it_once(tiny_ckpt):
+def test_load_model_and_load_processor_install_them_once(tiny_ckpt):
     model = load_model(tiny_ckpt)
     t = model.model.audio_tower
     assert t._polyaudio_length_aware and t.forward.__func__ is length_aware_forward
     use_length_aware_encoder(t)
     assert t.forward.__func__ is length_aware_forward
+    fe = load_processor(tiny_ckpt).feature_extractor
+    assert fe._torch_extract_fbank_features.__func__ is length_aware_fbank
+    use_length_aware_features(fe)
+    assert fe._torch_extract_fbank_features.__func__ is length_aware_fbank
+
+
+def test_features_match_the_padded_window_extractor(tiny_ckpt):
+    """Same mel features as the stock extractor for short, odd, near-window and whole-window clips, a clip ending in
+    silence, a silent clip (its floor comes from the tail frame), and a clip with a single click at its start."""
+    from transformers import AutoProcessor
+
+    stock = AutoProcessor.from_pretrained(tiny_ckpt).feature_extractor
+    ours = use_length_aware_features(AutoProcessor.from_pretrained(tiny_ckpt).feature_extractor)
+    rng = np.random.default_rng(1)
+    audios = [(0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in SECONDS]
+    audios.append(np.concatenate([audios[2], np.zeros(5000, np.float32)]))
+    audios.append(np.zeros(16000, np.float32))
+    click = np.zeros(32000, np.float32)
+    click[10] = 0.9
+    audios.append(click)
+    kw = dict(sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="np")
+    a, b = stock(audios, **kw), ours(audios, **kw)
+    assert a["input_features"].shape == b["input_features"].shape == (len(audios), 128, 3000)
+    assert np.array_equal(a["attention_mask"], b["attention_mask"])
+    for i in range(len(audios)):
+        diff = np.abs(a["input_features"][i] - b["input_features"][i]).max()
+        assert diff < 1e-6, f"clip {i}: max |Δ| {diff}"
+    assert b["input_features"][-2].std() == 0  # silence: one floor value everywhere, as the stock extractor gives
