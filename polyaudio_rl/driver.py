@@ -255,7 +255,8 @@ class GRPODriver:
     def _prefetch(self, upto: int) -> None:
         """Hand the learner the prompts of batches up to step ``upto`` to encode before their step (the learner's
         prompt cache): at lag 0 right after their rollouts are submitted (the learner waits for them anyway), at
-        lag >= 1 after the sync of the step before, never ahead of a step the learner still has to train."""
+        lag >= 1 after the sync of the step before, never ahead of a step the learner still has to train (the
+        producer's first batch too goes right away: nothing is queued on the learner yet)."""
         with self._prep_lock:
             ready = [p for p in self._prep if p[0] <= upto]
             self._prep = [p for p in self._prep if p[0] > upto]
@@ -292,7 +293,7 @@ class GRPODriver:
         job = self.rollout.submit([it.prompt for it in items], gids, g.group_size)
         with self._prep_lock:
             self._prep.append((step, [it.prompt for it in items]))
-        if self.lag == 0:
+        if self.lag == 0 or step == self._first[0]:  # the first batch: no step or sync of the learner's to delay
             self._prefetch(step)
         groups = self.rollout.collect(job)
         t2 = time.time()

@@ -79,6 +79,29 @@ def _clip_forward(tower: Any, features: torch.Tensor, n: int) -> torch.Tensor:
     return tower.layer_norm(h)[0]
 
 
+def _batch_forward(tower: Any, features: torch.Tensor, attention_mask: torch.Tensor, n: int) -> torch.Tensor:
+    """The whole batch on the first ``n`` positions (the longest clip's), the caller's key mask cut to them: one
+    call of each submodule (ZeRO-3 gathers parameters per call, collectively), the same values as per clip to float
+    rounding, but a clip's embedding depends on its batch's longest clip at that level."""
+    frames = min(features.shape[-1], 2 * n + 2)
+    x = features[:, :, :frames].to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
+    x = nn.functional.gelu(tower.conv1(x))
+    x = nn.functional.gelu(tower.conv2(x))
+    h = x[:, :, :n].permute(0, 2, 1) + tower.embed_positions.weight[:n]
+    h = nn.functional.dropout(h, p=tower.dropout, training=tower.training)
+    mask = attention_mask[..., :n]
+    if mask.shape[-2] > 1:
+        mask = mask[..., :n, :]
+    for layer in tower.layers:
+        if tower.training and torch.rand([]) < tower.layerdrop:
+            continue
+        h = layer(h, mask)
+        if isinstance(h, tuple):
+            h = h[0]
+    h = tower.avg_pooler(h.permute(0, 2, 1)).permute(0, 2, 1)
+    return tower.layer_norm(h)
+
+
 def clip_outputs(tower: Any, input_features: Any, lengths: list[int]) -> list[torch.Tensor]:
     """Each clip's encoder output ``[n_i // 2, D]`` (before the projector): clip i's mel frames
     ``input_features[i]`` and its number of real positions ``n_i`` (the second convolution's output length,
@@ -97,6 +120,8 @@ def length_aware_forward(tower: Any, input_features: torch.Tensor, attention_mas
     lengths = key_lengths(attention_mask, num_positions)
     if lengths is None or kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
         return stock(tower, input_features, attention_mask=attention_mask, **kwargs)
+    if hasattr(tower.conv1.weight, "ds_id"):  # ZeRO-3: each submodule call is a collective, so one call per batch
+        return BaseModelOutput(last_hidden_state=_batch_forward(tower, input_features, attention_mask, max(lengths)))
     outs = clip_outputs(tower, input_features, lengths)
     width = max(o.shape[0] for o in outs)
     hidden = outs[0].new_zeros((len(outs), width, outs[0].shape[-1]))

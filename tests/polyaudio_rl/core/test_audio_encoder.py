@@ -5,7 +5,7 @@ import torch
 from transformers import Qwen2AudioForConditionalGeneration
 
 from polyaudio_rl.core.audio_encoder import (
-    key_lengths, length_aware_fbank, length_aware_forward, use_length_aware_encoder, use_length_aware_features,
+    _batch_forward, key_lengths, length_aware_fbank, length_aware_forward, use_length_aware_encoder, use_length_aware_features,
 )
 from polyaudio_rl.core.model import load_model, load_processor
 
@@ -51,6 +51,20 @@ def test_each_clip_matches_the_padded_window_encoder(tower, features, kind):
         diff = (stock[i, :k] - ours[i, :k]).abs().max().item() if k else 0.0
         assert diff < 1e-5, f"{SECONDS[i]} s clip: max |Δ| {diff}"
         assert torch.count_nonzero(ours[i, k:]) == 0  # positions past the clip are zeros, never read by callers
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_the_one_call_per_batch_path_for_zero3_matches_too(tower, features, kind):
+    """Under ZeRO-3 every submodule call is a collective, so the batch runs in one call cut to its longest clip."""
+    feats, fmask = features
+    lengths, out_lengths, masks = _masks(tower, fmask.sum(-1))
+    with torch.no_grad():
+        stock = type(tower).forward(tower, feats[:4], attention_mask=masks[kind][:4]).last_hidden_state
+        ours = _batch_forward(tower, feats[:4], masks[kind][:4], int(lengths[:4].max()))
+    assert ours.shape[1] == int(lengths[:4].max()) // 2
+    for i, k in enumerate(out_lengths[:4].tolist()):
+        diff = (stock[i, :k] - ours[i, :k]).abs().max().item() if k else 0.0
+        assert diff < 1e-5, f"{SECONDS[i]} s clip: max |Δ| {diff}"
 
 
 def test_a_clip_does_not_depend_on_its_batch(tower, features):
