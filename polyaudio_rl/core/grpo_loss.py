@@ -335,20 +335,36 @@ def _forward(model: Any, mb: MicroBatch) -> Any:
 def token_logprobs(model: Any, mb: MicroBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(target) at every shifted position ([B, T-1], 0 outside the mask) and, optionally, the entropy there.
 
-    The vocabulary softmax is taken only at completion positions (memory: V is 152k for Qwen2-Audio-7B).
+    The output projection runs only from the batch's first completion position on (a pre-hook on ``lm_head`` cuts
+    its input; Qwen2-Audio's forward has no ``logits_to_keep``), and the vocabulary softmax only at completion
+    positions: the logits of a 7B prompt of 3,000 tokens would be 3,000 × 152k values a sequence.
     """
-    logits = _forward(model, mb).logits[:, :-1]
-    sel = mb.mask > 0
-    logp = torch.zeros(mb.mask.shape, dtype=torch.float32, device=logits.device)
+    scored = (mb.mask > 0).any(0).nonzero()
+    first = int(scored[0]) if len(scored) else 0  # shifted position j is predicted by the logits at position j
+    m = getattr(model, "module", model)
+    m = m.get_base_model() if hasattr(m, "get_base_model") else m
+
+    def cut(_module, args):
+        return (args[0][:, first:],) + tuple(args[1:])
+
+    handle = m.get_output_embeddings().register_forward_pre_hook(cut) if first else None
+    try:
+        logits = _forward(model, mb).logits[:, :-1]  # positions first .. T-2
+    finally:
+        if handle is not None:
+            handle.remove()
+    sel = mb.mask[:, first:] > 0
+    head = torch.zeros((sel.shape[0], first), dtype=torch.float32, device=logits.device)  # prompt positions
+    tail = torch.zeros(sel.shape, dtype=torch.float32, device=logits.device)
     ent = None
     if sel.any():
         picked = logits[sel]
-        logp = logp.masked_scatter(sel, ca.logprobs_from_logits(picked, mb.targets[sel]))
+        logp = torch.cat([head, tail.masked_scatter(sel, ca.logprobs_from_logits(picked, mb.targets[:, first:][sel]))], 1)
         if with_entropy:
             with torch.no_grad():
-                ent = torch.zeros_like(logp).masked_scatter(sel, ca.entropy_from_logits(picked.detach()))
+                ent = torch.cat([head, tail.masked_scatter(sel, ca.entropy_from_logits(picked.detach()))], 1)
     else:  # a filler micro-batch: keep the graph connected so backward hooks (ZeRO reduction) still fire
-        logp = logp + 0.0 * logits.sum()
+        logp = torch.cat([head, tail], 1) + 0.0 * logits.sum()
     if with_entropy and ent is None:
         ent = torch.zeros_like(logp)
     return logp, ent

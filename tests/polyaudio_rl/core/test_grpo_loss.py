@@ -113,6 +113,23 @@ def test_batched_logprobs_equal_single_sequence_logprobs(policy, prompts, tiny_p
     torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-5)
 
 
+def test_logprobs_from_the_cut_output_projection_equal_the_full_logits(policy, prompts, tiny_processor):
+    """token_logprobs projects only from the batch's first completion position on; same values (log-prob and
+    entropy) as log-softmax over the model's full logits, zeros on prompt and padding positions."""
+    items = _items(prompts, n_per=2)  # two prompt lengths: the cut starts at the shorter prompt's completion
+    mb = build_microbatches(items, tiny_processor, micro_batch_size=4)[0]
+    with torch.no_grad():
+        lp, ent = token_logprobs(policy, mb, with_entropy=True)
+        logits = policy(**mb.model_inputs, use_cache=False).logits[:, :-1].float()
+    full = torch.log_softmax(logits, -1)
+    want = full.gather(-1, mb.targets[..., None])[..., 0] * mb.mask
+    want_ent = -(full.exp() * full).sum(-1) * mb.mask
+    first = int((mb.mask > 0).any(0).nonzero()[0])
+    assert first > 0 and lp.shape == mb.mask.shape
+    torch.testing.assert_close(lp, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, want_ent, atol=1e-5, rtol=1e-5)
+
+
 def test_cached_audio_embeddings_give_the_same_logprobs_and_grads(policy, prompts, tiny_processor):
     items = _items(prompts, n_per=2)
     plain = build_microbatches(items, tiny_processor, micro_batch_size=4)
