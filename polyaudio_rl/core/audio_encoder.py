@@ -146,7 +146,7 @@ _TAIL = 600
 def length_aware_fbank(fe: Any, waveform: np.ndarray, device: str = "cpu") -> np.ndarray:
     """The feature extractor's ``_torch_extract_fbank_features`` on the zero-padded waveform(s) ``[B, N]`` / ``[N]``,
     each computed only up to its last non-zero sample + :data:`_TAIL` (see the module docstring)."""
-    stock = type(fe)._torch_extract_fbank_features
+    stock = type(fe)._polyaudio_stock_fbank
     batch = waveform if waveform.ndim == 2 else waveform[None]
     hop, n = fe.hop_length, batch.shape[-1]
     out = None
@@ -167,10 +167,14 @@ def length_aware_fbank(fe: Any, waveform: np.ndarray, device: str = "cpu") -> np
 
 
 def use_length_aware_features(feature_extractor: Any) -> Any:
-    """Install :func:`length_aware_fbank` on this Whisper feature extractor instance (idempotent; a no-op on one
-    without a torch spectrogram step); returns it."""
-    if hasattr(type(feature_extractor), "_torch_extract_fbank_features") and \
-            not getattr(feature_extractor, "_polyaudio_length_aware", False):
-        feature_extractor._torch_extract_fbank_features = types.MethodType(length_aware_fbank, feature_extractor)
-        feature_extractor._polyaudio_length_aware = True
+    """Install :func:`length_aware_fbank` as the spectrogram step of this feature extractor's class (idempotent; a
+    no-op on a class without a torch spectrogram step); returns the extractor.
+
+    On the class, not the instance: a processor saves its extractor's instance attributes as its JSON config. The
+    features are the stock ones (to float rounding), so every extractor of the class in this process may share it;
+    the stock step stays reachable as ``_polyaudio_stock_fbank``."""
+    cls = type(feature_extractor)
+    if hasattr(cls, "_torch_extract_fbank_features") and "_polyaudio_stock_fbank" not in cls.__dict__:
+        cls._polyaudio_stock_fbank = cls._torch_extract_fbank_features
+        cls._torch_extract_fbank_features = length_aware_fbank
     return feature_extractor
