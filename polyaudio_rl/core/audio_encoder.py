@@ -11,7 +11,8 @@ over the frames they read (the clip's frames plus the two after it, as in the pa
 embeddings of those positions, attention over them with nothing to mask, the same pooling and final norm. The same
 arithmetic as the padded window restricted to the positions the model keeps, so the embeddings agree with the
 stock encoder's to float rounding (``tests/polyaudio_rl/core/test_audio_encoder.py``), and a clip's embedding no
-longer depends on the other clips of its batch. Positions past a clip's length come back as zeros; both callers
+longer depends on the other clips of its batch (under ZeRO-3, where every submodule call is a collective, the batch
+runs in one call cut to its longest clip instead). Positions past a clip's length come back as zeros; both callers
 (transformers' ``Qwen2AudioModel`` and vLLM's ``Qwen2AudioForConditionalGeneration``) keep only the first
 ``output_length`` positions of each clip.
 
@@ -58,40 +59,23 @@ def key_lengths(attention_mask: torch.Tensor | None, num_positions: int) -> list
     return [int(n) for n in lengths.tolist()]
 
 
-def _clip_forward(tower: Any, features: torch.Tensor, n: int) -> torch.Tensor:
-    """One clip's encoder output ``[n // 2, D]`` from its mel frames ``[mel, frames]`` and its ``n`` real positions.
+def _encode(tower: Any, features: torch.Tensor, n: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The encoder on the first ``n`` positions of a batch of mel frames ``[B, mel, frames]``: ``[B, n // 2, D]``.
 
     Position s of the second (stride-2) convolution reads the first convolution's outputs 2s-1 .. 2s+1, which read
-    frames 2s-2 .. 2s+2: positions 0 .. n-1 need frames 0 .. 2n, all inside the window when n < 1500."""
-    frames = min(features.shape[-1], 2 * n + 2)
-    x = features[None, :, :frames].to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
-    x = nn.functional.gelu(tower.conv1(x))
-    x = nn.functional.gelu(tower.conv2(x))
-    h = x[:, :, :n].permute(0, 2, 1) + tower.embed_positions.weight[:n]
-    h = nn.functional.dropout(h, p=tower.dropout, training=tower.training)
-    for layer in tower.layers:
-        if tower.training and torch.rand([]) < tower.layerdrop:
-            continue
-        h = layer(h, None)
-        if isinstance(h, tuple):
-            h = h[0]
-    h = tower.avg_pooler(h.permute(0, 2, 1)).permute(0, 2, 1)
-    return tower.layer_norm(h)[0]
-
-
-def _batch_forward(tower: Any, features: torch.Tensor, attention_mask: torch.Tensor, n: int) -> torch.Tensor:
-    """The whole batch on the first ``n`` positions (the longest clip's), the caller's key mask cut to them: one
-    call of each submodule (ZeRO-3 gathers parameters per call, collectively), the same values as per clip to float
-    rounding, but a clip's embedding depends on its batch's longest clip at that level."""
+    frames 2s-2 .. 2s+2: positions 0 .. n-1 need frames 0 .. 2n, all inside the window when n < 1500. ``mask`` is
+    the caller's key mask (cut to the ``n`` positions) when the batch's clips are shorter than ``n``; one clip of
+    ``n`` real positions needs none."""
     frames = min(features.shape[-1], 2 * n + 2)
     x = features[:, :, :frames].to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
     x = nn.functional.gelu(tower.conv1(x))
     x = nn.functional.gelu(tower.conv2(x))
     h = x[:, :, :n].permute(0, 2, 1) + tower.embed_positions.weight[:n]
     h = nn.functional.dropout(h, p=tower.dropout, training=tower.training)
-    mask = attention_mask[..., :n]
-    if mask.shape[-2] > 1:
-        mask = mask[..., :n, :]
+    if mask is not None:
+        mask = mask[..., :n]
+        if mask.shape[-2] > 1:
+            mask = mask[..., :n, :]
     for layer in tower.layers:
         if tower.training and torch.rand([]) < tower.layerdrop:
             continue
@@ -102,11 +86,18 @@ def _batch_forward(tower: Any, features: torch.Tensor, attention_mask: torch.Ten
     return tower.layer_norm(h)
 
 
+def _batch_forward(tower: Any, features: torch.Tensor, attention_mask: torch.Tensor, n: int) -> torch.Tensor:
+    """The whole batch on the first ``n`` positions (the longest clip's), the caller's key mask cut to them: one
+    call of each submodule (ZeRO-3 gathers parameters per call, collectively), the same values as per clip to float
+    rounding, but a clip's embedding depends on its batch's longest clip at that level."""
+    return _encode(tower, features, n, attention_mask)
+
+
 def clip_outputs(tower: Any, input_features: Any, lengths: list[int]) -> list[torch.Tensor]:
     """Each clip's encoder output ``[n_i // 2, D]`` (before the projector): clip i's mel frames
     ``input_features[i]`` and its number of real positions ``n_i`` (the second convolution's output length,
     ``_get_feat_extract_output_lengths(frames)[0]``)."""
-    return [_clip_forward(tower, input_features[i], int(n)) for i, n in enumerate(lengths)]
+    return [_encode(tower, input_features[i][None], int(n))[0] for i, n in enumerate(lengths)]
 
 
 def length_aware_forward(tower: Any, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -116,8 +107,8 @@ def length_aware_forward(tower: Any, input_features: torch.Tensor, attention_mas
     from transformers.modeling_outputs import BaseModelOutput
 
     stock = type(tower).forward
-    num_positions = tower.embed_positions.weight.shape[0]
-    lengths = key_lengths(attention_mask, num_positions)
+    lengths = key_lengths(attention_mask, tower.config.max_source_positions)  # not the weight's shape: under
+    # ZeRO-3 a partitioned parameter has none
     if lengths is None or kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
         return stock(tower, input_features, attention_mask=attention_mask, **kwargs)
     if hasattr(tower.conv1.weight, "ds_id"):  # ZeRO-3: each submodule call is a collective, so one call per batch
