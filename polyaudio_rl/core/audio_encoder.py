@@ -86,13 +86,6 @@ def _encode(tower: Any, features: torch.Tensor, n: int, mask: torch.Tensor | Non
     return tower.layer_norm(h)
 
 
-def _batch_forward(tower: Any, features: torch.Tensor, attention_mask: torch.Tensor, n: int) -> torch.Tensor:
-    """The whole batch on the first ``n`` positions (the longest clip's), the caller's key mask cut to them: one
-    call of each submodule (ZeRO-3 gathers parameters per call, collectively), the same values as per clip to float
-    rounding, but a clip's embedding depends on its batch's longest clip at that level."""
-    return _encode(tower, features, n, attention_mask)
-
-
 def clip_outputs(tower: Any, input_features: Any, lengths: list[int]) -> list[torch.Tensor]:
     """Each clip's encoder output ``[n_i // 2, D]`` (before the projector): clip i's mel frames
     ``input_features[i]`` and its number of real positions ``n_i`` (the second convolution's output length,
@@ -111,8 +104,10 @@ def length_aware_forward(tower: Any, input_features: torch.Tensor, attention_mas
     # ZeRO-3 a partitioned parameter has none
     if lengths is None or kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
         return stock(tower, input_features, attention_mask=attention_mask, **kwargs)
-    if hasattr(tower.conv1.weight, "ds_id"):  # ZeRO-3: each submodule call is a collective, so one call per batch
-        return BaseModelOutput(last_hidden_state=_batch_forward(tower, input_features, attention_mask, max(lengths)))
+    if hasattr(tower.conv1.weight, "ds_id"):
+        # ZeRO-3: each submodule call is a collective, so the whole batch runs in one call, cut to its longest clip
+        # with the caller's key mask (same values to float rounding, but then batch-dependent at that level)
+        return BaseModelOutput(last_hidden_state=_encode(tower, input_features, max(lengths), attention_mask))
     outs = clip_outputs(tower, input_features, lengths)
     width = max(o.shape[0] for o in outs)
     hidden = outs[0].new_zeros((len(outs), width, outs[0].shape[-1]))

@@ -5,7 +5,7 @@ import torch
 from transformers import Qwen2AudioForConditionalGeneration
 
 from polyaudio_rl.core.audio_encoder import (
-    _batch_forward, key_lengths, length_aware_fbank, length_aware_forward, use_length_aware_encoder, use_length_aware_features,
+    _encode, key_lengths, length_aware_fbank, length_aware_forward, use_length_aware_encoder, use_length_aware_features,
 )
 from polyaudio_rl.core.model import load_model, load_processor
 
@@ -60,7 +60,7 @@ def test_the_one_call_per_batch_path_for_zero3_matches_too(tower, features, kind
     lengths, out_lengths, masks = _masks(tower, fmask.sum(-1))
     with torch.no_grad():
         stock = type(tower).forward(tower, feats[:4], attention_mask=masks[kind][:4]).last_hidden_state
-        ours = _batch_forward(tower, feats[:4], masks[kind][:4], int(lengths[:4].max()))
+        ours = _encode(tower, feats[:4], int(lengths[:4].max()), masks[kind][:4])
     assert ours.shape[1] == int(lengths[:4].max()) // 2
     for i, k in enumerate(out_lengths[:4].tolist()):
         diff = (stock[i, :k] - ours[i, :k]).abs().max().item() if k else 0.0
