@@ -179,7 +179,8 @@ class LearnerWorker:
     def _microbatches(self, items: Sequence[TrainItem], num_micro: int):
         t0, before = time.perf_counter(), (self.prompts.hits, self.prompts.misses) if self.prompts else (0, 0)
         mbs = build_microbatches(items, self.processor, self.cfg.learner.micro_batch_size, num_micro,
-                                 embed_model=self._embed_model(), cache=self.prompts)
+                                 embed_model=self._embed_model(), cache=self.prompts,
+                                 share_prompts=self.cfg.learner.share_prompts)
         after = (self.prompts.hits, self.prompts.misses) if self.prompts else (0, len({id(it.prompt) for it in items}))
         self._prep = {"prompts_cached": after[0] - before[0], "prompts_encoded": after[1] - before[1],
                       "prep_s": time.perf_counter() - t0}  # what the step's _reduce reports

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from . import core_algos as ca
+from .packing import Packing, pack, packed_inputs
 from .prompts import MultiAudioPrompt, processor_inputs
 
 
@@ -120,6 +121,8 @@ class MicroBatch:
     # [B, T] the true ids where a completion holds an audio special token (model_inputs has the pad id there);
     # None when no completion in the batch does
     true_ids: torch.Tensor | None = None
+    # shared-prompt packing (polyaudio_rl/core/packing.py): the forward runs one row per prompt; None: one per item
+    packing: Packing | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "MicroBatch":
         mi = {k: v.to(device) for k, v in self.model_inputs.items()}
@@ -130,15 +133,18 @@ class MicroBatch:
             mi, self.targets.to(device), self.mask.to(device), self.old_logp.to(device), self.has_old,
             self.advantages.to(device), self.sample_ids, pe,
             self.true_ids.to(device) if self.true_ids is not None else None,
+            self.packing.to(device) if self.packing is not None else None,
         )
 
 
 def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id: int,
-            special_ids: Sequence[int] = ()) -> MicroBatch:
+            special_ids: Sequence[int] = (), share_prompts: bool = False) -> MicroBatch:
     """Right-padded batch of prompt+completion sequences; ``encoded[i]`` is the prompt encoding of ``items[i]``.
 
     Completion positions holding one of ``special_ids`` (the audio special tokens) get ``pad_id`` in the model's
-    input ids; the true ids are kept in ``true_ids`` (for :func:`_forward`) and in ``targets`` (what is scored)."""
+    input ids; the true ids are kept in ``true_ids`` (for :func:`_forward`) and in ``targets`` (what is scored).
+    With ``share_prompts``, when a prompt has two or more items here, the forward runs packed
+    (:mod:`polyaudio_rl.core.packing`: each prompt once); the targets, masks and log-prob layout stay per item."""
     lengths = [len(e.input_ids) + len(it.completion_ids) for it, e in zip(items, encoded)]
     b, t = len(items), max(lengths)
     ids = torch.full((b, t), pad_id, dtype=torch.long)
@@ -167,10 +173,22 @@ def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id
     embeds = [e.embeds for e in encoded]
     embedded = all(e is not None for e in embeds)
     model_inputs = {"input_ids": ids, "attention_mask": attn}
+    uniq: dict[int, int] = {}
+    for e in encoded:
+        uniq.setdefault(id(e), len(uniq))
+    packing = None
+    if share_prompts and len(uniq) < len(items):
+        by_index = list({id(e): e for e in encoded}.values())
+        packing = pack([e.input_ids for e in by_index], [uniq[id(e)] for e in encoded],
+                       [it.completion_ids for it in items], [not it.pad for it in items], pad_id, special_ids)
+        encoded = [by_index[u] for u in packing.prompt_of_row]  # what the packed forward reads: one per row
+        embeds = [e.embeds for e in encoded]
+        model_inputs = {}  # the packed forward builds its own inputs
     if not embedded:  # with the prompts' embeddings the audio encoder does not run: no features to carry
         model_inputs["input_features"] = torch.cat([e.input_features for e in encoded])
         model_inputs["feature_attention_mask"] = torch.cat([e.feature_attention_mask for e in encoded])
     return MicroBatch(
+        packing=packing,
         prompt_embeds=embeds if embedded else None,
         model_inputs=model_inputs,
         targets=targets,
@@ -185,7 +203,7 @@ def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id
 
 def build_microbatches(
     items: Sequence[TrainItem], processor: Any, micro_batch_size: int, num_micro: int | None = None,
-    embed_model: Any = None, cache: Any = None,
+    embed_model: Any = None, cache: Any = None, share_prompts: bool = False,
 ) -> list[MicroBatch]:
     """Split ``items`` into ``num_micro`` micro-batches of at most ``micro_batch_size`` (padding with filler items
     copied from the first one when ``num_micro`` asks for more than the items fill).
@@ -194,7 +212,7 @@ def build_microbatches(
     unique prompt's merged input embeddings are computed once (:func:`prompt_embeddings`) and reused by every
     completion of its group, the reference pass and all μ inner epochs. With ``cache`` (a
     :class:`polyaudio_rl.core.prompt_cache.PromptCache`) each prompt is encoded (and embedded) on its own, or
-    taken from the cache: the same tensors either way."""
+    taken from the cache: the same tensors either way. ``share_prompts``: see :func:`collate`."""
     if not items:
         raise BatchError("build_microbatches: no items")
     vocab = len(processor.tokenizer)
@@ -227,7 +245,7 @@ def build_microbatches(
         if not chunk:  # filler: same shapes as a real item, zero mask
             first = items[0]
             chunk = [TrainItem(first.prompt, first.completion_ids, 0.0, first.old_logprobs, pad=True)]
-        out.append(collate(chunk, [enc[uniq[id(it.prompt)]] for it in chunk], pad_id, special))
+        out.append(collate(chunk, [enc[uniq[id(it.prompt)]] for it in chunk], pad_id, special, share_prompts))
     return out
 
 
@@ -298,31 +316,48 @@ def train_mode(model: Any, freeze_audio: bool = True) -> None:
         core.multi_modal_projector.eval()
 
 
+def _call_restoring(model: Any, inputs: dict[str, torch.Tensor], ids: torch.Tensor,
+                    true_ids: torch.Tensor | None) -> Any:
+    """``model(**inputs)``; where ``true_ids`` differs from ``ids`` (a completion's audio special token, fed as the
+    pad id so the model's merge counts only the prompt's placeholders), a pre-hook on the language model puts that
+    token's own text embedding back."""
+    if true_ids is None:
+        return model(**inputs, use_cache=False)
+    core = _core(model)
+    fix = (true_ids != ids).unsqueeze(-1)
+
+    def restore(_module, args, kwargs):
+        emb = kwargs["inputs_embeds"]
+        true = core.get_input_embeddings()(true_ids.to(emb.device)).to(emb.dtype)
+        kwargs["inputs_embeds"] = torch.where(fix.to(emb.device), true, emb)
+        return args, kwargs
+
+    handle = core.language_model.register_forward_pre_hook(restore, with_kwargs=True)
+    try:
+        return model(**inputs, use_cache=False)
+    finally:
+        handle.remove()
+
+
 def _forward(model: Any, mb: MicroBatch) -> Any:
-    """The model's forward on one micro-batch (logits [B, T, V]).
+    """The model's forward on one micro-batch: logits [B, T, V], or with ``mb.packing`` those of the packed rows.
 
     Completion positions whose true id is an audio special token (``mb.true_ids``) reach the language model with
     that token's own text embedding, never as audio slots: without the cache, the model merges audio features into
     the prompt's placeholders only (its input ids hold the pad id at those positions) and a pre-hook on the
     language model puts the true tokens' embeddings back; with the cache, the completion embeddings are looked up
     from the true ids directly. Both give the same inputs to the language model."""
-    if mb.prompt_embeds is None:
-        if mb.true_ids is None:
-            return model(**mb.model_inputs, use_cache=False)
+    pk = mb.packing
+    if pk is not None:
         core = _core(model)
-        fix = (mb.true_ids != mb.model_inputs["input_ids"]).unsqueeze(-1)
-
-        def restore(_module, args, kwargs):
-            emb = kwargs["inputs_embeds"]
-            true = core.get_input_embeddings()(mb.true_ids.to(emb.device)).to(emb.dtype)
-            kwargs["inputs_embeds"] = torch.where(fix.to(emb.device), true, emb)
-            return args, kwargs
-
-        handle = core.language_model.register_forward_pre_hook(restore, with_kwargs=True)
-        try:
-            return model(**mb.model_inputs, use_cache=False)
-        finally:
-            handle.remove()
+        dtype = core.get_input_embeddings().weight.dtype
+        if mb.prompt_embeds is not None:
+            return model(**packed_inputs(core, pk, mb.prompt_embeds, dtype), use_cache=False)
+        inputs = {"input_ids": pk.ids, "attention_mask": pk.attention_mask(dtype, pk.ids.device),
+                  "position_ids": pk.position_ids, **mb.model_inputs}
+        return _call_restoring(model, inputs, pk.ids, pk.true_ids)
+    if mb.prompt_embeds is None:
+        return _call_restoring(model, mb.model_inputs, mb.model_inputs["input_ids"], mb.true_ids)
     ids = mb.model_inputs["input_ids"] if mb.true_ids is None else mb.true_ids
     emb = _core(model).get_input_embeddings()(ids)  # completion (and padding) positions; prompts replaced below
     rows = [torch.cat([pe.to(emb.dtype), emb[i, pe.shape[0]:]]) for i, pe in enumerate(mb.prompt_embeds)]
@@ -335,38 +370,40 @@ def _forward(model: Any, mb: MicroBatch) -> Any:
 def token_logprobs(model: Any, mb: MicroBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(target) at every shifted position ([B, T-1], 0 outside the mask) and, optionally, the entropy there.
 
-    The output projection runs only from the batch's first completion position on (a pre-hook on ``lm_head`` cuts
-    its input; Qwen2-Audio's forward has no ``logits_to_keep``), and the vocabulary softmax only at completion
-    positions: the logits of a 7B prompt of 3,000 tokens would be 3,000 × 152k values a sequence.
+    The output projection runs on scored positions only: a pre-hook on ``lm_head`` cuts its input to the batch's
+    first completion position on (Qwen2-Audio's forward has no ``logits_to_keep``), or for a packed micro-batch
+    gathers exactly the positions that score a target (``Packing.src``); the vocabulary softmax runs only at
+    completion positions. The logits of a 7B prompt of 3,000 tokens would be 3,000 × 152k values a sequence.
     """
-    scored = (mb.mask > 0).any(0).nonzero()
+    sel = mb.mask > 0
+    scored = sel.any(0).nonzero()
     first = int(scored[0]) if len(scored) else 0  # shifted position j is predicted by the logits at position j
     m = getattr(model, "module", model)
     m = m.get_base_model() if hasattr(m, "get_base_model") else m
+    src = mb.packing.src if mb.packing is not None else None
 
     def cut(_module, args):
-        return (args[0][:, first:],) + tuple(args[1:])
+        h = args[0]
+        h = h.reshape(-1, h.shape[-1])[src].unsqueeze(0) if src is not None else h[:, first:]
+        return (h,) + tuple(args[1:])
 
-    handle = m.get_output_embeddings().register_forward_pre_hook(cut) if first else None
+    handle = m.get_output_embeddings().register_forward_pre_hook(cut) if first or src is not None else None
     try:
-        logits = _forward(model, mb).logits[:, :-1]  # positions first .. T-2
+        logits = _forward(model, mb).logits
     finally:
         if handle is not None:
             handle.remove()
-    sel = mb.mask[:, first:] > 0
-    head = torch.zeros((sel.shape[0], first), dtype=torch.float32, device=logits.device)  # prompt positions
-    tail = torch.zeros(sel.shape, dtype=torch.float32, device=logits.device)
-    ent = None
-    if sel.any():
-        picked = logits[sel]
-        logp = torch.cat([head, tail.masked_scatter(sel, ca.logprobs_from_logits(picked, mb.targets[:, first:][sel]))], 1)
+    # the scored positions' logits, in the mask's row-major order
+    picked = logits[0] if src is not None else logits[:, :-1][sel[:, first:]]
+    logp = torch.zeros(sel.shape, dtype=torch.float32, device=logits.device)
+    ent = torch.zeros_like(logp) if with_entropy else None
+    if picked.shape[0]:
+        logp = logp.masked_scatter(sel, ca.logprobs_from_logits(picked, mb.targets[sel]))
         if with_entropy:
             with torch.no_grad():
-                ent = torch.cat([head, tail.masked_scatter(sel, ca.entropy_from_logits(picked.detach()))], 1)
+                ent = ent.masked_scatter(sel, ca.entropy_from_logits(picked.detach()))
     else:  # a filler micro-batch: keep the graph connected so backward hooks (ZeRO reduction) still fire
-        logp = torch.cat([head, tail], 1) + 0.0 * logits.sum()
-    if with_entropy and ent is None:
-        ent = torch.zeros_like(logp)
+        logp = logp + 0.0 * logits.sum()
     return logp, ent
 
 

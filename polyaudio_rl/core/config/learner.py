@@ -24,6 +24,12 @@ class LearnerConfig:
         True, "Run the (frozen) audio encoder once per prompt per step and reuse its embeddings for all G completions, "
         "the reference pass and the μ inner epochs. Ignored when model.freeze_audio_encoder is false."
     )
+    share_prompts: bool = cfg_field(
+        True, "Run each prompt once per micro-batch for all its completions there: one packed row [prompt, "
+        "completion 1, completion 2, ...] with a block mask (polyaudio_rl/core/packing.py; the idea of prefix "
+        "sharing in RL trainers, e.g. Prefix Grouper, 2025). Same log-probs and gradients to float rounding; the "
+        "prompt (mostly audio) is most of a GRPO sequence. Needs SDPA or eager attention (a 4D mask)."
+    )
     prompt_cache_mb: float = cfg_field(
         1024.0, "Per-worker budget (MB) for encoded prompts — processor features and, with the cache above, the frozen "
         "encoder's embeddings — kept across steps by content (polyaudio_rl/core/prompt_cache.py): the driver has a "

@@ -263,3 +263,49 @@ def test_completion_audio_tokens_are_not_audio_slots_cache_on_and_off(policy, pr
 def test_completion_without_audio_tokens_is_fed_unchanged(prompts, tiny_processor):
     (mb,) = build_microbatches(_items(prompts, n_per=1), tiny_processor, micro_batch_size=2)
     assert mb.true_ids is None
+
+
+# ------------------------------------------------------------------------- shared-prompt packing (core/packing.py)
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("special", [False, True])
+def test_packed_prompts_give_the_same_logprobs_entropy_and_grads(policy, prompts, tiny_processor, cache, special):
+    """share_prompts runs each prompt once per micro-batch (one packed row per prompt, a block mask): the same
+    log-probs, entropies, reference log-probs and LoRA gradients as one row per completion — with the audio cache
+    on and off, groups interleaved in the micro-batch, completions of different lengths, and completions holding
+    audio special tokens (read as text, never as audio slots)."""
+    items = _items(prompts, n_per=3, seed=2)
+    items = [items[0], items[3], items[1], items[4], items[2], items[5]]  # a, b, a, b, a, b
+    if special:
+        tok = tiny_processor.tokenizer
+        audio, bos = tok.convert_tokens_to_ids("<|AUDIO|>"), tok.convert_tokens_to_ids("<|audio_bos|>")
+        items[1] = replace(items[1], completion_ids=[10, audio, 12])
+        items[4] = replace(items[4], completion_ids=[bos, audio, 11, 12, 13, 14, 15])
+    kw = {"embed_model": policy} if cache else {}
+    plain = build_microbatches(items, tiny_processor, micro_batch_size=6, **kw)
+    packed = build_microbatches(items, tiny_processor, micro_batch_size=6, share_prompts=True, **kw)
+    assert plain[0].packing is None and packed[0].packing is not None
+    assert packed[0].packing.ids.shape[0] == 2  # two prompts → two rows
+    out = []
+    for mbs in (plain, packed):
+        policy.zero_grad()
+        lp, ent = token_logprobs(policy, mbs[0], with_entropy=True)
+        (lp * mbs[0].mask * torch.linspace(0.5, 1.5, lp.shape[0])[:, None]).sum().backward()
+        grads = torch.cat([p.grad.flatten() for n, p in policy.named_parameters() if "lora_" in n])
+        with torch.no_grad(), policy.disable_adapter():
+            ref = token_logprobs(policy, mbs[0])[0]
+        out.append((lp.detach(), ent, ref, grads))
+    policy.zero_grad()
+    (lp0, ent0, ref0, g0), (lp1, ent1, ref1, g1) = out
+    assert lp1.shape == lp0.shape and bool((lp0 != 0).any())
+    torch.testing.assert_close(lp1, lp0, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(ent1, ent0, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(ref1, ref0, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(g1, g0, atol=1e-5, rtol=1e-4)
+    assert g0.abs().sum() > 0
+
+
+def test_packing_only_where_a_prompt_repeats(prompts, tiny_processor):
+    """One item per prompt (SFT) has nothing to share: the micro-batch stays one row per item."""
+    items = _items(prompts, n_per=1)
+    (mb,) = build_microbatches(items, tiny_processor, micro_batch_size=2, share_prompts=True)
+    assert mb.packing is None and mb.model_inputs["input_ids"].shape[0] == 2
