@@ -291,20 +291,24 @@ class GRPODriver:
         self.timeline.add("data", "take (wait)", t0, t1, step=step)
         gids = [f"{step}:{it.position}:{it.sample.id}" for it in items]
         job = self.rollout.submit([it.prompt for it in items], gids, g.group_size)
+        # open spans: a step that ends while these still run counts them as busy (busy/rollout)
+        spans = [self.timeline.begin(f"rollout/actor-{sh.actor}", "generate", sh.sent_at, step=step,
+                                     version=job.version, groups=sh.end - sh.start) for sh in job.shards]
         with self._prep_lock:
             self._prep.append((step, [it.prompt for it in items]))
         if self.lag == 0 or step == self._first[0]:  # the first batch: no step or sync of the learner's to delay
             self._prefetch(step)
-        groups = self.rollout.collect(job)
-        t2 = time.time()
-        for sh in job.shards:
-            self.timeline.add(f"rollout/actor-{sh.actor}", "generate", sh.sent_at, sh.done_at or t2, step=step,
-                              version=job.version, groups=sh.end - sh.start)
+        try:
+            groups = self.rollout.collect(job)
+        finally:
+            t2 = time.time()
+            for tok, sh in zip(spans, job.shards):  # where and when each shard last ran (resent: another actor)
+                self.timeline.end(tok, sh.done_at or t2, lane=f"rollout/actor-{sh.actor}", start=sh.sent_at)
         texts = [[c.text for c in grp.completions] for grp in groups]
-        scores = self.rewards.score_batch([Group(it.sample, tx) for it, tx in zip(items, texts)])
+        with self.timeline.span("reward", "score", step=step):
+            scores = self.rewards.score_batch([Group(it.sample, tx) for it, tx in zip(items, texts)])
         scores.check(self.cfg.reward.max_unscored_fraction)
         t3 = time.time()
-        self.timeline.add("reward", "score", t2, t3, step=step)
         return RolloutBatch(step, items, groups, scores, {"time/data": t1 - t0, "time/generate": t2 - t1,
                                                           "time/reward": t3 - t2},
                             end_position=items[-1].position + 1 if items else self.stream.position)

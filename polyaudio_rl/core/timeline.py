@@ -4,6 +4,8 @@
     with tl.span("learner", "train", step=3):
         ...
     tl.add("rollout/actor-0", "generate", t0, t1, step=4)
+    tok = tl.begin("rollout/actor-0", "generate", t0)   # a span still running (counted as busy up to now) ...
+    tl.end(tok, t1, step=4)                              # ... closed when its end is known
     tl.busy_fraction("rollout/", t0, t1)        # union of the lanes' spans inside [t0, t1] / (t1 - t0)
     tl.write("RUN_DIR/timeline.json")            # open in Perfetto (ui.perfetto.dev) or chrome://tracing
 
@@ -12,6 +14,7 @@ Thread-safe: the GRPO driver's producer and consumer threads record into one tim
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import threading
@@ -32,6 +35,8 @@ class Span:
 class Timeline:
     def __init__(self) -> None:
         self._spans: list[Span] = []
+        self._open: dict[int, Span] = {}  # begun, not ended: busy up to now
+        self._ids = itertools.count()
         self._lock = threading.Lock()
         self.origin = time.time()
 
@@ -39,17 +44,39 @@ class Timeline:
         with self._lock:
             self._spans.append(Span(lane, name, start, max(start, end), args))
 
+    def begin(self, lane: str, name: str, start: float | None = None, **args: Any) -> int:
+        """Open a span (work in progress: :meth:`busy_fraction` counts it up to now); returns its token."""
+        with self._lock:
+            tok = next(self._ids)
+            self._open[tok] = Span(lane, name, time.time() if start is None else start, float("inf"), args)
+            return tok
+
+    def end(self, token: int, end: float | None = None, lane: str | None = None, start: float | None = None,
+            **args: Any) -> None:
+        """Close an open span at ``end`` (default now); ``lane`` / ``start`` correct where the work ran, if it moved
+        (a shard resent to another actor)."""
+        with self._lock:
+            s = self._open.pop(token)
+            s.lane, s.start = lane or s.lane, s.start if start is None else start
+            s.end = max(s.start, time.time() if end is None else end)
+            s.args.update(args)
+            self._spans.append(s)
+
     @contextlib.contextmanager
     def span(self, lane: str, name: str, **args: Any) -> Iterator[None]:
-        t0 = time.time()
+        tok = self.begin(lane, name, **args)
         try:
             yield
         finally:
-            self.add(lane, name, t0, time.time(), **args)
+            self.end(tok)
 
     def spans(self, lane_prefix: str = "") -> list[Span]:
+        """Closed spans, then open ones ending now."""
+        now = time.time()
         with self._lock:
-            return [s for s in self._spans if s.lane.startswith(lane_prefix)]
+            return ([s for s in self._spans if s.lane.startswith(lane_prefix)]
+                    + [Span(s.lane, s.name, s.start, max(s.start, now), dict(s.args))
+                       for s in self._open.values() if s.lane.startswith(lane_prefix)])
 
     def busy_fraction(self, lane_prefix: str, t0: float, t1: float) -> float:
         """Fraction of [t0, t1] covered by at least one span of a lane starting with ``lane_prefix``."""
@@ -69,7 +96,8 @@ class Timeline:
         return covered / (t1 - t0)
 
     def chrome_trace(self) -> dict[str, Any]:
-        """``{"traceEvents": [...]}``: one thread (tid) per lane, complete events ("ph": "X") in microseconds."""
+        """``{"traceEvents": [...]}``: one thread (tid) per lane, complete events ("ph": "X") in microseconds (a
+        span still open ends at the time of writing)."""
         spans = self.spans()
         lanes = sorted({s.lane for s in spans})
         tid = {lane: i + 1 for i, lane in enumerate(lanes)}
