@@ -1,7 +1,14 @@
-"""One GRPO step, end to end, with the vLLM and the Hugging Face rollout engine: samples/s and phase breakdown.
+"""GRPO steps, end to end, with the vLLM and the Hugging Face rollout engine, synchronous and pipelined:
+samples/s and phase breakdown.
 
-    python benchmarks/grpo_step.py [--config configs/tiny_cpu.yaml] [--steps 3] [--warmup 1] [--engines vllm,hf]
-                                   [--out artifacts/bench] [key=value ...]
+    python benchmarks/grpo_step.py [--config configs/tiny_cpu.yaml] [--steps 6] [--warmup 2]
+                                   [--runs vllm:1,vllm:0,hf:1,hf:0] [--out artifacts/bench] [key=value ...]
+
+A run is ``ENGINE:LAG`` (``rollout.engine``, ``grpo.max_policy_lag``). ``hf:0`` is the loop every RL library
+starts from — Hugging Face ``generate``, then score, then train, then sync, one after another; ``vllm:1`` is this
+system as shipped (configs/demo.yaml and the production config run at lag 1): vLLM rollouts of step b+1 overlap
+step b's training. The headline ratio is ``vllm:1`` over ``hf:0``; ``vllm:0`` over ``hf:0`` is the engine alone,
+``hf:1`` the pipeline alone.
 
 Each engine runs the real driver step (:meth:`polyaudio_rl.driver.GRPODriver.step`: Ray Data prompts → rollout actor →
 reward actor → DeepSpeed learner workers → verified weight sync) on the config's checkpoint (the tiny one by default),
@@ -10,8 +17,8 @@ length: every completion is exactly ``rollout.max_new_tokens`` long (``ignore_eo
 and train on the same number of tokens. ``--warmup`` steps are run first and not timed (first multimodal batch,
 allocator warm-up). Engines run one after another on one local Ray cluster; each is shut down before the next.
 
-Prints per engine the mean seconds per step of each phase (data, generate, reward, train, sync) and samples/s
-(completions / step wall time), then the vLLM/HF ratios of samples/s and of generate time. Writes
+Prints per run the mean seconds per step of each phase (data, generate, reward, train, sync; at lag 1 generate
+overlaps train) and samples/s (completions / step wall time), then the ratios of samples/s and of generate time. Writes
 ``OUT/grpo_step.json`` and ``OUT/grpo_step.png``; Ray's and the libraries' log lines go to ``OUT/logs/``.
 Timings on a shared machine vary: the load average is recorded.
 """
@@ -40,6 +47,9 @@ class FixedLength:
     def __init__(self, pool):
         self.pool = pool
 
+    def submit(self, prompts, group_ids=None, n=None, **kw):  # what the driver's producer calls
+        return self.pool.submit(prompts, group_ids, n, ignore_eos=True, **kw)
+
     def generate(self, prompts, group_ids=None, n=None, **kw):
         return self.pool.generate(prompts, group_ids, n, ignore_eos=True, **kw)
 
@@ -61,7 +71,7 @@ def ensure_pref(cfg, out: Path) -> str:
     return str(d)
 
 
-def bench_engine(cfg, engine: str, warmup: int, steps: int) -> dict:
+def bench_engine(cfg, engine: str, lag: int, warmup: int, steps: int) -> dict:
     from dataclasses import replace
 
     from actors.learner import Learner
@@ -71,7 +81,10 @@ def bench_engine(cfg, engine: str, warmup: int, steps: int) -> dict:
     from polyaudio_rl.core.model import load_processor, resolve_path
     from rewards.actor import RewardPool
 
-    cfg = replace(cfg, rollout=replace(cfg.rollout, engine=engine))
+    # no checkpoint barrier inside the timed steps (a checkpoint step's sync is synchronous at any lag)
+    cfg = replace(cfg, rollout=replace(cfg.rollout, engine=engine),
+                  grpo=replace(cfg.grpo, max_policy_lag=lag, steps=max(cfg.grpo.steps, warmup + steps + 1)),
+                  learner=replace(cfg.learner, checkpoint_every=0))
     path = resolve_path(cfg.model)
     parts = []
     try:
@@ -87,6 +100,7 @@ def bench_engine(cfg, engine: str, warmup: int, steps: int) -> dict:
         stream = PromptStream(cfg.data.pref_dir, path, cfg.data, seed=cfg.seed)
         parts.append(stream)
         driver = GRPODriver(cfg, stream, FixedLength(pool), rewards, learner, load_processor(path))
+        parts.append(driver)  # closed first: stops its producer thread (lag >= 1)
         driver.sync()
         rows = []
         for step in range(1, warmup + steps + 1):
@@ -96,7 +110,7 @@ def bench_engine(cfg, engine: str, warmup: int, steps: int) -> dict:
                          "prompts_cached": m.get("learner/prompts_cached", 0.0),
                          "prompts_encoded": m.get("learner/prompts_encoded", 0.0), "prep_s": m.get("learner/prep_s_max"),
                          **{p: m[f"time/{p}"] for p in PHASES}})
-            print(f"  {engine} step {step}{' (warm-up)' if step <= warmup else ''}: {m['time/step']:.2f} s, "
+            print(f"  {engine}:{lag} step {step}{' (warm-up)' if step <= warmup else ''}: {m['time/step']:.2f} s, "
                   + ", ".join(f"{p} {m[f'time/{p}']:.2f}" for p in PHASES)
                   + f" (prompts ready/built {rows[-1]['prompts_cached']:.0f}/{rows[-1]['prompts_encoded']:.0f}, "
                   f"slowest worker's inputs {rows[-1]['prep_s'] or 0:.2f} s)", flush=True)
@@ -120,15 +134,13 @@ def report(res: dict) -> None:
           f"(fixed length), up to {s['max_clips']} clips, {s['learner_workers']} learner workers; mean of "
           f"{s['steps']} steps after {s['warmup']} warm-up; {s['cpus']} CPUs, load average "
           f"{s['load_avg_start']:.1f} -> {s['load_avg_end']:.1f}")
-    print(f"{'engine':8s} {'samples/s':>10s} {'step s':>8s} " + " ".join(f"{p:>9s}" for p in PHASES)
+    print(f"{'run':8s} {'samples/s':>10s} {'step s':>8s} " + " ".join(f"{p:>9s}" for p in PHASES)
           + f" {'start s':>8s}")
     for name, e in res["engines"].items():
         print(f"{name:8s} {e['samples_per_s']:10.2f} {e['step_s']:8.2f} "
               + " ".join(f"{e['phases_s'][p]:9.2f}" for p in PHASES) + f" {e['engine_start_s']:8.1f}")
-    if "ratios" in res:
-        r = res["ratios"]
-        print(f"vLLM/HF samples/s: {r['samples_per_s']:.2f}x;  generate time vLLM/HF: {r['generate_time']:.3f} "
-              f"(HF generate takes {1 / r['generate_time']:.1f}x as long)")
+    for name, r in res.get("ratios", {}).items():
+        print(f"{name:>14s}: samples/s {r['samples_per_s']:.2f}x;  generate time {r['generate_time']:.3f}")
 
 
 def plot(res: dict, path: Path) -> None:
@@ -159,9 +171,9 @@ def plot(res: dict, path: Path) -> None:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=None, help="YAML config (default configs/tiny_cpu.yaml)")
-    ap.add_argument("--steps", type=int, default=3, help="timed GRPO steps per engine")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed GRPO steps first, per engine")
-    ap.add_argument("--engines", default="vllm,hf", help="comma list of rollout engines")
+    ap.add_argument("--steps", type=int, default=6, help="timed GRPO steps per run")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed GRPO steps first, per run (lag 1 fills its pipeline)")
+    ap.add_argument("--runs", default="vllm:1,vllm:0,hf:1,hf:0", help="comma list of ENGINE:LAG")
     ap.add_argument("--out", default="artifacts/bench", help="directory for grpo_step.{json,png} (and its data)")
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. grpo.group_size=8")
     a = ap.parse_args(argv)
@@ -190,14 +202,19 @@ def main(argv=None) -> dict:
         # library chatter (Ray Data progress, workers' output) goes to OUT/logs/, the console keeps the figures
         con = Console(out, quiet=True).install()
         check_resources(cfg, connect_ray(cfg, con))
-        for engine in filter(None, a.engines.split(",")):
-            print(f"== rollout.engine={engine}", flush=True)
-            res["engines"][engine] = bench_engine(cfg, engine, a.warmup, a.steps)
+        for run in filter(None, a.runs.split(",")):
+            engine, _, lag = run.partition(":")
+            print(f"== rollout.engine={engine} grpo.max_policy_lag={int(lag or 0)}", flush=True)
+            res["engines"][f"{engine}:{int(lag or 0)}"] = bench_engine(cfg, engine, int(lag or 0), a.warmup, a.steps)
         res["setup"]["load_avg_end"] = os.getloadavg()[0]
         e = res["engines"]
-        if "vllm" in e and "hf" in e:
-            res["ratios"] = {"samples_per_s": e["vllm"]["samples_per_s"] / e["hf"]["samples_per_s"],
-                             "generate_time": e["vllm"]["phases_s"]["generate"] / e["hf"]["phases_s"]["generate"]}
+        res["ratios"] = {}
+        for name, (x, y) in {"vllm:1 / hf:0": ("vllm:1", "hf:0"), "vllm:0 / hf:0": ("vllm:0", "hf:0"),
+                             "vllm:1 / hf:1": ("vllm:1", "hf:1")}.items():
+            if x in e and y in e:
+                res["ratios"][name] = {
+                    "samples_per_s": e[x]["samples_per_s"] / e[y]["samples_per_s"],
+                    "generate_time": e[x]["phases_s"]["generate"] / e[y]["phases_s"]["generate"]}
         report(res)
         (out / "grpo_step.json").write_text(json.dumps(res, indent=1))
         plot(res, out / "grpo_step.png")
