@@ -154,6 +154,9 @@ class LearnerWorker:
             model=self.model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
         )
         self._train_mode()
+        # PEFT's disable_adapter() (the reference pass) first walks the model's layer status; the first walk fills
+        # Python's ABC subclass caches (~0.3 s here, once per process): pay it now, while the rollout engines boot
+        self.model.get_model_status()
         # a forward is deterministic unless a dropout is active in training mode (then the proximal log-probs of
         # grpo.is_correction need their own pass)
         self._stochastic = any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training
