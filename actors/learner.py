@@ -41,12 +41,14 @@ from polyaudio_rl.core.grpo_loss import (
     GlobalCounts,
     TrainItem,
     build_microbatches,
+    encode_prompts,
     grpo_microbatch_loss,
+    prompt_embeddings,
     sft_microbatch_loss,
     token_logprobs,
     train_mode,
 )
-from polyaudio_rl.core.prompts import MultiAudioPrompt
+from polyaudio_rl.core.prompts import MultiAudioPrompt, prompt_from_arrays
 
 STAGES = ("grpo", "sft")
 
@@ -165,6 +167,7 @@ class LearnerWorker:
             from polyaudio_rl.core.prompt_cache import PromptCache
 
             self.prompts = PromptCache(cfg.learner.prompt_cache_mb)
+            self._warm_up_inputs()
         self.step = 0
         client_state: dict[str, Any] = {}
         if resume_from:
@@ -173,6 +176,18 @@ class LearnerWorker:
         trainable = sum(p.numel() for p in params)
         return {"rank": self.rank, "trainable_params": trainable, "step": self.step, "client_state": client_state,
                 "backend": backend, "device": str(self.device)}
+
+    def _warm_up_inputs(self) -> None:
+        """Encode and embed one short tone, kept nowhere: the feature extractor's and the audio encoder's first calls
+        set up their kernels and caches (~0.2 s here, once per process) at setup, while the rollout engines boot,
+        instead of in the first step. No weights, optimizer state or RNG are touched (eval mode, no grad)."""
+        import numpy as np
+
+        t = np.arange(8000, dtype=np.float32) / 16000
+        tone = prompt_from_arrays("learner-warm-up", "Warm-up.", [0.1 * np.sin(2 * np.pi * 440 * t)], self.processor)
+        (enc,) = encode_prompts([tone], self.processor)
+        if self._embed_model() is not None:
+            prompt_embeddings(self._embed_model(), [enc], self.processor.tokenizer.pad_token_id)
 
     # ----------------------------------------------------------------------------------------------------------
     def _embed_model(self) -> Any:
