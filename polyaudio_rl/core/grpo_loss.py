@@ -350,6 +350,10 @@ def _forward(model: Any, mb: MicroBatch) -> Any:
     pk = mb.packing
     if pk is not None:
         core = _core(model)
+        impl = getattr(core.language_model.config, "_attn_implementation", None) or "sdpa"
+        if impl not in ("sdpa", "eager"):
+            raise BatchError(f"learner.share_prompts packs a micro-batch with a 4D block mask, which {impl!r} attention "
+                             "does not take; use SDPA or eager attention, or set learner.share_prompts=false")
         dtype = core.get_input_embeddings().weight.dtype
         if mb.prompt_embeds is not None:
             return model(**packed_inputs(core, pk, mb.prompt_embeds, dtype), use_cache=False)

@@ -309,3 +309,16 @@ def test_packing_only_where_a_prompt_repeats(prompts, tiny_processor):
     items = _items(prompts, n_per=1)
     (mb,) = build_microbatches(items, tiny_processor, micro_batch_size=2, share_prompts=True)
     assert mb.packing is None and mb.model_inputs["input_ids"].shape[0] == 2
+
+
+def test_packing_with_an_attention_that_takes_no_4d_mask_is_a_clear_error(policy, prompts, tiny_processor):
+    items = _items(prompts, n_per=2)
+    (mb,) = build_microbatches(items, tiny_processor, micro_batch_size=4, share_prompts=True)
+    cfg = policy.get_base_model().model.language_model.config
+    saved = cfg._attn_implementation
+    cfg._attn_implementation = "flash_attention_2"
+    try:
+        with pytest.raises(BatchError, match="share_prompts=false"):
+            token_logprobs(policy, mb)
+    finally:
+        cfg._attn_implementation = saved
