@@ -173,15 +173,13 @@ def collate(items: Sequence[TrainItem], encoded: Sequence[EncodedPrompt], pad_id
     embeds = [e.embeds for e in encoded]
     embedded = all(e is not None for e in embeds)
     model_inputs = {"input_ids": ids, "attention_mask": attn}
-    uniq: dict[int, int] = {}
-    for e in encoded:
-        uniq.setdefault(id(e), len(uniq))
+    distinct = list({id(e): e for e in encoded}.values())  # group members share one encoding object
     packing = None
-    if share_prompts and len(uniq) < len(items):
-        by_index = list({id(e): e for e in encoded}.values())
-        packing = pack([e.input_ids for e in by_index], [uniq[id(e)] for e in encoded],
+    if share_prompts and len(distinct) < len(items):
+        index = {id(e): u for u, e in enumerate(distinct)}
+        packing = pack([e.input_ids for e in distinct], [index[id(e)] for e in encoded],
                        [it.completion_ids for it in items], [not it.pad for it in items], pad_id, special_ids)
-        encoded = [by_index[u] for u in packing.prompt_of_row]  # what the packed forward reads: one per row
+        encoded = [distinct[u] for u in packing.prompt_of_row]  # what the packed forward reads: one per row
         embeds = [e.embeds for e in encoded]
         model_inputs = {}  # the packed forward builds its own inputs
     if not embedded:  # with the prompts' embeddings the audio encoder does not run: no features to carry
