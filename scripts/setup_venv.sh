@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv with the versions verified together (see README "Pinned versions").
+# Creates .venv with the versions verified together (see docs/troubleshooting.md).
 # Idempotent: re-running only installs what is missing. GPU=1 installs the GPU extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
