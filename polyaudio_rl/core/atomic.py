@@ -1,6 +1,7 @@
-"""Write a directory atomically: readers see the old directory or the complete new one, never a half-written one.
+"""Write a directory or a file atomically: readers see the old one or the complete new one, never a half-written one.
 
-Used for everything a crash must not leave half-done: learner checkpoints, the tiny checkpoint, merged models.
+Used for everything a crash must not leave half-done: learner checkpoints, the tiny checkpoint, merged models
+(:func:`atomic_dir`); a run's manifest and a rewound ``metrics.jsonl`` (:func:`atomic_write_text`).
 """
 from __future__ import annotations
 
@@ -33,3 +34,22 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Replace ``path`` with ``text``: written to a temporary file next to it, fsynced, then renamed over it, so a
+    reader (or a crash) sees the old content or the new, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: run files are shared like checkpoints
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
+
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
@@ -23,25 +25,25 @@ def _clean(v: Any) -> Any:
 
 
 class MetricsLogger:
-    """Append-only JSONL plus optional wandb. Safe to reopen on resume (appends; :meth:`rewind` drops redone steps)."""
+    """Append-only JSONL plus optional wandb, one row per (phase, step).
+
+    ``resume_step``: this process continues a run from its checkpoint at that step (``--resume``): the rows of
+    later steps, logged by the run before it stopped and about to be redone, are cut from ``metrics.jsonl`` before
+    anything is appended (a negative step: nothing was checkpointed and the stage starts over, so every row goes),
+    and the wandb run of the same id is rewound to that step (``resume_from="<id>?_step=<step>"``; offline, the
+    rewind is recorded and applied when the run is synced). :meth:`rewind` does the same mid-run, for the JSONL."""
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any] | None = None, wandb_mode: str = "offline",
-                 project: str = "polyaudio-rl"):
+                 project: str = "polyaudio-rl", resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
+        if resume_step is not None:
+            cut_rows_after(self.path, resume_step)
         self._fh = self.path.open("a")
         self._wandb = None
         if wandb_mode != "disabled":
-            try:
-                import wandb
-
-                os.environ.setdefault("WANDB_SILENT", "true")
-                self._wandb = wandb.init(project=project, dir=str(self.run_dir), mode=wandb_mode, config=config or {},
-                                         name=self.run_dir.name, resume="allow", id=self.run_dir.name.replace("/", "_"))
-            except Exception as exc:  # wandb is optional: never kill a run for it, but say so
-                print(f"[metrics] wandb disabled: {exc}")
-                self._wandb = None
+            self._wandb = _start_wandb(self.run_dir, project, wandb_mode, config or {}, resume_step)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         rec = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}
@@ -54,19 +56,61 @@ class MetricsLogger:
         """Drop the JSONL rows of steps after ``step`` (work lost with a dead learner or a stopped run that will be
         redone from the checkpoint at ``step``), so every step has one row. Returns how many rows were dropped."""
         self._fh.close()
-        lines = self.path.read_text().splitlines() if self.path.exists() else []
-        keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
+        dropped = cut_rows_after(self.path, step)
         self._fh = self.path.open("a")
-        return len(lines) - len(keep)
+        return dropped
 
     def close(self) -> None:
         self._fh.close()
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+def cut_rows_after(path: str | Path, step: int) -> int:
+    """Keep only the rows of ``path`` (a metrics.jsonl) whose step is at most ``step``, replacing the file atomically
+    (a crash leaves the old file or the new one). A last line cut short (a process killed while writing it) goes
+    too; any other line that is not a row is an error naming it. Returns how many lines were dropped; a missing
+    file has none."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    text = path.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    keep = []
+    for n, line in enumerate(lines, 1):
+        try:
+            row_step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError) as exc:
+            if n == len(lines) and not text.endswith("\n"):
+                break
+            raise ValueError(f"{path}:{n}: not a metrics row ({exc!r}): {line[:80]!r}") from exc
+        if row_step <= step:
+            keep.append(line)
+    if len(keep) != len(lines) or (text and not text.endswith("\n")):
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
+    return len(lines) - len(keep)
+
+
+def _start_wandb(run_dir: Path, project: str, mode: str, config: dict[str, Any], resume_step: int | None) -> Any:
+    """The wandb run of this run directory (its name is the run id), or None when wandb cannot start (optional: a
+    run never dies for it, but says so). Resumed: rewound to ``resume_step``; where the wandb server refuses a rewind
+    (the feature is in beta), the run is continued instead (``resume="allow"``)."""
+    try:
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        run_id = run_dir.name.replace("/", "_")
+        common = {"project": project, "dir": str(run_dir), "mode": mode, "config": config, "name": run_dir.name}
+        if resume_step is not None:
+            try:
+                return wandb.init(**common, resume_from=f"{run_id}?_step={max(resume_step, 0)}")
+            except Exception as exc:  # noqa: BLE001 - fall back to continuing the run without a rewind
+                print(f"[metrics] wandb rewind to step {max(resume_step, 0)} refused ({exc}); continuing the run")
+        return wandb.init(**common, resume="allow", id=run_id)
+    except Exception as exc:  # noqa: BLE001 - wandb is optional
+        print(f"[metrics] wandb disabled: {exc}")
+        return None
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

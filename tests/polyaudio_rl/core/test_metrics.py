@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from polyaudio_rl.core.metrics import MetricsLogger, plot_curves, read_metrics
 
 
@@ -28,3 +30,63 @@ def test_rewind_drops_the_rows_of_steps_after_the_checkpoint(tmp_path):
     log.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r.get("reward/total")) for r in rows] == [(1, 0.1), (2, 0.2), (2, None), (3, 0.7)]
+
+
+def _write(path, rows, tail=""):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
+
+
+def test_cut_rows_after_keeps_steps_up_to_the_checkpoint(tmp_path):
+    from polyaudio_rl.core.metrics import cut_rows_after
+
+    f = tmp_path / "metrics.jsonl"
+    rows = [{"step": 0, "phase": "eval_before"}, {"step": 1, "phase": "grpo"}, {"step": 2, "phase": "grpo"},
+            {"step": 3, "phase": "grpo"}, {"step": 4, "phase": "grpo"}]
+    _write(f, rows)
+    assert cut_rows_after(f, 2) == 2
+    assert [json.loads(line) for line in f.read_text().splitlines()] == rows[:3]
+    assert cut_rows_after(f, 2) == 0 and cut_rows_after(tmp_path / "none.jsonl", 2) == 0
+    assert cut_rows_after(f, -1) == 3 and f.read_text() == ""  # nothing checkpointed: every row goes
+    _write(f, rows[:3], tail='{"step": 3, "pha')  # a write cut short by a kill: that line goes too
+    assert cut_rows_after(f, 5) == 1 and f.read_text().endswith("}\n") and len(f.read_text().splitlines()) == 3
+    _write(f, [rows[0], "garbage", rows[1]])
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics row"):
+        cut_rows_after(f, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporary file left
+
+
+def test_resumed_logger_leaves_one_row_per_step(tmp_path):
+    """A stopped run logged steps 1-5 and checkpointed at 3; --resume reopens at 3 and redoes 4, 5."""
+    first = MetricsLogger(tmp_path, wandb_mode="disabled")
+    first.log(0, {"phase": "eval_before", "eval/accuracy": 0.25})
+    for s in range(1, 6):
+        first.log(s, {"phase": "grpo", "loss": float(s)})
+    first.close()
+    again = MetricsLogger(tmp_path, wandb_mode="disabled", resume_step=3)
+    for s in (4, 5):
+        again.log(s, {"phase": "grpo", "loss": 10.0 * s})
+    again.log(5, {"phase": "eval_after", "eval/accuracy": 0.5})
+    again.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["phase"]) for r in rows] == [(0, "eval_before"), (1, "grpo"), (2, "grpo"), (3, "grpo"),
+                                                     (4, "grpo"), (5, "grpo"), (5, "eval_after")]
+    assert [r.get("loss") for r in rows[4:6]] == [40.0, 50.0]
+
+
+def test_resumed_offline_wandb_run_is_rewound_to_the_checkpoint_step(tmp_path, monkeypatch):
+    """Offline wandb: the resumed process records a rewind of the same run id to the checkpoint's step
+    (``resume_from``), applied by wandb when the run is synced; logging continues after that step."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run-a"
+    first = MetricsLogger(run, wandb_mode="offline")
+    assert first._wandb is not None and first._wandb.id == "run-a"
+    for s in range(1, 5):
+        first.log(s, {"loss": float(s)})
+    first.close()
+    again = MetricsLogger(run, wandb_mode="offline", resume_step=2)
+    assert again._wandb is not None and again._wandb.id == "run-a" and again._wandb.starting_step == 3
+    again.log(3, {"loss": 30.0})
+    again.close()
+    records = sorted((run / "wandb").glob("offline-run-*-run-a/run-run-a.wandb"))
+    assert len(records) == 2 and b'"branch_point":{"run_id":"run-a","step":2}' in records[1].read_bytes()
