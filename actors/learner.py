@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 import time
 from dataclasses import replace
 from typing import Any, Callable, Sequence
@@ -48,15 +47,11 @@ from polyaudio_rl.core.grpo_loss import (
     token_logprobs,
     train_mode,
 )
+from polyaudio_rl.core.cluster import connect_ray
+from polyaudio_rl.core.net import free_port
 from polyaudio_rl.core.prompts import MultiAudioPrompt, prompt_from_arrays
 
 STAGES = ("grpo", "sft")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _peak_rss_mb() -> float:
@@ -99,7 +94,7 @@ class LearnerWorker:
     def address(self) -> tuple[str, int]:
         import ray
 
-        return ray.util.get_node_ip_address(), _free_port()
+        return ray.util.get_node_ip_address(), free_port("")  # reachable from other nodes
 
     # ----------------------------------------------------------------------------------------------------------
     def setup(self, master_addr: str, master_port: int, resume_from: str | None = None,
@@ -429,9 +424,8 @@ class Learner:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.cfg, self.stage = cfg, stage
-        if ray_init and not ray.is_initialized():
-            ray.init(address=cfg.ray_address or "local", num_cpus=None if cfg.ray_address else (cfg.ray_num_cpus or None),
-                     log_to_driver=True)
+        if ray_init:
+            connect_ray(cfg)  # joins the configured cluster, or starts a local Ray, as every entry point does
         self.model_path = resolve_path(cfg.model)  # written once here, never raced by the workers
         lc = cfg.learner
         n = lc.num_workers

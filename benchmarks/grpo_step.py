@@ -184,7 +184,7 @@ def main(argv=None) -> dict:
 
     from polyaudio_rl.core.config import load_config
     from polyaudio_rl.console import Console
-    from polyaudio_rl.train import check_resources, connect_ray
+    from polyaudio_rl.core.cluster import check_resources, connect_ray
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,8 @@ def run(tag: str, lag: int, steps: int, pref: Path, out: Path, seed: int, cores:
         import shutil
 
         shutil.rmtree(run_dir)
-    cmd = [sys.executable, "-m", "polyaudio_rl.train", "--quiet", "--skip-sft", "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "polyaudio_rl.train", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), "--quiet",
+           "--skip-sft", "--run-dir", str(run_dir),
            f"seed={seed}", f"grpo.steps={steps}", f"grpo.max_policy_lag={lag}", f"data.pref_dir={pref}",
            "eval.max_items=0", "learner.num_workers=1", "learner.checkpoint_every=0", "wandb_mode=disabled",
            f"rollout.cpu_affinity=[{cores[0]}]", f"learner.cpu_affinity=[{cores[1]}]"]

@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import statistics
 import sys
 import time
@@ -31,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import openai  # noqa: E402
+
+from polyaudio_rl.core.net import free_port  # noqa: E402
 
 
 def _content(i: int, n_clips: int) -> list[dict]:
@@ -120,12 +121,6 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--url", default="", help="policy endpoint /v1 URL (default: start eval.serve here)")
@@ -156,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         from polyaudio_rl.core.model import resolve_path
 
         key = secrets.token_urlsafe(24)
-        scfg = replace(cfg.serve, host="127.0.0.1", port=_free_port())
+        scfg = replace(cfg.serve, host="127.0.0.1", port=free_port())
         path = resolve_path(cfg.model)
         print(f"starting eval.serve on {path} (max_ongoing_requests={scfg.max_ongoing_requests}, "
               f"max_queued_requests={scfg.max_queued_requests}) ...", flush=True)

@@ -32,6 +32,7 @@ Metrics per step (README "Metrics") go to ``RUN_DIR/metrics.jsonl``; spans of ev
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -61,6 +62,14 @@ def _learner_call(fn, *args):
         raise LearnerFailure(f"a learner worker died: {str(exc).splitlines()[0]}") from exc
 
 
+def _quietly(fn: Callable[[], Any], what: str) -> None:
+    """Run a clean-up call; report its error on stderr instead of raising (clean-up must go on)."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001
+        print(f"[train] {what}: {exc}", file=sys.stderr)
+
+
 @dataclass
 class StepResult:
     step: int
@@ -80,27 +89,31 @@ class RolloutBatch:
     end_position: int  # data position after this batch (the resume point once it is trained)
 
 
-def reward_metrics(batch_scores: Any, weights: dict[str, float]) -> dict[str, float]:
-    """Mean of each reward component, the total, and rule correctness per task, over scored completions."""
-    out: dict[str, float] = {}
-    comps: dict[str, list[float]] = defaultdict(list)
-    per_task: dict[str, list[float]] = defaultdict(list)
-    totals: list[float] = []
-    for g in batch_scores.groups:
-        for k, vals in g.components.items():
-            comps[k].extend(v for v in vals if v is not None)
-        totals.extend(t for t in g.total if t is not None)
-        per_task[g.task].extend(v for v in g.components.get("correctness", []) if v is not None)
-    for k, vals in comps.items():
-        if vals:
-            out[f"reward/{k}"] = float(np.mean(vals))
-    if totals:
-        out["reward/total"] = float(np.mean(totals))
-    for task, vals in per_task.items():
-        if vals:
-            out[f"correctness/{task}"] = float(np.mean(vals))
+def reward_metrics(batch_scores: Any) -> dict[str, float]:
+    """The step's reward figures from :class:`rewards.scorer.BatchScores`: ``reward/<component>`` and
+    ``reward/total`` (means over scored completions), ``correctness/<task>`` and ``reward/unscored``."""
+    out = {f"reward/{k}": float(v) for k, v in batch_scores.component_means().items()}
+    out.update({f"correctness/{t}": float(v) for t, v in batch_scores.per_task_means("correctness").items()})
     out["reward/unscored"] = float(batch_scores.n_unscored)
     return out
+
+
+def group_advantages(items: list[TrainItem], rewards: list[float], g: Any) -> tuple[list[TrainItem], dict[str, float]]:
+    """Group advantages (``grpo.advantage``, with ``g`` the :class:`GRPOConfig`) after dynamic sampling, for items
+    aligned with their rewards and grouped by ``item.group_id``: the one place they are computed (the learner takes
+    ``item.advantage`` as given). Returns the items that stay, with their advantages, and the filter's metrics."""
+    r = torch.as_tensor(rewards, dtype=torch.float32)
+    gids = [it.group_id for it in items]
+    keep, zero_frac = ca.zero_spread_filter(r, gids, g.zero_spread_tol)
+    m = {"groups/zero_spread_frac": zero_frac, "learner/reward_mean": float(r.mean())}
+    if g.dynamic_sampling:
+        m["learner/dropped_group_frac"] = zero_frac
+        items = [it for it, k in zip(items, keep.tolist()) if k]
+        r, gids = r[keep], [gi for gi, k in zip(gids, keep.tolist()) if k]
+    if not items:
+        return [], m
+    adv = ca.compute_advantages(r, gids, g.advantage, g.eps)
+    return [replace(it, advantage=float(a)) for it, a in zip(items, adv.tolist())], m
 
 
 TOP_LEVEL_LEARNER_METRICS = ("loss", "kl", "clip_frac", "entropy", "grad_norm")
@@ -130,7 +143,48 @@ def min_sample_version(batch_step: int, first_step: int, first_version: int, max
 
 
 class GRPODriver:
-    """Owns the stream, the rollout and reward pools and the learner for one GRPO run."""
+    """Owns the stream, the rollout and reward pools and the learner for one GRPO run: builds them
+    (:meth:`build`), runs the steps, replaces the learner after a worker died (:meth:`restart_learner`), saves
+    checkpoints and shuts everything down (:meth:`shutdown`). ``version`` is the run's policy version: the learner's
+    policy, bumped when a sync is sent; the rollout pool serves it once the sync has reached the actors."""
+
+    @classmethod
+    def build(cls, cfg: Config, init_adapter: str | None = None, resume: str | None = None) -> GRPODriver:
+        """Start the learner (from ``resume``, else ``init_adapter``), the prompt stream at the resumed data
+        position, the rollout and the reward pools; Ray must be connected. A part that fails to start takes the
+        started ones down with it."""
+        from actors.learner import Learner
+        from actors.rollout import RolloutPool
+        from rewards.actor import RewardPool
+
+        from .core.model import load_processor, resolve_path
+
+        model_path = resolve_path(cfg.model)
+        processor = load_processor(model_path)
+        learner = Learner(cfg, stage="grpo", resume_from=resume, init_adapter=init_adapter,
+                          total_steps=cls.optimizer_steps(cfg))
+        state = learner.client_state or {}
+        parts: list[Any] = [learner]
+        try:
+            # the prompt stream starts decoding (its own thread) while the rollout engines boot
+            stream = PromptStream(cfg.data.pref_dir, model_path, cfg.data, seed=cfg.seed,
+                                  position=int(state.get("data_position", 0))).start()
+            parts.append(stream)
+            rollout = RolloutPool(cfg, model_path=model_path)
+            parts.append(rollout)
+            rewards = RewardPool(cfg.reward, answer_tag=cfg.data.answer_tag)
+        except BaseException:
+            for part in reversed(parts):
+                _quietly(part.close if isinstance(part, PromptStream) else part.shutdown, "shutdown")
+            raise
+        driver = cls(cfg, stream, rollout, rewards, learner, processor, version=int(state.get("version", 0)))
+        driver.init_adapter, driver.model_path = init_adapter, model_path
+        return driver
+
+    @staticmethod
+    def optimizer_steps(cfg: Config) -> int:
+        """Optimizer steps of the whole run: where a decaying ``grpo.lr_schedule`` reaches 0."""
+        return cfg.grpo.steps * cfg.grpo.inner_epochs
 
     def __init__(self, cfg: Config, stream: PromptStream, rollout_pool: Any, reward_pool: Any, learner: Any,
                  processor: Any, version: int = 0, timeline: Timeline | None = None):
@@ -148,6 +202,9 @@ class GRPODriver:
         self.timeline = timeline or Timeline()
         self.trained_by_step: dict[int, list[str]] = {}  # sample ids whose update is in the current weights
         self.data_position = stream.position  # the resume point: rows of every trained batch
+        self.learner_restarts = 0
+        self.init_adapter: str | None = None  # what a learner restarts from when no checkpoint exists yet
+        self.model_path: str | None = None
         self._reset_pipeline()
 
     def _reset_pipeline(self) -> None:
@@ -182,6 +239,49 @@ class GRPODriver:
         self.data_position = stream.position
         self.trained_by_step = {s: ids for s, ids in self.trained_by_step.items() if s <= step}
         self._reset_pipeline()
+
+    def restart_learner(self, failure: BaseException, checkpoint: str | None) -> int:
+        """Replace the learner after ``failure`` (a dead worker) with one restored from ``checkpoint`` (or the
+        initial adapter), rewind the prompt stream to its data position and re-sync the rollout actors; raises
+        ``failure`` once ``learner.max_restarts`` restarts are used up. Returns the step the new learner is at."""
+        from actors.learner import Learner
+
+        if self.learner_restarts >= self.cfg.learner.max_restarts:
+            raise failure
+        self.learner_restarts += 1
+        print(f"[train] {failure}; restarting the learner from {checkpoint or 'its initial adapter'} "
+              f"({self.learner_restarts}/{self.cfg.learner.max_restarts})", file=sys.stderr)
+        self.learner.shutdown()
+        learner = Learner(self.cfg, stage="grpo", resume_from=checkpoint,
+                          init_adapter=None if checkpoint else self.init_adapter,
+                          total_steps=self.optimizer_steps(self.cfg))
+        self.stream.close()
+        stream = PromptStream(self.cfg.data.pref_dir, self.model_path, self.cfg.data, seed=self.cfg.seed,
+                              position=int((learner.client_state or {}).get("data_position", 0)))
+        self.restore(learner, stream, learner.step)
+        self.sync()
+        return learner.step
+
+    def save_checkpoint(self, path: str, step: int) -> None:
+        """The learner's checkpoint at ``step`` with what an exact resume needs: data position and policy version."""
+        self.learner.save_checkpoint(path, {"data_position": self.data_position, "version": self.version,
+                                            "step": step})
+
+    def summary(self) -> dict[str, Any]:
+        """The run's accounting for summary.json: what was trained, retried and replaced."""
+        return {"bad_rows": self.stream.bad, "trained_ids": self.trained_ids, "policy_version": self.version,
+                "rollout_resends": self.rollout.resends, "learner_restarts": self.learner_restarts,
+                "reward_actor_replacements": self.rewards.replaced}
+
+    def shutdown(self, timeline_path: Any = None) -> None:
+        """Stop the pipeline, write the timeline (a Chrome trace, when a path is given) and shut every pool down;
+        errors are reported, never raised: the run's own error may be on its way up."""
+        _quietly(self.close, "pipeline")
+        if timeline_path is not None:
+            self.timeline.write(timeline_path)
+        self.stream.close()
+        for part in (self.rollout, self.rewards, self.learner):
+            _quietly(part.shutdown, "shutdown")
 
     # ------------------------------------------------------------------------------------------------ sync
     def _learner_half(self, version: int) -> Callable[[], tuple[Any, list[float]]]:
@@ -333,22 +433,6 @@ class GRPODriver:
             self._stop = threading.Event()
 
     # ------------------------------------------------------------------------------------------------ step
-    def advantages(self, items: list[TrainItem], rewards: list[float]) -> tuple[list[TrainItem], dict[str, float]]:
-        """Group advantages (``grpo.advantage``) after dynamic sampling, computed once, here."""
-        g = self.cfg.grpo
-        r = torch.as_tensor(rewards, dtype=torch.float32)
-        gids = [it.group_id for it in items]
-        keep, zero_frac = ca.zero_spread_filter(r, gids, g.zero_spread_tol)
-        m = {"groups/zero_spread_frac": zero_frac, "learner/reward_mean": float(r.mean())}
-        if g.dynamic_sampling:
-            m["learner/dropped_group_frac"] = zero_frac
-            items = [it for it, k in zip(items, keep.tolist()) if k]
-            r, gids = r[keep], [gi for gi, k in zip(gids, keep.tolist()) if k]
-        if not items:
-            return [], m
-        adv = ca.compute_advantages(r, gids, g.advantage, g.eps)
-        return [replace(it, advantage=float(a)) for it, a in zip(items, adv.tolist())], m
-
     def step(self, step: int) -> StepResult:
         if self._producer is None:
             self._start(step)
@@ -377,12 +461,12 @@ class GRPODriver:
                                              group_id=grp.group_id))
                 rewards.append(float(r))
                 lengths.append(len(c.token_ids))
-        m.update(reward_metrics(batch.scores, self.cfg.reward.weights))
+        m.update(reward_metrics(batch.scores))
         m.update({"groups/dropped_unscored": float(dropped_unscored), "groups/dropped_stale": float(dropped_stale),
                   "policy_lag/mean": float(np.mean(lags)) if lags else 0.0,
                   "policy_lag/max": float(max(lags)) if lags else 0.0})
         if train_items:
-            train_items, am = self.advantages(train_items, rewards)
+            train_items, am = group_advantages(train_items, rewards, self.cfg.grpo)
             m.update(am)
         if train_items:
             with self.timeline.span("learner", "train", step=step):

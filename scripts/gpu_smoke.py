@@ -35,7 +35,6 @@ import json
 import math
 import os
 import platform
-import socket
 import sys
 import tempfile
 import threading
@@ -281,7 +280,9 @@ def make_local_learner(learner_mod):
             self.cfg, self.stage, self.model_path = cfg, stage, model_path
             worker = learner_mod.LearnerWorker(cfg, stage, 0, 1, model_path)
             self.workers = [worker]
-            port = learner_mod._free_port() if hasattr(learner_mod, "_free_port") else _free_port()
+            from polyaudio_rl.core.net import free_port
+
+            port = free_port()
             self.info = worker.setup("127.0.0.1", port)
             self.step = self.info["step"]
             self.client_state = self.info["client_state"]
@@ -299,12 +300,6 @@ def make_local_learner(learner_mod):
             self.workers = []
 
     return LocalLearner
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def patch_hf_logprobs_to_device(rollout_engine_mod, prompts_mod):

@@ -16,7 +16,6 @@ LIMIT = 60
 
 # "path::qualified name" -> owner. Only shrinks.
 ALLOWED = {
-    "polyaudio_rl/train.py::run_grpo": "coreA",
     "polyaudio_rl/sft.py::run_sft": "coreA",
     "polyaudio_rl/ablate.py::main": "ablate",
     "polyaudio_rl/core/config/base.py::_coerce": "coreB",

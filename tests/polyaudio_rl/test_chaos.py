@@ -50,7 +50,8 @@ def _args(tiny_ckpt: str, data: Path, judge_url: str, **extra) -> list[str]:
         "reward.judge.max_retries": 10, "reward.judge.backoff_s": 0.5, "reward.judge.max_backoff_s": 8,
     }
     base.update(extra)
-    return ["--quiet", "--skip-sft", *[f"{k}={v}" for k, v in base.items()]]
+    return ["--config", str(ROOT / "configs" / "tiny_cpu.yaml"), "--quiet", "--skip-sft",
+            *[f"{k}={v}" for k, v in base.items()]]
 
 
 def _rows(run_dir: Path) -> dict[int, dict]:

@@ -15,7 +15,8 @@ from datagen.tasks.starter import STARTER_TASKS
 from polyaudio_rl.console import Console, table, worker_component
 from polyaudio_rl import train
 from polyaudio_rl.core.config import load_config
-from polyaudio_rl.train import chance_level, summary_lines
+from polyaudio_rl.data_setup import chance_level
+from polyaudio_rl.summary import summary_lines
 from tests.conftest import build_splits
 
 
@@ -123,7 +124,7 @@ def test_summary_table_and_report(tmp_path):
 def test_data_built_for_other_tasks_is_an_error_naming_the_directory(tmp_path):
     """An older starter build (loudness comparison) in the demo's data directory is never silently trained on."""
     from polyaudio_rl.core.config import ConfigError
-    from polyaudio_rl.train import check_built_tasks
+    from polyaudio_rl.data_setup import check_built_tasks
 
     cfg = load_config(str(DEMO), [])
     old, new = tmp_path / "old", tmp_path / "new"
@@ -171,13 +172,15 @@ def _summary(run_dir: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_demo_config_learns_and_flipped_sign_does_not(tiny_ckpt, starter_data, demo_cfg, tmp_path, capfd):
-    """The learning test, on exactly what `make demo` runs (configs/demo.yaml): data → SFT → GRPO must raise held-out
-    accuracy by >= 0.10 and beyond chance + 0.15, the served adapter must answer the bench over HTTP as it did in
-    training, the console must stay short and free of library chatter — and the same GRPO with the advantage sign
-    flipped must not learn (so this test can fail)."""
+    """The learning test, on exactly what `make demo` and `python -m polyaudio_rl.train` with no --config run
+    (configs/demo.yaml): data → SFT → GRPO must raise the training correctness from the first to the last quarter of
+    steps, and held-out accuracy by >= 0.10 and beyond chance + 0.15, the served adapter must answer the bench over
+    HTTP as it did in training, the console must stay short and free of library chatter — and the same GRPO with the
+    advantage sign flipped must not learn (so this test can fail)."""
     run = tmp_path / "grpo"
     capfd.readouterr()
-    assert train.main(["--config", str(DEMO), "--run-dir", str(run), "--quiet", *_overrides(tiny_ckpt, starter_data)]) == 0
+    assert train.DEFAULT_CONFIG == DEMO
+    assert train.main(["--run-dir", str(run), "--quiet", *_overrides(tiny_ckpt, starter_data)]) == 0  # no --config
     out, err = capfd.readouterr()
     s = _summary(run)
     sft_acc, grpo_acc, chance = s["eval_before"]["accuracy"], s["eval_after"]["accuracy"], s["chance"]
@@ -190,6 +193,9 @@ def test_demo_config_learns_and_flipped_sign_does_not(tiny_ckpt, starter_data, d
     curve = [r["reward/total"] for r in rewards if r.get("phase") == "grpo"]
     k = len(curve) // 3
     assert sum(curve[-k:]) / k > sum(curve[:k]) / k, curve
+    correct = [r["reward/correctness"] for r in rewards if r.get("phase") == "grpo"]
+    q = len(correct) // 4  # issue 27's done-when: the default command's training correctness rises
+    assert sum(correct[-q:]) / q > sum(correct[:q]) / q, correct
     lrs = [r["learner/lr"] for r in rewards if r.get("phase") == "grpo"]
     assert lrs[-1] < 0.05 * demo_cfg.grpo.lr < lrs[0]  # grpo.lr_schedule: linear, down to ~0 at the last step
     # stage 4: the adapter served by eval.serve answers the bench over HTTP as it did in training (greedy, same

@@ -25,6 +25,7 @@ from tests.http_server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 TASKS = ["odd_one_out", "counting"]
+TINY = ["--config", str(ROOT / "configs" / "tiny_cpu.yaml")]  # the paper-task tiny configuration, not the demo
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def _env() -> dict[str, str]:
 
 
 def test_config_needing_more_gpus_than_the_cluster_fails_before_anything_starts(tiny_ckpt, data, tmp_path):
-    out = subprocess.run([PY, "-m", "polyaudio_rl.train", "--run-dir", str(tmp_path / "run"), "--quiet",
+    out = subprocess.run([PY, "-m", "polyaudio_rl.train", *TINY, "--run-dir", str(tmp_path / "run"), "--quiet",
                           *overrides(tiny_ckpt, data, **{"rollout.gpus_per_actor": 1, "ray_num_cpus": 4})],
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
@@ -94,7 +95,7 @@ def test_ray_job_submit_to_a_head_node_runs_the_driver(tiny_ckpt, data, tmp_path
                 time.sleep(1)
         job = subprocess.run(
             ["ray", "job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={ROOT}", "--",
-             "python", "-m", "polyaudio_rl.train", "--run-dir", f"file://{run_dir}", "--quiet",
+             "python", "-m", "polyaudio_rl.train", *TINY, "--run-dir", f"file://{run_dir}", "--quiet",
              *overrides(tiny_ckpt, data, **{"grpo.lr_schedule": "linear", "grpo.lr": "1e-5"})],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
@@ -129,7 +130,7 @@ def test_two_node_cluster_spreads_rollout_actors(tiny_ckpt, data, tmp_path):
     cluster.wait_for_nodes()
     run_dir = tmp_path / "two-node"
     try:
-        rc = train.main(["--run-dir", str(run_dir), "--quiet", "--skip-sft",
+        rc = train.main([*TINY, "--run-dir", str(run_dir), "--quiet", "--skip-sft",
                          *overrides(tiny_ckpt, data, ray_address=cluster.address, **{
                              "rollout.num_actors": 2, "rollout.placement_strategy": "STRICT_SPREAD",
                              "grpo.steps": 1})])
@@ -152,11 +153,12 @@ def test_policy_lag_one_overlaps_stays_bounded_and_resumes_exactly(tiny_ckpt, da
     """grpo.max_policy_lag=1: batches are sampled one version behind (never more), a checkpoint is a barrier, and
     4 steps in one go == 2 steps + ``--resume`` to 4, as with the synchronous loop."""
     common = ["--quiet", "--skip-sft"]
+    first = [*TINY, *common]
     extra = {"learner.checkpoint_every": 2, "eval.max_items": 1, "grpo.max_policy_lag": 1,
              "grpo.is_correction": "tis"}
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert train.main(["--run-dir", str(whole), *common, *overrides(tiny_ckpt, data, **extra, **{"grpo.steps": 4})]) == 0
-    assert train.main(["--run-dir", str(split), *common, *overrides(tiny_ckpt, data, **extra, **{"grpo.steps": 2})]) == 0
+    assert train.main(["--run-dir", str(whole), *first, *overrides(tiny_ckpt, data, **extra, **{"grpo.steps": 4})]) == 0
+    assert train.main(["--run-dir", str(split), *first, *overrides(tiny_ckpt, data, **extra, **{"grpo.steps": 2})]) == 0
     assert train.main(["--resume", str(split), *common, "grpo.steps=4"]) == 0
     a, b = _grpo_rows(whole), _grpo_rows(split)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]

@@ -1,0 +1,166 @@
+"""The stages of ``python -m polyaudio_rl.train`` after the data: LoRA SFT, GRPO between two held-out evaluations,
+serve + bench. Each takes the config and the run directory and returns what the run's summary needs; the CLI
+(:mod:`polyaudio_rl.train`) runs them in order and prints their headers.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .core.config import Config, to_dict
+from .faults import FaultInjector
+from .preemption import StopRequest
+
+def latest_checkpoint(run_dir: Path, stage: str) -> str | None:
+    """The newest complete checkpoint ``RUN_DIR/<stage>/checkpoints/step-NNNNNN`` whose files match their recorded
+    checksums (temporary dirs left by a killed writer are ignored; a damaged newer one is skipped with a warning on
+    the console naming the file), or None."""
+    import warnings
+
+    from .core.checkpoint import CheckpointWarning, latest_valid_checkpoint
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CheckpointWarning)
+        found = latest_valid_checkpoint(run_dir / stage / "checkpoints")
+    for w in caught:
+        print(f"[train] warning: {w.message}", file=sys.stderr)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------- SFT
+def sft_stage(cfg: Config, run_dir: Path, con: Any, header: str, *, skip: bool, init_adapter: str | None,
+              resume: bool, progress: bool) -> str | None:
+    """LoRA SFT into ``RUN_DIR/sft`` unless it is skipped, started from a given adapter, switched off, or already
+    done by the run being resumed; returns the adapter checkpoint GRPO starts from (None: the base model)."""
+    ckpt = init_adapter or latest_checkpoint(run_dir, "sft")
+    if not skip and not init_adapter and (cfg.sft.max_steps or cfg.sft.epochs) and not (resume and ckpt):
+        from .sft import run_sft
+
+        con.header(f"{header} LoRA SFT: {cfg.sft.epochs} epoch(s) of {cfg.data.train_dir}, batch "
+                   f"{cfg.sft.batch_size}, lr {cfg.sft.lr:g}")
+        return run_sft(replace(cfg, run_dir=str(run_dir / "sft")), progress=progress, console=con)["checkpoint"]
+    con.header(f"{header} LoRA SFT: skipped ({'from ' + ckpt if ckpt and not skip else 'none'})")
+    return None if skip else ckpt
+
+
+# ---------------------------------------------------------------------------------------------------- held-out
+def held_out_stage(driver: Any, prompts: list[Any], logger: Any, step: int, phase: str, say: Callable[[str], Any],
+                   chance: float | None = None) -> dict[str, Any]:
+    """Greedy accuracy of the rollout actors' current policy on the held-out prompts (overall and per task), logged
+    as ``phase`` (``eval_before`` / ``eval_after``) at ``step`` and said on the console."""
+    from .driver import evaluate
+
+    res = evaluate(driver.rollout, prompts, driver.cfg.data.answer_tag)
+    logger.log(step, {"phase": phase, "eval/accuracy": res["accuracy"]})
+    when = "before GRPO:" if phase == "eval_before" else "after GRPO: "
+    say(f"   held-out {when} accuracy {res['accuracy']:.3f} on {res['n']} items"
+        + (f" (chance {chance:.3f})" if chance is not None else ""))
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------- GRPO
+def grpo_stage(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str | None, progress: bool = True,
+               console: Any = None, on_checkpoint: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """GRPO from ``init_adapter`` (or ``resume``), with the held-out evaluation before (not on a resume) and after;
+    ``on_checkpoint()`` runs after each checkpoint is written (the run directory's mirror to a URI, see
+    :mod:`polyaudio_rl.storage`). Returns the summary's GRPO part."""
+    from .core.metrics import MetricsLogger, plot_curves
+    from .data_setup import chance_level, held_out_prompts
+    from .driver import GRPODriver
+
+    driver = GRPODriver.build(cfg, init_adapter=init_adapter, resume=resume)
+    logger = MetricsLogger(run_dir, to_dict(cfg), cfg.wandb_mode)
+    if console is not None:
+        console.quiet_loggers()  # vllm / ray.data / wandb configured their own console handlers on import
+    if resume:
+        logger.rewind(driver.learner.step)  # steps logged after the checkpoint are redone (identically) below
+    say = console.print if console is not None else print
+    summary: dict[str, Any] = {"rollout_actors": driver.rollout.stats()}  # pid, node id, engine per actor
+    try:
+        driver.sync()  # the rollout actors start from the learner's policy (SFT adapter or resumed state)
+        prompts = held_out_prompts(cfg, driver.processor, cfg.eval.max_items or 32)
+        if prompts:
+            summary["chance"] = chance_level([p.sample for p in prompts])
+        if prompts and not resume:
+            summary["eval_before"] = held_out_stage(driver, prompts, logger, driver.learner.step, "eval_before", say,
+                                                    summary["chance"])
+        _train(cfg, run_dir, driver, logger, summary, say, progress, console, on_checkpoint)
+        driver.close()  # the producer is done and the last (background) sync verified before evaluating
+        if prompts and "preempted" not in summary:
+            summary["eval_after"] = held_out_stage(driver, prompts, logger, cfg.grpo.steps, "eval_after", say)
+        summary.update(driver.summary())
+    finally:
+        logger.close()
+        driver.shutdown(run_dir / "timeline.json")  # timeline.json: a Chrome trace, open it in Perfetto
+    if (run_dir / "metrics.jsonl").exists():
+        summary["plot"] = str(plot_curves(run_dir / "metrics.jsonl", run_dir / "reward_curves.png"))
+    return summary
+
+
+def _train(cfg: Config, run_dir: Path, driver: Any, logger: Any, summary: dict[str, Any], say: Callable[[str], Any],
+           progress: bool, console: Any, on_checkpoint: Callable[[], Any] | None) -> None:
+    """The GRPO steps from the learner's step to ``grpo.steps``: faults (when asked for), a learner restart after a
+    dead worker, metrics, checkpoints; SIGTERM/SIGINT finish the step in flight, checkpoint and stop."""
+    from .driver import LearnerFailure
+
+    start = driver.learner.step
+    bar = _progress_bar(cfg.grpo.steps, start, progress, console)
+    faults = FaultInjector(cfg.faults, start_step=start)
+    step = start + 1
+    with StopRequest() as stop:
+        while step <= cfg.grpo.steps:
+            try:
+                faults.before_step(step, driver.rollout, driver.rewards, driver.learner)  # cfg.faults: off by default
+                res = driver.step(step)
+            except LearnerFailure as exc:
+                step = driver.restart_learner(exc, latest_checkpoint(run_dir, "grpo"))
+                logger.rewind(step)
+                step += 1
+                continue
+            logger.log(step, res.metrics)
+            bar.update(1)
+            bar.set_postfix(reward=f"{res.metrics.get('reward/total', float('nan')):.3f}",
+                            kl=f"{res.metrics.get('kl', float('nan')):.4f}",
+                            acc=f"{res.metrics.get('reward/correctness', float('nan')):.3f}", refresh=False)
+            every = cfg.learner.checkpoint_every
+            if (every and step % every == 0) or step == cfg.grpo.steps or stop.requested:
+                driver.save_checkpoint(str(run_dir / "grpo" / "checkpoints" / f"step-{step:06d}"), step)
+                if on_checkpoint is not None:
+                    on_checkpoint()
+            if stop.requested and step < cfg.grpo.steps:
+                summary["preempted"] = {"signal": stop.signal, "after_step": step}
+                say(f"[train] stopped by {stop.signal} after GRPO step {step}/{cfg.grpo.steps} (checkpoint written). "
+                    f"Continue with:\n    python -m polyaudio_rl.train --resume {cfg.run_dir or run_dir}")
+                break
+            step += 1
+    bar.close()
+    if faults.fired:
+        summary["faults"] = faults.fired
+
+
+def _progress_bar(total: int, initial: int, progress: bool, console: Any) -> Any:
+    if console is not None and progress:
+        return console.bar(total, "grpo", initial=initial)
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="grpo", disable=not progress)
+
+
+# ---------------------------------------------------------------------------------------------------- serve + bench
+def serve_bench_stage(cfg: Config, run_dir: Path, model_path: str, con: Any, header: str, progress: bool,
+                      summary: dict[str, Any]) -> list[str]:
+    """Serve the last GRPO adapter with ``eval.serve`` and run ``eval.bench`` against it over HTTP (when
+    ``eval.serve_bench`` and the run finished); adds ``summary["bench"]``, returns the console's bench rows."""
+    final = latest_checkpoint(run_dir, "grpo")
+    if not (cfg.eval.serve_bench and final and "preempted" not in summary):
+        return []
+    from .serve_bench import bench_lines, serve_and_bench
+
+    con.header(f"{header} serve + bench: eval.serve (Ray Serve, OpenAI API) with the trained adapter, eval.bench on "
+               f"{cfg.data.bench_dir}")
+    rep = serve_and_bench(cfg, run_dir, str(Path(final) / "adapter"), model_path, progress=progress, console=con)
+    summary["bench"] = {"url": rep["url"], "overall": rep["overall"], "tasks": rep["tasks"],
+                        "judge_note": rep["judge_note"], "report": str(run_dir / "bench" / "report.md")}
+    return bench_lines(rep)
