@@ -12,7 +12,8 @@ Per item: the clips go to the policy as ``input_audio`` parts (or joined, per th
 * rule-verified against the exact ground-truth key by :func:`rewards.verifiers.verify` (a score in [0, 1];
   "accuracy" below is the mean of that score, so partial credit — keyword F1, interval IoU, Kendall τ — counts).
 
-Report (``report.json``, ``report.md``, ``chart.png``): per task (Table 5 layout) and overall (Table 4 layout):
+Report (``report.json``, ``report.md``, ``chart.png``; ``report.html``: every item with a player per clip, the answer,
+the judge score and the rule verdict): per task (Table 5 layout) and overall (Table 4 layout):
 
     judge_mean   mean 1–5 judge score over the task's scored items
     judge_100    the same mapped linearly to 0–100: 100 · (judge_mean − 1) / 4   (1 → 0, 3 → 50, 5 → 100)
@@ -208,7 +209,7 @@ async def evaluate(data: str, policy_url: str, judge_url: str, out: str, cfg: Ev
         await judge.aclose()
     report = summarize(records, bench.samples, bench.bad)
     report["meta"] = {**meta, "policy_retries": policy.retries, "judge_stats": judge.stats.as_dict()}
-    write_report(report, out_dir)
+    write_report(report, out_dir, records, bench.samples)
     return report
 
 

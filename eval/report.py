@@ -1,5 +1,7 @@
-"""The PolyAudio-Bench report: per-task and overall numbers (:func:`summarize`), ``report.md`` (Tables 4 and 5 layout)
-and ``chart.png``; the numbers are defined in :mod:`eval.bench`'s docstring."""
+"""The PolyAudio-Bench report: per-task and overall numbers (:func:`summarize`), ``report.md`` (Tables 4 and 5 layout),
+``chart.png`` and ``report.html`` (:func:`write_html`: every item with a player per clip, the answer, the judge score
+and the rule verdict; clips stored once under ``clips/`` beside it); the numbers are defined in :mod:`eval.bench`'s
+docstring."""
 from __future__ import annotations
 
 import json
@@ -141,7 +143,55 @@ def plot_chart(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict, out: Path) -> None:
+def write_report(report: dict, out: Path, records: dict[str, dict[str, Any]] | None = None,
+                 samples: Sequence[Sample] = ()) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(render_markdown(report))
+    (out / "report.md").write_text(render_markdown(report) + ("\nEvery item with its clips: [report.html](report.html).\n"
+                                                              if samples else ""))
     plot_chart(report, out / "chart.png")
+    if samples:
+        write_html(report, records or {}, samples, out)
+
+
+def _item_row(store: Any, out: Path, s: Sample, rec: dict[str, Any]) -> str:
+    from polyaudio_rl.core import webpage as wp
+
+    refs = [store.put_bytes(c.audio) for c in s.clips if c.audio]
+    status = rec.get("status", "missing")
+    rule = rec.get("rule_score")
+    verdict = wp.verdict_of(rule) if status == "ok" else "none"
+    mark = {"right": "✓ right", "wrong": "✗ wrong"}.get(verdict, "not scored")
+    answer = (wp.Raw(f'<span class="completion">{wp.esc(rec.get("answer"))}</span>') if status == "ok" else
+              wp.Raw(f'<span class="gap">{wp.esc(status)} ({wp.esc(rec.get("stage", ""))}): '
+                     f'{wp.esc(str(rec.get("error", ""))[:300])}</span>'))
+    return wp.row([s.task, wp.Raw(wp.clip_cell(store, refs, out)), s.question, s.answer, answer,
+                   fmt(rec.get("judge_score"), 2), wp.Raw(f'<span class="{verdict}">{mark}</span> '
+                                                          f"<small>({fmt(rule, 2)})</small>")],
+                  task=s.task, verdict=verdict)
+
+
+def write_html(report: dict, records: dict[str, dict[str, Any]], samples: Sequence[Sample], out: Path) -> Path:
+    """``out/report.html``: the overall and per-task numbers, then one row per item (players, question, reference,
+    answer, judge score 1–5, rule verdict), filterable by task and right/wrong (rule score >= 0.5)."""
+    from polyaudio_rl.core import webpage as wp
+
+    store = wp.ClipStore(Path(out) / "clips")
+    ov, meta = report["overall"], report.get("meta", {})
+    head = wp.table(["benchmark", "judge (0–100)", "judge mean (1–5)", "rule acc. (%)", "scored", "failed"],
+                    [["PolyAudio-Bench", fmt(ov["judge_100"]), fmt(ov["judge_mean"], 2), fmt(ov["rule_acc"]),
+                      f"{ov['scored']}/{ov['items']}", ov["failed"]]])
+    tasks = wp.table(["task", "judge (0–100)", "judge mean (1–5)", "rule acc. (%)", "scored", "failed"],
+                     [[t["title"], fmt(t["judge_100"]), fmt(t["judge_mean"], 2), fmt(t["rule_acc"]),
+                       f"{t['scored']}/{t['items']}", t["failed"]] for t in report["tasks"].values()])
+    rows = "".join(_item_row(store, Path(out), s, records.get(s.id) or {}) for s in samples)
+    body = [f"<p>Policy {wp.esc(meta.get('policy_model', ''))} at {wp.esc(meta.get('policy_url', ''))} · judge "
+            f"{wp.esc(meta.get('judge_model', ''))} · protocol {wp.esc(meta.get('protocol', 'native'))}. Numbers: "
+            '<a href="report.md">report.md</a>.</p>', "<h2>Overall</h2>", head, "<h2>Per task</h2>", tasks,
+            wp.inline_png(Path(out) / "chart.png", "judge and rule accuracy per task"),
+            "<h2>Listen: every item</h2><table><thead><tr><th>task</th><th>clips</th><th>question</th>"
+            "<th>reference</th><th>answer</th><th>judge (1–5)</th><th>rule verdict</th></tr></thead><tbody>"
+            + rows + "</tbody></table>"]
+    order = [t for t in TASKS if any(s.task == t for s in samples)]
+    order += sorted({s.task for s in samples} - set(order))
+    return wp.write_page(Path(out) / "report.html", f"PolyAudio-Bench — {meta.get('policy_model', 'policy')}", body,
+                         order)

@@ -8,7 +8,8 @@ VENV=.venv
 GPU=${GPU:-0}
 
 # System packages used by datagen's audio sources (TTS engines, recorded sounds, soundfont).
-APT_PKGS="espeak-ng flite fluid-soundfont-gm sound-theme-freedesktop hydrogen-drumkits libsndfile1 libfluidsynth3 oxygen-sounds yaru-theme-sound bucklespring-data"
+# chromium: the headless browser the run-page test (tests/polyaudio_rl/test_report.py) opens the page in.
+APT_PKGS="espeak-ng flite fluid-soundfont-gm sound-theme-freedesktop hydrogen-drumkits libsndfile1 libfluidsynth3 oxygen-sounds yaru-theme-sound bucklespring-data chromium"
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   missing=""
   for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

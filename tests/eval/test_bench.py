@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from polyaudio_rl.core.schema import write_shard
-from eval.bench import evaluate, read_results
+from eval.bench import evaluate, load_bench, read_results
 from eval.report import judge_to_100, summarize
 from polyaudio_rl.core.config import EvalConfig, JudgeConfig
 
@@ -62,6 +62,11 @@ def test_scores_reports_and_resumes(bench_dir, tmp_path):
     md = (out / "report.md").read_text()
     assert "| PolyAudio-Bench | 75.0 | 4.00 | 100.0 | 4/4 | 0 |" in md and "| Odd-one-out |" in md
     assert len((out / "results.jsonl").read_text().splitlines()) == 4
+    page = (out / "report.html").read_text()  # every item with a player per clip (3 + 2 + 3 + 2), clips stored once
+    assert page.count("<audio ") == 10 and page.count('<tr class="item"') == 4 and "report.html" in md
+    assert page.count('data-verdict="right"') == 4 and "✓ right" in page
+    assert len(list((out / "clips").iterdir())) == len({c.audio for s in load_bench(str(bench_dir)).samples
+                                                        for c in s.clips})
     with pytest.raises(ValueError, match="differs in protocol"):
         with helper.running_server() as srv:
             run(bench_dir, srv.url, out, protocol="concat")
@@ -89,6 +94,8 @@ def test_refused_request_and_unscorable_judge(bench_dir, tmp_path):
         rep = run(bench_dir, srv.url, tmp_path / "a")
         assert srv.policy_calls() == 4  # a 400 is not retried
         assert "HTTP 400: audio part 1: clip lasts 31.00 s" in rep["failed_items"][0]["error"]
+        page = (tmp_path / "a" / "report.html").read_text()  # failed items: the reason instead of an answer
+        assert page.count('data-verdict="none"') == 4 and "failed (policy): HTTP 400" in page
         srv.policy_mode, srv.judge_reply = "answer", "I would rather not say"
         rep = run(bench_dir, srv.url, tmp_path / "b")
     assert rep["overall"]["failed_by_stage"] == {"judge": 4} and rep["overall"]["judge_mean"] is None

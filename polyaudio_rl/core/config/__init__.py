@@ -14,6 +14,7 @@ from .eval import EvalConfig
 from .faults import FaultsConfig
 from .grpo import GRPOConfig
 from .learner import LearnerConfig
+from .logs import LoggingConfig
 from .model import LoraConfig, ModelConfig
 from .reward import JudgeConfig, RewardConfig
 from .rollout import RolloutConfig
@@ -42,6 +43,7 @@ class Config:
     serve: ServeConfig = cfg_field(ServeConfig(), "Ray Serve endpoints.")
     eval: EvalConfig = cfg_field(EvalConfig(), "Evaluation.")
     faults: FaultsConfig = cfg_field(FaultsConfig(), "Failures injected on purpose (chaos runs, rehearsals); off by default.")
+    logging: LoggingConfig = cfg_field(LoggingConfig(), "Rollout samples kept for listening; the run's web page.")
 
     def validate(self) -> None:
         r = self.reward
@@ -62,6 +64,6 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "EvalConfig", "FaultsConfig", "GRPOConfig", "JudgeConfig", "LearnerConfig",
-    "LoraConfig", "ModelConfig", "RewardConfig", "RolloutConfig", "SFTConfig", "ServeConfig",
+    "LoggingConfig", "LoraConfig", "ModelConfig", "RewardConfig", "RolloutConfig", "SFTConfig", "ServeConfig",
     "build", "describe", "load_config", "to_dict", "DEFAULT_CONFIG",
 ]
