@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo ablate test test-fast lint bench clean
 
 $(STAMP): pyproject.toml scripts/setup_venv.sh
 	GPU=$(GPU) bash scripts/setup_venv.sh
@@ -20,6 +20,9 @@ setup: $(STAMP)
 
 demo: $(STAMP)  # the starter curriculum on the embedded default; extra overrides: make demo ARGS=seed=1
 	$(PY) -m polyaudio_rl.train --config configs/demo.yaml $(ARGS)
+
+ablate: $(STAMP)  # the starter reward ablations (5 runs, one shared SFT): make ablate ARGS="--seed 1 --out runs/abl-s1"
+	$(PY) -m polyaudio_rl.ablate --suite starter --out $(or $(OUT),runs/ablations-starter) $(ARGS)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q --durations=25 tests

@@ -20,8 +20,10 @@ PRESETS: dict[str, dict[str, int]] = {
     "paper": {"train": 10_000, "pref": 4_546, "bench": 250},
     # the starter curriculum (tasks/starter.py) that the tiny random model learns in minutes: `make demo`
     "starter": {"train": 64, "pref": 96, "bench": 32},
+    # one set-of-clips task in paraphrase families (tasks/starter_ablation.py): `make ablate`
+    "starter_ablation": {"train": 160, "pref": 96, "bench": 64},
 }
-CURRICULA = ("paper", "starter")
+CURRICULA = ("paper", "starter", "starter_ablation")
 
 SPEECH_ENGINES = ("espeak-ng", "flite", "openai")
 EVENT_SOURCES = ("freedesktop", "yaru", "oxygen", "hydrogen", "bucklespring")
@@ -67,7 +69,9 @@ class DatagenConfig:
         "paper",
         "'paper': the eleven tasks of Table 2 (every production config). 'starter': exact-key signal variants of "
         "odd_one_out (noise among tones), entailment (is one clip noise?) and counting (beeps over clips) that the random "
-        "tiny model learns on two cores (datagen/tasks/starter.py); preset 'starter' implies it.",
+        "tiny model learns on two cores (datagen/tasks/starter.py); preset 'starter' implies it. 'starter_ablation': 'which "
+        "clips contain a beep?' in paraphrase families, for the reward ablations (datagen/tasks/starter_ablation.py); "
+        "preset 'starter_ablation' implies it.",
     )
     seed: int = cfg_field(0, "Global seed. Same seed and config => the same content, byte for byte.")
     odd_one_out_variant: str = cfg_field(
@@ -153,6 +157,10 @@ class DatagenConfig:
     def task_list(self) -> list[str]:
         if self.tasks:
             return list(self.tasks)
+        if self.curriculum == "starter_ablation" or self.preset == "starter_ablation":
+            from .tasks.starter_ablation import STARTER_ABLATION_TASKS
+
+            return list(STARTER_ABLATION_TASKS)
         if self.is_starter():
             from .tasks.starter import STARTER_TASKS
 

@@ -10,6 +10,7 @@ from polyaudio_rl.core.schema import Clip, Sample, SampleError
 from .sources.speech import stable_hash
 from .tasks import get_task
 from .tasks.base import GENERATOR_VERSION, Context, Draft, tidy_question
+from .tasks.starter_ablation import paraphrase_family
 
 
 def n_clips_for(index: int, lo: int, hi: int) -> int:
@@ -54,14 +55,20 @@ def draft_to_sample(ctx: Context, task: str, index: int, seed: int, attempt: int
 
 
 def make_item(ctx: Context, task: str, index: int) -> ItemResult:
-    """Try up to cfg.max_attempts sub-seeds; a source failure or invalid draft is retried, then counted."""
+    """Try up to cfg.max_attempts sub-seeds; a source failure or invalid draft is retried, then counted. A task asked
+    in paraphrase families draws its content from the family's seed (the members' clips are identical) and its
+    wording from the member number; ``metadata.family`` / ``metadata.paraphrase`` record both."""
     fn = get_task(task)
     n = n_clips_for(index, ctx.cfg.min_clips, ctx.cfg.max_clips)
+    fam = paraphrase_family(ctx.cfg, task, index)
     res = ItemResult(task, index)
     for attempt in range(ctx.cfg.max_attempts):
-        seed = item_seed(ctx.cfg.seed, ctx.split, task, index, attempt)
+        seed = item_seed(ctx.cfg.seed, ctx.split, task, index if fam is None else fam[0], attempt)
         try:
-            draft = fn(ctx, np.random.default_rng(seed), n)
+            rng = np.random.default_rng(seed)
+            draft = fn(ctx, rng, n) if fam is None else fn(ctx, rng, n, paraphrase=fam[1])
+            if fam is not None:
+                draft.extra.update(family=f"{ctx.split}-{task}-family-{fam[0]:06d}", paraphrase=fam[1])
             res.sample = draft_to_sample(ctx, task, index, seed, attempt, draft)
             res.reason = None
             return res

@@ -1,17 +1,25 @@
-"""``python -m polyaudio_rl.ablate``: run the reward ablations one after another and compare them.
+"""``python -m polyaudio_rl.ablate``: run reward ablations one after another and compare them.
 
+    python -m polyaudio_rl.ablate --suite starter [--out DIR] [--seed N] [--quiet] [key=value ...]   (= make ablate)
     python -m polyaudio_rl.ablate [--configs 'configs/ablations/*.yaml'[,MORE]] [--out DIR] [--skip-judge]
                                   [--judge-url URL] [--skip-sft] [--quiet] [key=value ...]
 
-Every ablation config goes through the same driver (:func:`polyaudio_rl.train.main`), in its own run directory
-``OUT/<name>``, with the ``key=value`` overrides applied to every run. All runs share one local Ray cluster (or the
-one ``RAY_ADDRESS``/``ray_address`` names). Ablations whose correctness needs the LLM judge (``reward.correctness_mode``
+``--suite starter`` runs ``configs/ablations/starter/`` on the starter ablation curriculum (one set-of-clips task
+in paraphrase families, lenient correctness: :mod:`datagen.tasks.starter_ablation`): ``correctness_only``,
+``plus_parsimony``, ``plus_consistency``, ``paper_mix`` (the default weights 1.0/0.2/0.1/0.1) and ``grpo_only``
+(paper_mix without SFT). The runs that train SFT share one SFT checkpoint: the first one trains it, the later ones
+start GRPO from it (``--init-adapter``).
+
+Every run goes through the same driver (:func:`polyaudio_rl.train.main`), in its own run directory ``OUT/<name>``,
+with the ``key=value`` overrides applied to every run. All runs share one local Ray cluster (or the one
+``RAY_ADDRESS``/``ray_address`` names). Ablations whose correctness needs the LLM judge (``reward.correctness_mode``
 judge/both) run last, against a judge this command starts with :mod:`eval.serve` (Ray Serve, 127.0.0.1, the policy's
 checkpoint as judge model) — or against ``--judge-url`` — or are skipped and marked so with ``--skip-judge``.
 A run that fails is recorded as failed (its traceback in ``OUT/<name>/error.txt``) and the others go on.
 
-Writes ``OUT/ablations.json``, ``OUT/ablations.md`` (held-out rule correctness per task after GRPO, and the mean of
-each reward component over the GRPO steps, per ablation) and ``OUT/ablations.png`` (grouped bars of both).
+Writes ``OUT/ablations.json`` (``{"runs": {name: {"accuracy", "irrelevant_clip_rate", "paraphrase_agreement",
+"format_rate", "mean_length", ...}}, "table6": ..., "ablations": [every run's record]}``), ``OUT/ablations.md`` and
+the PNGs of :mod:`polyaudio_rl.ablate_report`.
 """
 from __future__ import annotations
 
@@ -20,7 +28,6 @@ import contextlib
 import glob
 import io
 import json
-import math
 import os
 import socket
 import sys
@@ -113,7 +120,8 @@ def collect(run_dir: Path) -> dict[str, Any]:
         if vals:
             means[key] = sum(vals) / len(vals)
     return {"eval_before": summary.get("eval_before"), "eval_after": summary.get("eval_after"),
-            "reward_means": means, "grpo_steps": len(steps), "wall_s": summary.get("wall_s")}
+            "chance": summary.get("chance"), "reward_means": means, "grpo_steps": len(steps),
+            "wall_s": summary.get("wall_s")}
 
 
 class _Tee(io.TextIOBase):
@@ -152,158 +160,135 @@ def run_one(name: str, config: str, run_dir: Path, overrides: list[str], flags: 
     return rec
 
 
-# ---------------------------------------------------------------------------------------------------- report
-def _fmt(v: Any) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+# ---------------------------------------------------------------------------------------------------- plan
+SUITES = {"starter": "configs/ablations/starter"}
+# The starter suite's runs in report order (the SFT-sharing runs first: the first one trains the shared SFT).
+SUITE_ORDER = {"starter": ("correctness_only", "plus_parsimony", "plus_consistency", "paper_mix", "grpo_only")}
 
 
-def tasks_of(results: list[dict[str, Any]]) -> list[str]:
-    return sorted({t for r in results for t in ((r.get("eval_after") or {}).get("per_task") or {})})
+def suite_configs(suite: str) -> list[str]:
+    """The suite's config paths in its run order (an unknown suite is an error naming the known ones)."""
+    if suite not in SUITES:
+        raise ValueError(f"--suite {suite!r}: unknown suite (known: {', '.join(SUITES)})")
+    return [str(Path(SUITES[suite]) / f"{name}.yaml") for name in SUITE_ORDER[suite]]
 
 
-def markdown(results: list[dict[str, Any]], overrides: list[str]) -> str:
-    tasks = tasks_of(results)
-    lines = ["# Reward ablations", "",
-             f"Overrides on every run: `{' '.join(overrides) or '(none)'}`. Held-out = the bench split, greedy answers, "
-             "rule-verified (polyaudio_rl.driver.evaluate); rewards = mean over GRPO steps of each step's mean.", "",
-             "## Held-out rule correctness after GRPO", "",
-             "| ablation | status | weights c/p/cons/f | correctness by | before | after | "
-             + " | ".join(tasks) + " |",
-             "|" + "---|" * (6 + len(tasks))]
-    for r in results:
-        w = r.get("weights") or {}
-        wtxt = "/".join(f"{w.get(k, 0):g}" for k in REWARD_COMPONENTS) if w else "–"
-        after = r.get("eval_after") or {}
-        status = r["status"] + (f": {r['error']}" if r.get("error") else "") + (f": {r['note']}" if r.get("note") else "")
-        lines.append(f"| {r['name']} | {status} | {wtxt} | {r.get('correctness_mode', '–')} | "
-                     f"{_fmt((r.get('eval_before') or {}).get('accuracy'))} | {_fmt(after.get('accuracy'))} | "
-                     + " | ".join(_fmt((after.get("per_task") or {}).get(t)) for t in tasks) + " |")
-    comps = [*REWARD_COMPONENTS, "total"]
-    lines += ["", "## Mean reward per component (GRPO steps)", "",
-              "| ablation | " + " | ".join(comps) + " |", "|" + "---|" * (1 + len(comps))]
-    for r in results:
-        m = r.get("reward_means") or {}
-        lines.append(f"| {r['name']} | " + " | ".join(_fmt(m.get(c)) for c in comps) + " |")
-    return "\n".join(lines) + "\n"
+def plan_runs(paths: list[str], overrides: list[str], skip_judge: bool) -> tuple[list, list[dict[str, Any]]]:
+    """Read every config first: (runnable (record, config) pairs with the judge ablations last, records of the
+    configs that failed to load or were skipped)."""
+    plan, results = [], []
+    for p in paths:
+        name = Path(p).stem
+        try:
+            cfg = load_config(p, overrides)
+        except (ConfigError, ValueError, OSError) as exc:
+            results.append({"name": name, "config": p, "status": "failed", "error": f"config: {exc}"})
+            continue
+        rec = {"name": name, "config": p, "weights": dict(cfg.reward.weights),
+               "correctness_mode": cfg.reward.correctness_mode, "judge": needs_judge(cfg),
+               "sft": bool(cfg.sft.epochs or cfg.sft.max_steps)}
+        if rec["judge"] and skip_judge:
+            results.append({**rec, "status": "skipped", "note": "needs the LLM judge (--skip-judge)"})
+        else:
+            plan.append((rec, cfg))
+    plan.sort(key=lambda rc: rc[0]["judge"])
+    return plan, results
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> Path:
-    """Grouped bars: held-out correctness per task (+ overall), and mean reward per component, one bar per ablation."""
-    import matplotlib
+def shared_sft(run_dir: Path) -> str | None:
+    """The SFT checkpoint a finished run trained (``RUN_DIR/sft/checkpoints/step-N``), for the next runs to share."""
+    from .train import latest_checkpoint
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    return latest_checkpoint(run_dir, "sft") if (run_dir / "sft").is_dir() else None
 
-    tasks = tasks_of(results) + ["overall"]
-    comps = [*REWARD_COMPONENTS, "total"]
-    done = [r for r in results if r["status"] == "ok"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(max(10, 1.4 * (len(tasks) + len(comps))), 4.2))
-    width = 0.8 / max(len(done), 1)
-    for i, r in enumerate(done):
-        after = r.get("eval_after") or {}
-        acc = [(after.get("per_task") or {}).get(t, math.nan) for t in tasks[:-1]] + [after.get("accuracy", math.nan)]
-        a.bar_label(a.bar(np.arange(len(tasks)) + i * width, acc, width, label=r["name"]), fmt="%.2f", fontsize=6)
-        m = r.get("reward_means") or {}
-        b.bar_label(b.bar(np.arange(len(comps)) + i * width, [m.get(c, math.nan) for c in comps], width,
-                          label=r["name"]), fmt="%.2f", fontsize=6)
-    for ax, names, title in ((a, tasks, "held-out rule correctness after GRPO"),
-                             (b, comps, "mean reward per component (GRPO steps)")):
-        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    others = [f"{r['name']}: {r['status']}" for r in results if r["status"] != "ok"]
-    if others:
-        fig.text(0.01, 0.01, "not plotted — " + "; ".join(others), fontsize=7)
-    a.set_ylim(0, 1.05)
-    if done:
-        a.legend(fontsize=7)
-    fig.tight_layout(rect=(0, 0.05 if others else 0, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+
+def run_flags(rec: dict[str, Any], base: list[str], share: bool, sft_ckpt: str | None) -> list[str]:
+    """train flags for one run: a run with SFT starts from the shared SFT checkpoint when sharing and one exists."""
+    if share and rec.get("sft") and sft_ckpt and "--skip-sft" not in base:
+        return [*base, "--init-adapter", sft_ckpt]
+    return list(base)
+
+
+def judge_overrides(rec: dict[str, Any], cfg: Any, session: Session, judge_url: str) -> list[str]:
+    """``reward.judge.*`` overrides pointing a judge ablation at the judge (started here unless given)."""
+    if not rec["judge"]:
+        return []
+    extra = [f"reward.judge.base_url={judge_url or session.start_judge()}"]
+    if not judge_url:
+        extra.append(f"reward.judge.model={cfg.serve.judge_model_id}")
+    return extra
 
 
 # ---------------------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Run the reward ablations through the training driver and compare them.")
+    ap.add_argument("--suite", default="", help=f"a named suite instead of --configs: {', '.join(SUITES)}")
     ap.add_argument("--configs", default="configs/ablations/*.yaml",
                     help="ablation configs: a glob, or several globs/paths separated by commas")
     ap.add_argument("--out", default=None, help="output directory (default runs/ablations-<timestamp>)")
+    ap.add_argument("--seed", type=int, default=None, help="seed=N for every run (SFT, GRPO and evaluation seeds)")
     ap.add_argument("--skip-judge", action="store_true", help="skip (and mark) ablations that need the LLM judge")
     ap.add_argument("--judge-url", default="", help="use this OpenAI-compatible judge instead of starting one")
     ap.add_argument("--skip-sft", action="store_true", help="passed to every run: GRPO from the base model")
     ap.add_argument("--quiet", action="store_true", help="no progress bars inside the runs")
     ap.add_argument("overrides", nargs="*", help="dotted overrides applied to every run, e.g. grpo.steps=5")
     a = ap.parse_args(argv)
+    if a.seed is not None:
+        a.overrides = [*a.overrides, f"seed={a.seed}"]
+    return a
 
-    paths = [p for pat in a.configs.split(",") if pat for p in sorted(glob.glob(pat))]
+
+def execute(plan: list, results: list[dict[str, Any]], a: argparse.Namespace, out: Path, session: Session) -> None:
+    """Run the plan in order on one session; a failed run is recorded (and the cluster restarted), the rest go on."""
+    from tqdm import tqdm
+
+    base = [f for f, on in (("--skip-sft", a.skip_sft), ("--quiet", a.quiet)) if on]
+    sft_ckpt: str | None = None
+    for rec, cfg in tqdm(plan, desc="ablations", disable=a.quiet):
+        try:
+            extra = judge_overrides(rec, cfg, session, a.judge_url)
+        except Exception as exc:  # noqa: BLE001 - no judge: the judge ablations fail, reported
+            results.append({**rec, "status": "failed", "error": f"judge did not start: {exc}"[:300]})
+            continue
+        flags = run_flags(rec, base, bool(a.suite), sft_ckpt)
+        print(f"[ablate] {rec['name']}: {rec['config']}" + (f" (from SFT {sft_ckpt})" if "--init-adapter" in flags
+                                                              else ""), flush=True)
+        res = run_one(rec["name"], rec["config"], out / rec["name"], [*a.overrides, *extra], flags)
+        results.append({**rec, **res, "shared_sft": "--init-adapter" in flags})
+        if res["status"] == "ok" and sft_ckpt is None and rec.get("sft") and "--init-adapter" not in flags:
+            sft_ckpt = shared_sft(out / rec["name"])
+        if res["status"] != "ok":
+            session.restart()
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    try:
+        paths = suite_configs(a.suite) if a.suite else [p for pat in a.configs.split(",") if pat
+                                                         for p in sorted(glob.glob(pat))]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not paths:
         print(f"error: no ablation configs match {a.configs!r}", file=sys.stderr)
         return 2
     out = Path(a.out or f"runs/ablations-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    flags = [f for f, on in (("--skip-sft", a.skip_sft), ("--quiet", a.quiet)) if on]
-
-    # Plan: read every config first (a broken one is reported, not fatal); judge ablations last.
-    plan, results = [], []
-    for p in paths:
-        name = Path(p).stem
-        try:
-            cfg = load_config(p, a.overrides)
-        except (ConfigError, ValueError, OSError) as exc:
-            results.append({"name": name, "config": p, "status": "failed", "error": f"config: {exc}"})
-            continue
-        rec = {"name": name, "config": p, "weights": dict(cfg.reward.weights),
-               "correctness_mode": cfg.reward.correctness_mode, "judge": needs_judge(cfg)}
-        if rec["judge"] and a.skip_judge:
-            results.append({**rec, "status": "skipped", "note": "needs the LLM judge (--skip-judge)"})
-        else:
-            plan.append((rec, cfg))
-    plan.sort(key=lambda rc: rc[0]["judge"])
-
+    plan, results = plan_runs(paths, a.overrides, a.skip_judge)
+    session = Session(plan[0][1], with_judge=any(r["judge"] for r, _ in plan) and not a.judge_url) if plan else None
     # The report is written while Ray is still up (a Ray Data thread that outlives ray.shutdown() can make Ray end
     # the process), and also when the runs are interrupted.
-    session = Session(plan[0][1], with_judge=any(r["judge"] for r, _ in plan) and not a.judge_url) if plan else None
     try:
         if session:
             session.up()
-        from tqdm import tqdm
-
-        for rec, cfg in tqdm(plan, desc="ablations", disable=a.quiet):
-            extra: list[str] = []
-            if rec["judge"]:
-                try:
-                    url = a.judge_url or session.start_judge()
-                except Exception as exc:  # noqa: BLE001 - no judge: the judge ablations fail, reported
-                    results.append({**rec, "status": "failed", "error": f"judge did not start: {exc}"[:300]})
-                    continue
-                extra = [f"reward.judge.base_url={url}"]
-                if not a.judge_url:
-                    extra.append(f"reward.judge.model={cfg.serve.judge_model_id}")
-            print(f"[ablate] {rec['name']}: {rec['config']}", flush=True)
-            res = run_one(rec["name"], rec["config"], out / rec["name"], [*a.overrides, *extra], flags)
-            results.append({**rec, **res})
-            if res["status"] != "ok":
-                session.restart()
+            execute(plan, results, a, out, session)
     finally:
+        from .ablate_report import write_report
+
         write_report(out, paths, results, a.overrides)
         if session:
             session.down()
     return 0 if all(r["status"] != "failed" for r in results) else 1
-
-
-def write_report(out: Path, paths: list[str], results: list[dict[str, Any]], overrides: list[str]) -> None:
-    order = {Path(p).stem: i for i, p in enumerate(paths)}
-    results.sort(key=lambda r: order.get(r["name"], 0))
-    doc = {"overrides": overrides, "tasks": tasks_of(results), "ablations": results}
-    (out / "ablations.json").write_text(json.dumps(doc, indent=1, default=str))
-    md = markdown(results, overrides)
-    (out / "ablations.md").write_text(md)
-    plot(results, out / "ablations.png")
-    print(md)
-    print(f"[ablate] wrote {out / 'ablations.md'}, {out / 'ablations.json'}, {out / 'ablations.png'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -78,18 +78,7 @@ def held_out_prompts(cfg: Config, processor: Any, limit: int) -> list[Any]:
 
 
 def chance_level(samples: list[Any]) -> float | None:
-    """Expected accuracy of a uniform guess over each item's answer space, averaged over the items that have one
-    (``metadata.answer_space`` from datagen, else the clip indices / choices / yes-no); None when no item has one."""
-    per = []
-    for s in samples:
-        space = s.metadata.get("answer_space")
-        kind = s.key.get("type")
-        if space:
-            per.append(1.0 / len(space))
-        elif kind == "clip":
-            per.append(1.0 / len(s.clips))
-        elif kind == "option" and s.choices:
-            per.append(1.0 / len(s.choices))
-        elif kind == "yesno":
-            per.append(0.5)
-    return float(sum(per) / len(per)) if per else None
+    """Expected accuracy of a uniform guess over each item's answer space (:func:`eval.heldout_metrics.chance_level`)."""
+    from eval.heldout_metrics import chance_level as chance
+
+    return chance(samples)

@@ -68,13 +68,16 @@ def _take_turns(groups: dict[str, deque[str]], turn: list[str]) -> list[str]:
 
 
 def epoch_order(ids: list[str], tasks: list[str], seed: int, epoch: int, interleave: bool = False,
-                answers: list[str] | None = None) -> list[str]:
+                answers: list[str] | None = None, families: list[str | None] | None = None) -> list[str]:
     """The ids of one epoch in order: sorted by :func:`order_key`; with ``interleave`` the tasks take turns (in a
     seeded task order), each task's rows in their seeded order, until every row is placed once. With ``answers``
     (one reference answer per row; needs ``interleave``) a task's rows also take turns by answer (in a seeded answer
     order, each answer's rows in their seeded order): a task's rows alternate answers while more than one is left
-    (the rarest run out first, so an epoch's tail holds the common answers)."""
-    ranked = sorted(range(len(ids)), key=lambda i: order_key(seed, epoch, ids[i]))
+    (the rarest run out first, so an epoch's tail holds the common answers). Rows of one paraphrase family
+    (``families[i]``, datagen's ``metadata.family``; None: a row of its own) are ranked by the family's key and
+    then by id, so they stay next to each other and share a GRPO batch."""
+    fam = families or [None] * len(ids)
+    ranked = sorted(range(len(ids)), key=lambda i: (order_key(seed, epoch, fam[i] or ids[i]), ids[i]))
     if not interleave:
         if answers is not None:
             raise ValueError("epoch_order: balancing answers needs interleave (data.balance_answers needs "
@@ -91,6 +94,15 @@ def epoch_order(ids: list[str], tasks: list[str], seed: int, epoch: int, interle
         queues[t] = deque(_take_turns(groups, sorted(groups, key=lambda a: order_key(seed, epoch, f"answer:{t}:{a}"))))
     turn = sorted(queues, key=lambda t: order_key(seed, epoch, f"task:{t}"))
     return _take_turns(queues, turn)
+
+
+def _family(metadata: Any) -> str | None:
+    """The paraphrase family a row belongs to (datagen's ``metadata.family``), or None."""
+    try:
+        meta = json.loads(metadata) if isinstance(metadata, str) else (metadata or {})
+    except ValueError:
+        return None  # a broken metadata string is the decode stage's to report, not the order's
+    return meta.get("family") if isinstance(meta, dict) else None
 
 
 class DecodeStage:
@@ -190,8 +202,9 @@ class PromptStream:
             keep = set(data_cfg.tasks)
             ds = ds.filter(lambda r: r["task"] in keep)
         self._base = ds
-        rows = ds.select_columns(["id", "task", "answer"]).take_all()  # the order and resume work on ids
+        rows = ds.select_columns(["id", "task", "answer", "metadata"]).take_all()  # the order and resume work on ids
         self._ids = [r["id"] for r in rows]
+        self._families = [_family(r.get("metadata")) for r in rows]
         self._tasks = [r["task"] for r in rows]
         self._answers = [r["answer"] for r in rows] if getattr(data_cfg, "balance_answers", False) else None
         self.num_rows = len(self._ids)
@@ -253,7 +266,7 @@ class PromptStream:
     def _order(self, epoch: int) -> list[str]:
         """The ids of ``epoch`` in stream order (:func:`epoch_order` with this stream's settings)."""
         return epoch_order(self._ids, self._tasks, self.seed, epoch, bool(getattr(self.cfg, "interleave_tasks", False)),
-                           self._answers)
+                           self._answers, self._families)
 
     def _epoch(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
         import ray

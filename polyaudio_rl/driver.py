@@ -493,15 +493,10 @@ class GRPODriver:
         return StepResult(step, m, [it.sample.id for it in batch.items])
 
 
-def evaluate(rollout_pool: Any, prompts: Sequence[Any], answer_tag: bool = False) -> dict[str, Any]:
-    """Greedy answers of the current policy on held-out prompts, rule-verified: accuracy overall and per task."""
-    from rewards.verifiers import verify
+def evaluate(rollout_pool: Any, prompts: Sequence[Any], answer_tag: bool = False, controls: bool = False,
+             seed: int = 0) -> dict[str, Any]:
+    """Greedy answers of the current policy on held-out prompts, rule-verified: accuracy overall and per task, and
+    the held-out metrics of :mod:`eval.heldout_metrics`; with ``controls`` also the silence/shuffle controls."""
+    from eval.heldout import evaluate as heldout_evaluate
 
-    groups = rollout_pool.generate(list(prompts), [f"eval:{p.sample_id}" for p in prompts], 1, greedy=True)
-    per_task: dict[str, list[float]] = defaultdict(list)
-    for p, grp in zip(prompts, groups):
-        res = verify(p.sample, grp.completions[0].text, answer_tag=answer_tag)
-        per_task[p.sample.task].append(float(res.score or 0.0))
-    allv = [v for vs in per_task.values() for v in vs]
-    return {"accuracy": float(np.mean(allv)) if allv else 0.0, "n": len(allv),
-            "per_task": {t: float(np.mean(v)) for t, v in sorted(per_task.items())}}
+    return heldout_evaluate(rollout_pool, prompts, answer_tag, controls=controls, seed=seed)

@@ -48,12 +48,16 @@ def sft_stage(cfg: Config, run_dir: Path, con: Any, header: str, *, skip: bool, 
 # ---------------------------------------------------------------------------------------------------- held-out
 def held_out_stage(driver: Any, prompts: list[Any], logger: Any, step: int, phase: str, say: Callable[[str], Any],
                    chance: float | None = None) -> dict[str, Any]:
-    """Greedy accuracy of the rollout actors' current policy on the held-out prompts (overall and per task), logged
-    as ``phase`` (``eval_before`` / ``eval_after``) at ``step`` and said on the console."""
+    """Greedy accuracy of the rollout actors' current policy on the held-out prompts (overall and per task) and the
+    held-out metrics of :mod:`eval.heldout_metrics` (after GRPO also the "does it listen" controls of
+    :mod:`eval.listen`), logged as ``phase`` (``eval_before`` / ``eval_after``) at ``step`` and said on the console."""
+    from eval.heldout import log_fields
+
     from .driver import evaluate
 
-    res = evaluate(driver.rollout, prompts, driver.cfg.data.answer_tag)
-    logger.log(step, {"phase": phase, "eval/accuracy": res["accuracy"]})
+    res = evaluate(driver.rollout, prompts, driver.cfg.data.answer_tag, controls=phase == "eval_after",
+                   seed=driver.cfg.seed)
+    logger.log(step, {"phase": phase, **log_fields(res)})
     when = "before GRPO:" if phase == "eval_before" else "after GRPO: "
     say(f"   held-out {when} accuracy {res['accuracy']:.3f} on {res['n']} items"
         + (f" (chance {chance:.3f})" if chance is not None else ""))

@@ -46,6 +46,10 @@ def summary_lines(summary: dict[str, Any], run_dir: Path) -> list[str]:
         k = max(1, min(10, len(curve) // 3))
         out.append(f"reward/total: first {k} steps {sum(curve[:k]) / k:.3f} -> last {k} steps "
                    f"{sum(curve[-k:]) / k:.3f} ({len(curve)} steps)")
+    from eval.heldout import control_line
+
+    if after and control_line(after, summary.get("chance")):
+        out.append(control_line(after, summary.get("chance")))
     if before and after:
         d = after["accuracy"] - before["accuracy"]
         out.append(f"GRPO changed held-out accuracy by {d:+.3f}"

@@ -3,7 +3,8 @@
 non_empty       the answer region (:func:`rewards.extract.extract_answer`) is not empty;
 answer_tag      only when the prompt asked for ``<answer>…</answer>`` (``data.answer_tag``): exactly one complete
                 tag pair and nothing but whitespace after the closing tag;
-one_answer      the answer has the shape the key asks for — one option letter, one clip (no hedge), one of
+one_answer      the answer has the shape the key asks for — one option letter, one clip (no hedge), at least one
+                clip for a set of clips (no hedge), one of
                 Yes/No/Not enough information, a full order of the asked clips, one count, a clip plus start and
                 end times, at least one keyword, a value not offered as one of alternatives (a number when the
                 value is one; at least one clip named when the key lists clips), a caption with content words;
@@ -43,6 +44,9 @@ def answer_shape(sample: Sample, ans: Extracted) -> tuple[bool, str]:
     if t == "clip":
         named, hedge = answer_clips(sample, text, {int(sample.key["value"])})
         return len(named) == 1 and not hedge, f"clips named {sorted(named)}{' (hedged)' if hedge else ''}"
+    if t == "clips":
+        named, hedge = answer_clips(sample, text, {int(v) for v in sample.key["value"]})
+        return bool(named) and not hedge, f"clips named {sorted(named)}{' (hedged)' if hedge else ''}"
     if t == "yesno":
         k = len(read_yesno(text))
         return k == 1, f"{k} yes/no classes"

@@ -39,6 +39,10 @@ keywords     F1 between the answer's content words and the key's keywords (phras
 value        1 if the normalised answer contains the value or an alias (numbers in words or digits, case,
              punctuation, articles ignored) and does not offer it as one of alternatives ("42 or 45"; for
              numbers, also a list of three or more different numbers) → else 0.
+clips        (a set of clips, "which clips contain a beep?") exact by default: 1 if the clips named in the claim are
+             exactly the key's set (no hedge), else 0. With ``clip_set_credit="recall"`` (a lenient judge that does
+             not check parsimony) the score is the share of the key's clips that are named, whatever else is named:
+             naming every clip earns 1 — the clip-parsimony reward is what penalises the extra clips.
 caption      recall of the key's keywords in the answer (the category keyword "speech" is also found as
              "says", "speaking", "voice"…: CAPTION_EQUIVALENTS), scaled by min(1, caption_max_ratio · |ref| / |answer|)
              words so that keyword stuffing does not pay; without keywords, content-word F1 with the reference.
@@ -222,6 +226,20 @@ def verify_clip(sample: Sample, ans: Extracted, **ctx: Any) -> RewardResult:
         return _result(0, None, f"several clips {sorted(named)}")
     (got,) = named
     return _result(got == gold, got)
+
+
+@register_key_verifier("clips")
+def verify_clip_set(sample: Sample, ans: Extracted, **ctx: Any) -> RewardResult:
+    gold = {int(v) for v in sample.key["value"]}
+    named, hedge = answer_clips(sample, ans.text, gold)
+    if hedge:
+        return _result(0, None, "hedged between clips")
+    if not named:
+        return _result(0, None, "no clip named")
+    parsed = sorted(named)
+    if _opt(ctx, "clip_set_credit", "exact") == "recall":
+        return _result(len(named & gold) / len(gold), parsed, "" if named == gold else "recall of the key's clips")
+    return _result(named == gold, parsed, "" if named == gold else "not the key's set")
 
 
 # ---------------------------------------------------------------------------------------------- yes / no

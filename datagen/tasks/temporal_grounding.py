@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..sources.events import phrase
 from ..text import ORDINALS
 from . import register
+from .starter_ablation import beep_clips, is_starter_ablation
 from .base import pick_event_target, wants_corpus_events, Draft, choose, scene_from_counts
 
 QUESTIONS = [
@@ -41,7 +42,9 @@ def _corpus(ctx, rng, n):
 
 
 @register("temporal_grounding")
-def generate(ctx, rng, n):
+def generate(ctx, rng, n, paraphrase: int = 0):
+    if is_starter_ablation(ctx.cfg):
+        return beep_clips(ctx, rng, n, paraphrase)  # the starter ablation's set-of-clips variant (tasks/starter_ablation.py)
     if wants_corpus_events(ctx, rng):
         return _corpus(ctx, rng, n)
     target, others = pick_event_target(ctx, rng)

@@ -29,6 +29,7 @@ Ground-truth keys (``key`` JSON, ``{"type": T, ...}``); clip indices are 1-based
                  a normalised value; ``clips`` optional (e.g. factual consistency: which clips hold it)
     caption      {"type": "caption", "value": "reference caption", "keywords": ["dog", "bark"]}
                  free text: judged by the LLM judge, rule-scored by keyword recall
+    clips        {"type": "clips", "value": [1, 3]}                     a set of clip indices (which clips hold X)
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ TASKS = (
     "counting",
 )
 SPLITS = ("train", "pref", "bench")
-KEY_TYPES = ("option", "clip", "yesno", "permutation", "count", "interval", "keywords", "value", "caption")
+KEY_TYPES = ("option", "clip", "yesno", "permutation", "count", "interval", "keywords", "value", "caption", "clips")
 YESNO_VALUES = ("Yes", "No", "Not enough information")
 
 CLIP_TYPE = pa.struct(
@@ -174,10 +175,13 @@ def validate_key(key: dict[str, Any], n_clips: int, where: str = "sample") -> No
     t = key.get("type") if isinstance(key, dict) else None
     if t not in KEY_TYPES:
         raise SampleError(f"{where}: key.type {t!r} is not one of {KEY_TYPES}")
-    if t in ("option", "clip", "yesno", "permutation", "count", "keywords", "value", "caption") and "value" not in key:
+    if t in ("option", "clip", "yesno", "permutation", "count", "keywords", "value", "caption", "clips") and "value" not in key:
         raise SampleError(f"{where}: key of type {t} has no 'value'")
     if t == "clip" and not 1 <= int(key["value"]) <= n_clips:
         raise SampleError(f"{where}: key.value {key['value']} outside 1..{n_clips}")
+    if t == "clips" and (not key["value"] or any(not 1 <= int(v) <= n_clips for v in key["value"])
+                         or len(set(key["value"])) != len(key["value"])):
+        raise SampleError(f"{where}: key.value {key['value']} is not a non-empty set of clips within 1..{n_clips}")
     if t == "yesno" and key["value"] not in YESNO_VALUES:
         raise SampleError(f"{where}: key.value {key['value']!r} not in {YESNO_VALUES}")
     if t == "permutation" and sorted(key["value"]) != sorted(set(key["value"])):

@@ -109,14 +109,19 @@ def test_summary_table_and_report(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps({"step": i, "phase": "grpo", "reward/total": i / 10})
                                                       for i in range(1, 10)))
     summary = {"chance": 0.417, "eval_before": {"accuracy": 0.4, "n": 6, "per_task": {"a": 0.5, "b": 0.3}},
-               "eval_after": {"accuracy": 0.7, "n": 6, "per_task": {"a": 0.8, "b": 0.6}}}
+               "eval_after": {"accuracy": 0.7, "n": 6, "per_task": {"a": 0.8, "b": 0.6},
+                              "controls": {"silence": {"accuracy": 0.5, "n": 6, "chance": 0.417},
+                                           "shuffle": {"accuracy": 0.667, "n": 6}}}}
     lines = summary_lines(summary, tmp_path)
+    assert ("does it listen: all clips silent 0.500 (chance 0.417), clips shuffled 0.667 on 6 items (normal 0.700)"
+            in lines)
     assert lines[0].split() == ["held-out", "accuracy", "(6", "items)", "all", "a", "b"]
     assert any("after GRPO" in l and "0.700" in l for l in lines) and any("chance" in l for l in lines)
     assert any("+0.300" in l for l in lines)
     report = write_report(tmp_path, load_config(None, []), summary, lines)
     text = report.read_text()
     assert "per_task_accuracy.png" in text and "python -m eval.serve" in text and "OpenAI(" in text
+    assert "does it listen" in text
     assert (tmp_path / "per_task_accuracy.png").stat().st_size > 1000
     assert table([["x", "1"]], ["h", "v"]) == ["h  v", "-  -", "x  1"]
 

@@ -76,6 +76,10 @@ class RewardConfig:
     interval_tolerance_s: float = cfg_field(
         0.05, "Temporal grounding: both ends within this many seconds of the key's count as exact (else IoU)."
     )
+    clip_set_credit: str = cfg_field(
+        "exact", "Set-of-clips answers ('which clips contain a beep?'): 'exact' (1 only for the key's set) or "
+        "'recall' (share of the key's clips named, whatever else is named: a judge that does not check parsimony; "
+        "the starter ablation suite trains with it). Held-out accuracy is always exact.")
     caption_max_ratio: float = cfg_field(
         3.0, "Captions longer than this many times the reference (in words) get their keyword recall scaled down."
     )
@@ -101,6 +105,8 @@ class RewardConfig:
                 raise ValueError(f"reward.weights.{k} must be >= 0, got {w}")
         if self.correctness_mode in ("judge", "both") and self.weights["correctness"] > 0 and not self.judge.base_url:
             raise ValueError(f"reward.correctness_mode={self.correctness_mode} needs reward.judge.base_url")
+        if self.clip_set_credit not in ("exact", "recall"):
+            raise ValueError(f"reward.clip_set_credit must be exact or recall, got {self.clip_set_credit!r}")
         if self.parsimony_scope not in ("completion", "answer"):
             raise ValueError(f"reward.parsimony_scope must be completion or answer, got {self.parsimony_scope!r}")
         if not 0.0 <= self.consistency_cross_weight <= 1.0:

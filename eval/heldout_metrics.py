@@ -1,0 +1,116 @@
+"""Held-out metrics of one policy's greedy answers: what the reward ablations compare.
+
+Definitions (one completion per held-out item; "named" = the clips the completion refers to,
+:func:`rewards.cliprefs.clips_referenced` over its visible text — the clips the parsimony reward reads):
+
+accuracy              mean rule-verified correctness with the exact rule (for a set of clips: exactly the key's set;
+                      ``reward.clip_set_credit`` is a training choice and never applies here).
+irrelevant_clip_rate  share of completions that name at least one clip outside the item's ``relevant_clips``
+                      (every clip is relevant when the item lists none). None without items.
+paraphrase_agreement  over all unordered pairs of items in the same paraphrase family (datagen's ``metadata.family``;
+                      otherwise the consistency reward's family: identical clips in order and the same key), the share
+                      whose parsed answers (the verifier's ``info["parsed"]``) are equal; an unreadable answer agrees
+                      with nothing. None when no item has a paraphrase.
+format_rate           share of completions that pass every check of the format reward (score 1.0).
+mean_length           mean completion length in tokens.
+
+The functions on plain lists are pure (table-tested); :func:`score_answers` reads them off samples and completions.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from itertools import combinations
+from typing import Any, Sequence
+
+from polyaudio_rl.core.schema import Sample
+
+METRICS = ("accuracy", "irrelevant_clip_rate", "paraphrase_agreement", "format_rate", "mean_length")
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(sum(values) / len(values)) if values else None
+
+
+def irrelevant_clip_rate(named: Sequence[set[int]], relevant: Sequence[set[int]]) -> float | None:
+    """Share of items whose named clips include one outside their relevant set."""
+    if len(named) != len(relevant):
+        raise ValueError(f"irrelevant_clip_rate: {len(named)} answers but {len(relevant)} relevant sets")
+    return _mean([float(bool(set(u) - set(r))) for u, r in zip(named, relevant)])
+
+
+def paraphrase_pairs(families: Sequence[str | None]) -> list[tuple[int, int]]:
+    """All unordered index pairs (i < j) whose family is the same (None: a family of its own)."""
+    by: dict[str, list[int]] = defaultdict(list)
+    for i, f in enumerate(families):
+        if f is not None:
+            by[f].append(i)
+    return sorted(p for members in by.values() for p in combinations(members, 2))
+
+
+def paraphrase_agreement(parsed: Sequence[Any], families: Sequence[str | None]) -> float | None:
+    """Share of paraphrase pairs whose parsed answers are equal (None never agrees)."""
+    if len(parsed) != len(families):
+        raise ValueError(f"paraphrase_agreement: {len(parsed)} answers but {len(families)} families")
+    pairs = paraphrase_pairs(families)
+    return _mean([float(parsed[i] is not None and parsed[i] == parsed[j]) for i, j in pairs])
+
+
+def format_rate(format_scores: Sequence[float]) -> float | None:
+    """Share of completions whose format reward is 1.0 (every check passed)."""
+    return _mean([float(s >= 1.0 - 1e-9) for s in format_scores])
+
+
+def mean_length(lengths: Sequence[int]) -> float | None:
+    return _mean([float(n) for n in lengths])
+
+
+def chance_level(samples: Sequence[Sample]) -> float | None:
+    """Expected accuracy of a uniform guess over each item's answer space, averaged over the items that have one
+    (``metadata.answer_space`` from datagen, else the clip indices / choices / yes-no); None when no item has one."""
+    per = []
+    for s in samples:
+        space, kind = (s.metadata or {}).get("answer_space"), s.key.get("type")
+        if space:
+            per.append(1.0 / len(space))
+        elif kind == "clip":
+            per.append(1.0 / len(s.clips))
+        elif kind == "option" and s.choices:
+            per.append(1.0 / len(s.choices))
+        elif kind == "yesno":
+            per.append(0.5)
+    return _mean(per)
+
+
+def family_of(sample: Sample) -> str:
+    """The paraphrase family of a sample: datagen's ``metadata.family``, else identical clips + the same key."""
+    from rewards.consistency import clip_fingerprint, key_signature
+
+    fam = (sample.metadata or {}).get("family")
+    return str(fam) if fam else clip_fingerprint(sample) + "|" + key_signature(sample.key)
+
+
+def score_answers(samples: Sequence[Sample], texts: Sequence[str], lengths: Sequence[int],
+                  answer_tag: bool = False) -> dict[str, Any]:
+    """The metrics of the module docstring (and accuracy per task) for one completion per sample."""
+    from rewards.cliprefs import clips_referenced
+    from rewards.extract import extract_answer
+    from rewards.format import format_reward
+    from rewards.verifiers import verify
+
+    if not len(samples) == len(texts) == len(lengths):
+        raise ValueError(f"score_answers: {len(samples)} samples, {len(texts)} texts, {len(lengths)} lengths")
+    correct, parsed, fmt = [], [], []
+    per_task: dict[str, list[float]] = defaultdict(list)
+    for s, t in zip(samples, texts):
+        res = verify(s, t, answer_tag=answer_tag)  # no reward config: the exact rule
+        correct.append(float(res.score or 0.0))
+        per_task[s.task].append(correct[-1])
+        parsed.append(res.info.get("parsed"))
+        fmt.append(float(format_reward(s, t, answer_tag=answer_tag).score or 0.0))
+    named = [clips_referenced(extract_answer(t).visible, len(s.clips)) for s, t in zip(samples, texts)]
+    relevant = [set(s.relevant_clips) or set(range(1, len(s.clips) + 1)) for s in samples]
+    return {"accuracy": _mean(correct) or 0.0, "n": len(samples),
+            "per_task": {k: float(sum(v) / len(v)) for k, v in sorted(per_task.items())},
+            "irrelevant_clip_rate": irrelevant_clip_rate(named, relevant),
+            "paraphrase_agreement": paraphrase_agreement(parsed, [family_of(s) for s in samples]),
+            "format_rate": format_rate(fmt), "mean_length": mean_length(lengths)}

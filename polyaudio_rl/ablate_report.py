@@ -1,0 +1,160 @@
+"""The ablation report: ``ablations.json``, ``ablations.md`` and the PNGs, from the runs' records.
+
+Per run (held-out bench split, greedy answers, after GRPO; definitions in :mod:`eval.heldout_metrics`): accuracy
+(exact rule), irrelevant_clip_rate, paraphrase_agreement, format_rate, mean completion length, the "does it
+listen" controls (:mod:`eval.listen`), and the mean of each reward component over the GRPO steps. The paper's
+Table 6 rows: LoRA SFT (the shared SFT checkpoint's held-out accuracy, before GRPO), SFT + GRPO (``paper_mix``),
+GRPO only (``grpo_only``). ``checks`` reads issue 26's expected directions off the table (met or not, with numbers).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .core.config.reward import REWARD_COMPONENTS
+
+METRICS = ("accuracy", "irrelevant_clip_rate", "paraphrase_agreement", "format_rate", "mean_length")
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def run_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One run's figures for the ``runs`` table (None where the run has no such figure)."""
+    after, before = r.get("eval_after") or {}, r.get("eval_before") or {}
+    ctrl = after.get("controls") or {}
+    row = {k: after.get(k) for k in METRICS}
+    row.update(status=r.get("status"), weights=r.get("weights"), sft=r.get("sft"),
+               accuracy_before=before.get("accuracy"), chance=r.get("chance"),
+               silence_accuracy=(ctrl.get("silence") or {}).get("accuracy"),
+               shuffle_accuracy=(ctrl.get("shuffle") or {}).get("accuracy"), reward_means=r.get("reward_means"))
+    if r.get("error"):
+        row["error"] = r["error"]
+    return row
+
+
+def table6(runs: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Table 6's shape on held-out accuracy: LoRA SFT (before GRPO, from the SFT-sharing runs), SFT + GRPO
+    (paper_mix after GRPO), GRPO only (grpo_only after GRPO)."""
+    sft = next((r["accuracy_before"] for r in runs.values() if r.get("sft") and r.get("accuracy_before") is not None),
+               None)
+    return {"LoRA SFT": sft, "SFT + GRPO": (runs.get("paper_mix") or {}).get("accuracy"),
+            "GRPO only": (runs.get("grpo_only") or {}).get("accuracy")}
+
+
+def _check(name: str, a: float | None, b: float | None, margin: float, text: str) -> dict[str, Any]:
+    ok = None if a is None or b is None else a - b >= margin - 1e-9
+    return {"check": name, "expected": text, "value": None if ok is None else round(a - b, 6), "met": ok}
+
+
+def checks(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 26's expected directions, each with its difference and whether it holds (None: a run is missing)."""
+    g = lambda n, k: (runs.get(n) or {}).get(k)  # noqa: E731
+    singles = [v for v in (g(n, "accuracy") for n in ("correctness_only", "plus_parsimony", "plus_consistency"))
+               if v is not None]
+    out = [
+        _check("parsimony", g("correctness_only", "irrelevant_clip_rate"), g("plus_parsimony", "irrelevant_clip_rate"),
+               0.2, "irrelevant_clip_rate: correctness_only − plus_parsimony ≥ 0.2"),
+        _check("consistency", g("plus_consistency", "paraphrase_agreement"),
+               g("correctness_only", "paraphrase_agreement"), 0.1,
+               "paraphrase_agreement: plus_consistency − correctness_only ≥ 0.1"),
+        _check("paper_mix", g("paper_mix", "accuracy"), max(singles) if singles else None, -0.02,
+               "accuracy: paper_mix − best single-term run ≥ −0.02"),
+        _check("table6", g("paper_mix", "accuracy"), g("grpo_only", "accuracy"), 1e-9,
+               "accuracy: SFT + GRPO (paper_mix) − GRPO only > 0"),
+    ]
+    for n, r in runs.items():
+        if r.get("silence_accuracy") is not None and r.get("chance") is not None:
+            d = abs(r["silence_accuracy"] - r["chance"])
+            out.append({"check": f"silence:{n}", "expected": "|silence accuracy − chance| ≤ 0.1",
+                        "value": round(d, 6), "met": d <= 0.1 + 1e-9})
+        if r.get("shuffle_accuracy") is not None and r.get("accuracy") is not None:
+            d = abs(r["shuffle_accuracy"] - r["accuracy"])
+            out.append({"check": f"shuffle:{n}", "expected": "|shuffled accuracy − accuracy| ≤ 0.1",
+                        "value": round(d, 6), "met": d <= 0.1 + 1e-9})
+    return out
+
+
+def _weights(w: dict[str, float] | None) -> str:
+    return "/".join(f"{w.get(k, 0):g}" for k in REWARD_COMPONENTS) if w else "–"
+
+
+def markdown(results: list[dict[str, Any]], runs: dict[str, dict[str, Any]], overrides: list[str]) -> str:
+    lines = ["# Reward ablations", "",
+             f"Overrides on every run: `{' '.join(overrides) or '(none)'}`. Held-out = the bench split, greedy answers "
+             "after GRPO, exact rule (eval.heldout_metrics); rewards = mean over GRPO steps of each step's mean.", "",
+             "| run | status | weights c/p/cons/f | SFT | accuracy before → after | irrelevant_clip_rate | "
+             "paraphrase_agreement | format_rate | mean length | silence (chance) | shuffled |",
+             "|" + "---|" * 11]
+    for r in results:
+        x = runs[r["name"]]
+        status = r["status"] + (f": {r['error']}" if r.get("error") else "") + (f": {r['note']}" if r.get("note") else "")
+        lines.append(f"| {r['name']} | {status} | {_weights(r.get('weights'))} | "
+                     f"{'shared' if r.get('shared_sft') else 'yes' if r.get('sft') else 'no'} | "
+                     f"{_fmt(x['accuracy_before'])} → {_fmt(x['accuracy'])} | {_fmt(x['irrelevant_clip_rate'])} | "
+                     f"{_fmt(x['paraphrase_agreement'])} | {_fmt(x['format_rate'])} | {_fmt(x['mean_length'])} | "
+                     f"{_fmt(x['silence_accuracy'])} ({_fmt(x['chance'])}) | {_fmt(x['shuffle_accuracy'])} |")
+    t6 = table6(runs)
+    lines += ["", "## Table 6 shape (held-out accuracy)", "", "| method | accuracy |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in t6.items()]
+    lines += ["", "## Expected directions (issue 26)", "", "| check | expected | difference | met |", "|---|---|---|---|"]
+    lines += [f"| {c['check']} | {c['expected']} | {_fmt(c['value'])} | "
+              f"{'–' if c['met'] is None else 'yes' if c['met'] else 'NO'} |" for c in checks(runs)]
+    comps = [*REWARD_COMPONENTS, "total"]
+    lines += ["", "## Mean reward per component (GRPO steps)", "",
+              "| run | " + " | ".join(comps) + " |", "|" + "---|" * (1 + len(comps))]
+    for r in results:
+        m = r.get("reward_means") or {}
+        lines.append(f"| {r['name']} | " + " | ".join(_fmt(m.get(c)) for c in comps) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Left: the held-out metrics (bars per run, mean length scaled to its maximum); right: Table 6's three rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [n for n, r in runs.items() if r.get("status") == "ok"]
+    keys = ["accuracy", "irrelevant_clip_rate", "paraphrase_agreement", "format_rate", "mean_length"]
+    top_len = max([runs[n]["mean_length"] or 0 for n in names] + [1e-9])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / max(len(names), 1)
+    for i, n in enumerate(names):
+        vals = [(runs[n][k] or 0) / (top_len if k == "mean_length" else 1) for k in keys]
+        a.bar_label(a.bar(np.arange(len(keys)) + i * width, vals, width, label=n), fmt="%.2f", fontsize=6)
+    a.set_xticks(np.arange(len(keys)) + 0.4 - width / 2)
+    a.set_xticklabels([*keys[:-1], "mean length (÷ max)"], fontsize=8)
+    a.set_ylim(0, 1.1)
+    a.set_title("held-out, after GRPO")
+    a.grid(axis="y", alpha=0.3)
+    if names:
+        a.legend(fontsize=7)
+    t6 = table6(runs)
+    b.bar_label(b.bar(list(t6), [v if v is not None else math.nan for v in t6.values()],
+                      color=["#999", "#3a7", "#a73"]), fmt="%.2f", fontsize=8)
+    b.set_ylim(0, 1.05)
+    b.set_title("Table 6 shape: held-out accuracy")
+    b.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(out: Path, paths: list[str], results: list[dict[str, Any]], overrides: list[str]) -> None:
+    order = {Path(p).stem: i for i, p in enumerate(paths)}
+    results.sort(key=lambda r: order.get(r["name"], 0))
+    runs = {r["name"]: run_row(r) for r in results}
+    doc = {"overrides": overrides, "runs": runs, "table6": table6(runs), "checks": checks(runs), "ablations": results}
+    (out / "ablations.json").write_text(json.dumps(doc, indent=1, default=str))
+    md = markdown(results, runs, overrides)
+    (out / "ablations.md").write_text(md)
+    plot(runs, out / "ablations.png")
+    print(md)
+    print(f"[ablate] wrote {out / 'ablations.md'}, {out / 'ablations.json'}, {out / 'ablations.png'}", flush=True)

@@ -1,0 +1,108 @@
+"""The starter ablation suite without training: its configs state only what they change, the shared SFT flags, the
+report's Table 6 and checks on hand-written run records, and the runner recording a fast-failing run and going on."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from polyaudio_rl import ablate
+from polyaudio_rl.ablate_report import checks, table6, write_report
+from polyaudio_rl.core.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_suite_configs_state_only_what_they_change(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    paths = ablate.suite_configs("starter")
+    assert [Path(p).stem for p in paths] == ["correctness_only", "plus_parsimony", "plus_consistency", "paper_mix",
+                                             "grpo_only"]
+    w = {Path(p).stem: load_config(p, []).reward.weights for p in paths}
+    assert w["correctness_only"] == {"correctness": 1.0, "parsimony": 0.0, "consistency": 0.0, "format": 0.0}
+    assert w["plus_parsimony"]["parsimony"] == 0.2 and w["plus_consistency"]["consistency"] == 0.1
+    assert w["paper_mix"] == w["grpo_only"] == {"correctness": 1.0, "parsimony": 0.2, "consistency": 0.1, "format": 0.1}
+    cfg = load_config(paths[0], [])
+    assert cfg.reward.clip_set_credit == "recall" and cfg.data.answer_tag and cfg.data.preset == "starter_ablation"
+    assert load_config(paths[-1], []).sft.epochs == 0 and cfg.sft.epochs > 0
+    for p in [*paths, *map(str, (ROOT / "configs" / "ablations").glob("*.yaml"))]:
+        body = [l for l in Path(p).read_text().splitlines() if l.strip() and not l.lstrip().startswith("#")]
+        assert body[0].startswith("include:") and len(body) <= 8, p  # an include and the few keys it changes
+    with pytest.raises(ValueError, match="unknown suite"):
+        ablate.suite_configs("paper")
+
+
+def test_shared_sft_flags():
+    rec = {"sft": True}
+    assert ablate.run_flags(rec, ["--quiet"], True, "R/sft/checkpoints/step-8") == [
+        "--quiet", "--init-adapter", "R/sft/checkpoints/step-8"]
+    assert ablate.run_flags(rec, [], True, None) == []                      # the first run trains the SFT
+    assert ablate.run_flags({"sft": False}, [], True, "ck") == []           # grpo_only: no SFT
+    assert ablate.run_flags(rec, [], False, "ck") == []                     # --configs runs: each its own
+    assert ablate.run_flags(rec, ["--skip-sft"], True, "ck") == ["--skip-sft"]
+
+
+def _rec(name, before, after, **m):
+    ev = {"accuracy": after, "n": 64, "irrelevant_clip_rate": m.get("irr"), "paraphrase_agreement": m.get("agree"),
+          "format_rate": 1.0, "mean_length": 12.0,
+          "controls": {"silence": {"accuracy": m.get("sil"), "n": 64, "chance": 0.125},
+                       "shuffle": {"accuracy": m.get("shu"), "n": 64}}}
+    return {"name": name, "config": f"{name}.yaml", "status": "ok", "sft": name != "grpo_only",
+            "weights": {"correctness": 1.0}, "eval_before": {"accuracy": before}, "eval_after": ev, "chance": 0.125}
+
+
+def test_report_table6_and_checks_on_hand_written_records(tmp_path):
+    results = [_rec("correctness_only", 0.5, 0.6, irr=0.5, agree=0.6, sil=0.2, shu=0.55),
+               _rec("plus_parsimony", 0.5, 0.7, irr=0.25, agree=0.7),
+               _rec("plus_consistency", 0.5, 0.65, irr=0.5, agree=0.75),
+               _rec("paper_mix", 0.5, 0.69, irr=0.2, agree=0.8),
+               _rec("grpo_only", 0.0, 0.1, irr=0.0, agree=0.0),
+               {"name": "broken", "config": "b.yaml", "status": "failed", "error": "RuntimeError: boom"}]
+    write_report(tmp_path, [r["config"] for r in results], results, ["seed=1"])
+    doc = json.loads((tmp_path / "ablations.json").read_text())
+    assert doc["table6"] == {"LoRA SFT": 0.5, "SFT + GRPO": 0.69, "GRPO only": 0.1}
+    assert doc["runs"]["plus_parsimony"]["irrelevant_clip_rate"] == 0.25 and doc["runs"]["broken"]["status"] == "failed"
+    got = {c["check"]: (c["value"], c["met"]) for c in doc["checks"]}
+    assert got["parsimony"] == (pytest.approx(0.25), True)       # 0.5 - 0.25 >= 0.2
+    assert got["consistency"] == (pytest.approx(0.15), True)     # 0.75 - 0.6 >= 0.1
+    assert got["paper_mix"] == (pytest.approx(-0.01), True)      # 0.69 - 0.7 >= -0.02
+    assert got["table6"] == (pytest.approx(0.59), True)
+    assert got["silence:correctness_only"] == (pytest.approx(0.075), True)
+    assert got["shuffle:correctness_only"] == (pytest.approx(0.05), True)
+    md = (tmp_path / "ablations.md").read_text()
+    assert "| broken | failed: RuntimeError: boom |" in md and "| LoRA SFT | 0.500 |" in md
+    assert (tmp_path / "ablations.png").stat().st_size > 5000
+    worse = [_rec("correctness_only", 0.5, 0.6, irr=0.3), _rec("plus_parsimony", 0.5, 0.6, irr=0.2)]
+    assert checks(table_runs(worse))[0]["met"] is False
+
+
+def table_runs(results):
+    from polyaudio_rl.ablate_report import run_row
+
+    return {r["name"]: run_row(r) for r in results}
+
+
+class _NoCluster:
+    """The runs below fail before they need Ray: the session only counts restarts."""
+
+    restarts = 0
+
+    def restart(self):
+        self.restarts += 1
+
+
+def test_runner_records_a_fast_failing_run_and_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("include: %s\ngrpo: {no_such_key: 1}\n" % (ROOT / "configs" / "starter_ablation.yaml"))
+    cfg = load_config("configs/starter_ablation.yaml", [])
+    plan = [({"name": n, "config": str(bad), "judge": False, "sft": True}, cfg) for n in ("first", "second")]
+    results, session = [], _NoCluster()
+    a = argparse.Namespace(skip_sft=False, quiet=True, judge_url="", suite="starter", overrides=[])
+    ablate.execute(plan, results, a, tmp_path / "out", session)
+    assert [r["name"] for r in results] == ["first", "second"] and session.restarts == 2
+    for r in results:
+        assert r["status"] == "failed" and "status 2" in r["error"] and "no_such_key" in r["error"]
+        assert (tmp_path / "out" / r["name"] / "error.txt").exists()
