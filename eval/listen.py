@@ -66,9 +66,12 @@ def shuffle_prompt(prompt: MultiAudioPrompt, order: Sequence[int]) -> MultiAudio
 
 
 def names_clips(sample: Sample) -> bool:
-    from rewards.cliprefs import clips_referenced
+    """Whether the question names particular clips ("Audio 1", "the third clip"); "all clips" / "every recording"
+    name the whole set, which a shuffle leaves as it is."""
+    from rewards.cliprefs import find_clip_mentions
 
-    return bool(clips_referenced(sample.question, len(sample.clips)))
+    n = len(sample.clips)
+    return any(set(m.indices) != set(range(1, n + 1)) for m in find_clip_mentions(sample.question, n))
 
 
 def control_prompts(prompts: Sequence[MultiAudioPrompt], seed: int = 0) -> dict[str, list[MultiAudioPrompt]]:

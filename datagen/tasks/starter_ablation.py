@@ -36,7 +36,7 @@ BEEP_HZ = 1000.0
 # One wording per paraphrase member: the same question asked in clearly different words.
 WORDINGS = (
     "Which clips contain a beep?",
-    "A short beep sounds in some of these {n} recordings. Name every recording that has one.",
+    "A short beep sounds in some of these {n} recordings. Which recordings have one?",
 )
 
 

@@ -79,12 +79,14 @@ def test_silence_and_shuffle_prompts():
 def test_controls_tell_a_listening_policy_from_a_text_only_one():
     prompts = [_beep_prompt(f"s{i}", b) for i, b in enumerate([[1], [2, 3], [1, 3], [2], [3], [1, 2]])]
     prompts.append(_beep_prompt("names", [1], question="Does Audio 1 contain a beep?"))  # left out of the shuffle
-    assert len(control_prompts(prompts)["shuffle"]) == 6 and len(control_prompts(prompts)["silence"]) == 7
+    prompts.append(_beep_prompt("every", [2], question="Does every clip contain a beep?"))  # the whole set: kept
+    assert len(control_prompts(prompts)["shuffle"]) == 7 and len(control_prompts(prompts)["silence"]) == 8
     listens = run_controls(_listening, prompts, seed=3)
-    assert listens["silence"] == {"accuracy": 0.0, "n": 7, "chance": pytest.approx(1 / 6)}
-    assert listens["shuffle"] == {"accuracy": 1.0, "n": 6}
+    assert listens["silence"] == {"accuracy": 0.0, "n": 8, "chance": pytest.approx(1 / 6)}
+    assert listens["shuffle"] == {"accuracy": 1.0, "n": 7}
     deaf = run_controls(_text_only(prompts), prompts, seed=3)
     assert deaf["silence"]["accuracy"] == 1.0     # the same answers with or without audio
     # remapped keys: an old answer is right only where the shuffle happened to keep the beeping set in place
-    kept = [p.sample.key == o.sample.key for p, o in zip(control_prompts(prompts, 3)["shuffle"], prompts)]
-    assert deaf["shuffle"]["accuracy"] == pytest.approx(sum(kept) / 6) and sum(kept) < 6
+    shuffled = control_prompts(prompts, 3)["shuffle"]
+    kept = [p.sample.key == next(o for o in prompts if o.text == p.text).sample.key for p in shuffled]
+    assert deaf["shuffle"]["accuracy"] == pytest.approx(sum(kept) / 7) and sum(kept) < 7
