@@ -29,7 +29,6 @@ import glob
 import io
 import json
 import os
-import socket
 import sys
 import time
 import traceback
@@ -49,12 +48,6 @@ def needs_judge(cfg: Any) -> bool:
     return cfg.reward.correctness_mode in ("judge", "both") and cfg.reward.weights.get("correctness", 0.0) > 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Session:
     """The Ray cluster shared by the runs, and the judge endpoint started on it when asked for."""
 
@@ -64,7 +57,7 @@ class Session:
         self.judge_url = ""
 
     def up(self) -> None:
-        from .train import connect_ray
+        from .core.cluster import connect_ray
 
         extra = JUDGE_CPUS if self.with_judge else 0
         connect_ray(replace(self.cfg, ray_num_cpus=(self.cfg.ray_num_cpus or os.cpu_count() or 1) + extra))
@@ -74,9 +67,10 @@ class Session:
         from eval import serve as eval_serve
 
         from .core.model import resolve_path
+        from .core.net import free_port
 
         if not self.judge_url:
-            scfg = replace(self.cfg.serve, host="127.0.0.1", port=_free_port())
+            scfg = replace(self.cfg.serve, host="127.0.0.1", port=free_port())
             path = resolve_path(self.cfg.model)
             print(f"[ablate] starting the judge ({path}) with eval.serve on {scfg.host}:{scfg.port}", flush=True)
             # With the key in serve.api_key_env (POLYAUDIO_API_KEY), the judge requires it; the runs' judge clients
@@ -197,7 +191,7 @@ def plan_runs(paths: list[str], overrides: list[str], skip_judge: bool) -> tuple
 
 def shared_sft(run_dir: Path) -> str | None:
     """The SFT checkpoint a finished run trained (``RUN_DIR/sft/checkpoints/step-N``), for the next runs to share."""
-    from .train import latest_checkpoint
+    from .stages import latest_checkpoint
 
     return latest_checkpoint(run_dir, "sft") if (run_dir / "sft").is_dir() else None
 
