@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from polyaudio_rl.core.audio import TARGET_SR
-from polyaudio_rl.core.grpo_loss import AUDIO_SPECIAL_TOKENS, audio_special_ids
+from polyaudio_rl.core.batching import AUDIO_SPECIAL_TOKENS, audio_special_ids
 from polyaudio_rl.core.prompts import AUDIO_PLACEHOLDER, MultiAudioPrompt, processor_inputs, to_vllm_input
 from polyaudio_rl.core.registry import Registry
 from polyaudio_rl.core.weights import (
@@ -420,7 +420,8 @@ def hf_completion_logprobs(model: Any, processor: Any, prompt: MultiAudioPrompt,
     """Reference log-probs of ``completion_ids`` after ``prompt`` with a transformers Qwen2-Audio (or PEFT) model,
     through the learner's own sequence builder and forward (so audio special tokens in a completion are text there
     too, and the model may sit on any device)."""
-    from polyaudio_rl.core.grpo_loss import TrainItem, build_microbatches, token_logprobs
+    from polyaudio_rl.core.batching import TrainItem, build_microbatches
+    from polyaudio_rl.core.policy_forward import token_logprobs
 
     (mb,) = build_microbatches([TrainItem(prompt, list(completion_ids))], processor, 1)
     mb = mb.to(next(model.parameters()).device)

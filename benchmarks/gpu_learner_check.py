@@ -11,7 +11,9 @@ Seen 2026-12-04 on one H200 (torch 2.11.0+cu130, transformers 5.17, peft 0.21): 
 import json, os, sys, time
 import torch
 from polyaudio_rl.core.config import GRPOConfig, LoraConfig
-from polyaudio_rl.core.grpo_loss import GlobalCounts, build_microbatches, grpo_microbatch_loss, token_logprobs
+from polyaudio_rl.core.batching import build_microbatches
+from polyaudio_rl.core.grpo_loss import GlobalCounts, grpo_microbatch_loss
+from polyaudio_rl.core.policy_forward import token_logprobs
 from polyaudio_rl.core.model import add_lora, load_model, load_processor
 from polyaudio_rl.core.tiny import write_tiny
 from polyaudio_rl.core.prompts import build_prompt

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 
 def _batch(processor, n_prompts: int, group: int, n_clips: int, length: int, seed: int = 0):
-    from polyaudio_rl.core.grpo_loss import TrainItem
+    from polyaudio_rl.core.batching import TrainItem
     from polyaudio_rl.core.prompts import prompt_from_arrays
 
     rng = np.random.default_rng(seed)
@@ -47,12 +47,15 @@ def _batch(processor, n_prompts: int, group: int, n_clips: int, length: int, see
 
 def _run(cfg, stage: str, items, rewards, steps: int) -> list[dict]:
     from actors.learner import Learner
+    from polyaudio_rl.driver import group_advantages
 
+    if stage == "grpo":  # the advantages the driver hands over in a training step
+        items = group_advantages(items, rewards, cfg.grpo)[0]
     learner = Learner(cfg, stage)
     out = []
     try:
         for _ in range(steps):
-            out.append(learner.train_grpo_step(items, rewards) if stage == "grpo" else learner.train_sft_step(items))
+            out.append(learner.train_grpo_step(items) if stage == "grpo" else learner.train_sft_step(items))
     finally:
         learner.shutdown()
     return out

@@ -304,7 +304,7 @@ def audio_token_block(model_path: str) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from actors.rollout_engine import vllm_suppression
-    from polyaudio_rl.core.grpo_loss import audio_special_ids
+    from polyaudio_rl.core.batching import audio_special_ids
 
     tok = AutoTokenizer.from_pretrained(model_path)
     words, bias = vllm_suppression(tok, audio_special_ids(tok))

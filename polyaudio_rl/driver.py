@@ -44,7 +44,7 @@ import torch
 
 from .core import core_algos as ca
 from .core.config import Config
-from .core.grpo_loss import TrainItem
+from .core.batching import TrainItem
 from .core.timeline import Timeline
 from .data_stream import PromptItem, PromptStream
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .core.config import Config, ConfigError, load_config
-from .core.grpo_loss import TrainItem
+from .core.batching import TrainItem
 
 ANSWER_END = "<|im_end|>"
 

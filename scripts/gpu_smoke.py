@@ -9,7 +9,7 @@ Steps (each PASS/FAIL in the report; the run goes on after a failure where it ca
 1. ``tiny``        the tiny random Qwen2-Audio written by the project's writer (``tiny.write_tiny``) to a temp dir;
 2. ``load_lora``   ``model.load_model`` (bf16 on the device) + ``model.add_lora`` (LoRA on the language model only);
 3. ``learner``     ``actors.learner.LearnerWorker.setup`` in this process (rank 0 of 1: DeepSpeed ZeRO-2, NCCL),
-                   driven through ``Learner.train_grpo_step`` (advantages, global counts, micro-batches, metrics) —
+                   driven through ``Learner.train_grpo_step`` (global counts, micro-batches, metrics; advantages from core_algos) —
                    ``Learner.__init__`` starts Ray actors, so a subclass replaces only the Ray plumbing;
    ``rollout``     the HF rollout engine (``rollout_engine.make_engine(..., "hf")``) with the weight syncer, as
                    ``actors.rollout.RolloutActor.__init__`` builds them (that module imports Ray at the top);
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import faulthandler
 import importlib
 import importlib.machinery
@@ -562,11 +563,12 @@ def main(argv=None) -> int:
                                                  group_id=g.group_id))
                 rewards.append(synthetic_reward(c.token_ids))
         adv = ca.compute_advantages(rewards, [it.group_id for it in items], cfg.grpo.advantage, cfg.grpo.eps)
+        items = [dataclasses.replace(it, advantage=float(a)) for it, a in zip(items, adv.tolist())]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        m = learner.train_grpo_step(items, rewards)
+        m = learner.train_grpo_step(items)
         keep = ("loss", "grad_norm", "kl", "entropy", "clip_frac", "ratio_mean", "ratio_max", "pg_loss", "lr",
-                "tokens", "sequences", "time_s", "tokens_per_s", "peak_gpu_mb_max", "peak_rss_mb_max", "reward_mean",
+                "tokens", "sequences", "time_s", "tokens_per_s", "peak_gpu_mb_max", "peak_rss_mb_max",
                 "adv_abs_mean", "completions")
         rec.update({k: m.get(k) for k in keep})
         rec["rewards"] = [round(r, 4) for r in rewards]

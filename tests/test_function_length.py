@@ -18,7 +18,6 @@ LIMIT = 60
 ALLOWED = {
     "polyaudio_rl/sft.py::run_sft": "coreA",
     "polyaudio_rl/core/config/base.py::_coerce": "coreB",
-    "actors/learner.py::LearnerWorker.setup": "coreB",
     "eval/serve.py::_ingress_class": "coreB",
 }
 

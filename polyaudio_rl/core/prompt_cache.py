@@ -19,7 +19,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Sequence
 
-from .grpo_loss import EncodedPrompt, encode_prompts, prompt_embeddings
+from .batching import EncodedPrompt, encode_prompts, prompt_embeddings
 from .prompts import MultiAudioPrompt
 
 

@@ -38,7 +38,8 @@ def test_learner_broadcasts_to_rollout_actors_verified_by_the_probe(tiny_ckpt, t
     from actors.learner import Learner
     from actors.rollout import RolloutPool
     from actors.weight_sync import make_probe
-    from polyaudio_rl.core.grpo_loss import TrainItem
+    from polyaudio_rl.core.batching import TrainItem
+    from polyaudio_rl.driver import group_advantages
     from tests.actors.rollout_fixtures import small_cfg
     from tests.conftest import make_sample
     from polyaudio_rl.core.prompts import build_prompt
@@ -69,7 +70,7 @@ def test_learner_broadcasts_to_rollout_actors_verified_by_the_probe(tiny_ckpt, t
         groups = pool.generate(prompts)
         items = [TrainItem(p, list(c.token_ids), old_logprobs=list(c.logprobs), group_id=g.group_id)
                  for p, g in zip(prompts, groups) for c in g.completions]
-        learner.train_grpo_step(items, [float(i % 2) for i in range(len(items))])
+        learner.train_grpo_step(group_advantages(items, [float(i % 2) for i in range(len(items))], cfg.grpo)[0])
         e2, _ = sync(2)
         assert np.abs(e2 - e1).max() > 1e-4  # a real update went through the group
         assert pool.group_builds == 1  # same members: the group is reused

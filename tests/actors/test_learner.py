@@ -44,7 +44,7 @@ def _cfg(tiny_ckpt, tmp_path, *extra):
 
 def _batches(tiny_processor, n_batches=3, seed=0):
     """Scored groups: 2 prompts × 3 completions; half the completions carry (synthetic) rollout log-probs."""
-    from polyaudio_rl.core.grpo_loss import TrainItem
+    from polyaudio_rl.core.batching import TrainItem
     from polyaudio_rl.core.prompts import build_prompt
 
     prompts = [build_prompt(_sample("g-a", (0.5, 1.0)), tiny_processor),
@@ -63,6 +63,13 @@ def _batches(tiny_processor, n_batches=3, seed=0):
     return out
 
 
+def _advantaged(cfg, items, rewards):
+    """The batch as the driver hands it to the learner: dynamic sampling and advantages (driver.group_advantages)."""
+    from polyaudio_rl.driver import group_advantages
+
+    return group_advantages(items, rewards, cfg.grpo)[0]
+
+
 def test_grpo_two_workers_resume_equals_uninterrupted(ray_local, tiny_ckpt, tiny_processor, tmp_path):
     from peft import PeftModel, get_peft_model_state_dict
 
@@ -71,14 +78,14 @@ def test_grpo_two_workers_resume_equals_uninterrupted(ray_local, tiny_ckpt, tiny
 
     cfg = _cfg(tiny_ckpt, tmp_path, "learner.zero_stage=2", "grpo.inner_epochs=2", "grpo.lr=1e-3",
                "grpo.kl_coef=0.04", "grpo.dynamic_sampling=true")
-    data = _batches(tiny_processor)
+    data = [_advantaged(cfg, *batch) for batch in _batches(tiny_processor)]
     learner = Learner(cfg, "grpo")
     try:
-        m1 = learner.train_grpo_step(*data[0])
-        m2 = learner.train_grpo_step(*data[1])
+        m1 = learner.train_grpo_step(data[0])
+        m2 = learner.train_grpo_step(data[1])
         w2 = learner.get_weights("adapter")
         ckpt = learner.save_checkpoint(str(tmp_path / "ck"), {"data_position": 2})
-        m3 = learner.train_grpo_step(*data[2])
+        m3 = learner.train_grpo_step(data[2])
         w3 = learner.get_weights("adapter")
         merged = learner.get_weights("merged")
     finally:
@@ -112,7 +119,7 @@ def test_grpo_two_workers_resume_equals_uninterrupted(ray_local, tiny_ckpt, tiny
     resumed = Learner(cfg, "grpo", resume_from=ckpt)
     try:
         assert resumed.step == 2 and resumed.client_state == {"data_position": 2}
-        r3 = resumed.train_grpo_step(*data[2])
+        r3 = resumed.train_grpo_step(data[2])
         rw3 = resumed.get_weights("adapter")
     finally:
         resumed.shutdown()
@@ -147,8 +154,9 @@ def test_sharding_does_not_change_the_update(ray_local, tiny_ckpt, tiny_processo
             before = learner.completion_logprobs(probe, cache_key="probe")  # builds the probe's inputs once
             if n == 2:  # each worker encodes the prompt of its shard ahead (as while rollouts generate)
                 learner.prefetch(built, group_size=3)
-            m0 = learner.train_grpo_step(items, rewards)  # step 1 only moves lora_B (B starts at 0); step 2 both
-            m = learner.train_grpo_step(items, rewards)
+            batch = _advantaged(cfg, items, rewards)
+            m0 = learner.train_grpo_step(batch)  # step 1 only moves lora_B (B starts at 0); step 2 both
+            m = learner.train_grpo_step(batch)
             # prompt cache: n=1 builds both prompts in step 1 and finds them in step 2; n=2 finds them prefetched
             assert (m0["prompts_cached"], m0["prompts_encoded"]) == ((2.0, 0.0) if n == 2 else (0.0, 2.0))
             assert (m["prompts_cached"], m["prompts_encoded"]) == (2.0, 0.0)
@@ -207,19 +215,6 @@ def test_sft_cli_zero3_resume_equals_uninterrupted(ray_local, tiny_ckpt, tmp_pat
         torch.testing.assert_close(ob[k], oa[k], rtol=1e-5, atol=1e-9)
 
 
-@pytest.mark.parametrize("warmup,schedule,total,step,factor", [
-    (0, "constant", 10, 7, 1.0),
-    (0, "linear", 4, 0, 0.75), (0, "linear", 4, 1, 0.5), (0, "linear", 4, 3, 0.0), (0, "linear", 4, 9, 0.0),
-    (0, "cosine", 4, 0, 0.8535534), (0, "cosine", 4, 1, 0.5), (0, "cosine", 4, 3, 0.0),
-    (2, "linear", 6, 0, 1 / 3), (2, "linear", 6, 1, 2 / 3), (2, "linear", 6, 2, 0.75), (2, "linear", 6, 5, 0.0),
-    (2, "constant", 6, 0, 1 / 3), (0, "linear", 0, 5, 1.0),  # total unknown: no decay
-])
-def test_lr_factor_table(warmup, schedule, total, step, factor):
-    from actors.learner import lr_factor
-
-    assert lr_factor(warmup, schedule, total)(step) == pytest.approx(factor, abs=1e-6)
-
-
 def test_tis_proximal_logprobs_are_the_policy_before_the_update(ray_local, tiny_ckpt, tiny_processor, tmp_path):
     """grpo.is_correction='tis' without dropout takes the proximal log-probs from the first inner epoch's own
     forward (no extra pass): the importance weights it reports are min(π_before / π_behaviour, cap) per token, with
@@ -231,9 +226,10 @@ def test_tis_proximal_logprobs_are_the_policy_before_the_update(ray_local, tiny_
                "grpo.tis_cap=1.5", "grpo.inner_epochs=2", "grpo.kl_coef=0.0", "grpo.lr=1e-2")
     learner = Learner(cfg, "grpo")
     try:
-        learner.train_grpo_step(items, rewards)  # move off the initial adapter (B = 0)
+        items = _advantaged(cfg, items, rewards)
+        learner.train_grpo_step(items)  # move off the initial adapter (B = 0)
         before = learner.completion_logprobs(items)
-        m = learner.train_grpo_step(items, rewards)
+        m = learner.train_grpo_step(items)
     finally:
         learner.shutdown()
     weights = [min(math.exp(p - (b if it.old_logprobs else p)), 1.5)

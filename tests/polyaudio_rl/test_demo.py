@@ -14,6 +14,7 @@ import pytest
 from datagen.tasks.starter import STARTER_TASKS
 from polyaudio_rl.console import Console, table, worker_component
 from polyaudio_rl import train
+from polyaudio_rl.core import core_algos as ca
 from polyaudio_rl.core.config import load_config
 from polyaudio_rl.data_setup import chance_level
 from polyaudio_rl.summary import summary_lines
@@ -176,7 +177,8 @@ def _summary(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_demo_config_learns_and_flipped_sign_does_not(tiny_ckpt, starter_data, demo_cfg, tmp_path, capfd):
+def test_demo_config_learns_and_flipped_sign_does_not(tiny_ckpt, starter_data, demo_cfg, tmp_path, capfd,
+                                                      monkeypatch):
     """The learning test, on exactly what `make demo` and `python -m polyaudio_rl.train` with no --config run
     (configs/demo.yaml): data → SFT → GRPO must raise the training correctness from the first to the last quarter of
     steps, and held-out accuracy by >= 0.10 and beyond chance + 0.15, the served adapter must answer the bench over
@@ -224,9 +226,12 @@ def test_demo_config_learns_and_flipped_sign_does_not(tiny_ckpt, starter_data, d
     sft_ckpt = sorted((run / "sft" / "checkpoints").iterdir())[-1]
     flipped = tmp_path / "flipped"
     steps = demo_cfg.grpo.steps // 3
+    # the control: every advantage the driver computes (driver.group_advantages → core_algos.compute_advantages)
+    # with its sign flipped
+    real_advantages = ca.compute_advantages
+    monkeypatch.setattr(ca, "compute_advantages", lambda *a, **kw: -real_advantages(*a, **kw))
     assert train.main(["--config", str(DEMO), "--run-dir", str(flipped), "--quiet", "--init-adapter", str(sft_ckpt),
-                       *_overrides(tiny_ckpt, starter_data), "grpo.sign=-1", f"grpo.steps={steps}",
-                       "eval.serve_bench=false"]) == 0
+                       *_overrides(tiny_ckpt, starter_data), f"grpo.steps={steps}", "eval.serve_bench=false"]) == 0
     f = _summary(flipped)
     assert f["eval_before"]["accuracy"] == pytest.approx(sft_acc)  # the same SFT starting point
     assert f["eval_after"]["accuracy"] <= sft_acc, (sft_acc, f["eval_after"])

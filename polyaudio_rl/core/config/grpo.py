@@ -45,7 +45,6 @@ class GRPOConfig:
     inner_epochs: int = cfg_field(1, "μ: policy updates per rollout batch (DeepSeekMath μ); >1 makes clipping bite.")
     dynamic_sampling: bool = cfg_field(False, "Drop groups whose rewards have zero spread (DAPO) and log the fraction.")
     zero_spread_tol: float = cfg_field(0.0, "A group counts as zero-spread when max−min reward <= this (dynamic sampling).")
-    sign: float = cfg_field(1.0, "Advantage sign; -1 flips it (used only by the learning test to show it can fail).")
     eps: float = cfg_field(1e-6, "ε added to the group std in 'grpo' normalisation.")
     lr: float = cfg_field(1e-5, "Learning rate for GRPO (LoRA parameters).")
     lr_schedule: str = cfg_field(
@@ -79,5 +78,3 @@ class GRPOConfig:
             raise ValueError(f"grpo.tis_cap must be > 0, got {self.tis_cap}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"grpo.lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
-        if self.sign not in (1.0, -1.0):
-            raise ValueError(f"grpo.sign must be 1 or -1, got {self.sign}")

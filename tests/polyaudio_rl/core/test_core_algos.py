@@ -251,3 +251,4 @@ def test_is_corrected_policy_loss_by_hand():
 def test_unknown_is_correction_is_named():
     with pytest.raises(ValueError, match="unknown importance-sampling correction 'is'"):
         ca.IS_CORRECTIONS["is"]
+

@@ -6,14 +6,9 @@ import pytest
 import torch
 
 from polyaudio_rl.core.config import GRPOConfig, LoraConfig
-from polyaudio_rl.core.grpo_loss import (
-    BatchError,
-    GlobalCounts,
-    TrainItem,
-    build_microbatches,
-    grpo_microbatch_loss,
-    token_logprobs,
-)
+from polyaudio_rl.core.batching import BatchError, TrainItem, build_microbatches
+from polyaudio_rl.core.grpo_loss import GlobalCounts, grpo_microbatch_loss
+from polyaudio_rl.core.policy_forward import token_logprobs
 from polyaudio_rl.core.model import add_lora, load_model
 from polyaudio_rl.core.prompts import build_prompt, processor_inputs
 
@@ -157,18 +152,20 @@ def test_grpo_update_direction_follows_advantage_sign(tiny_ckpt, prompts, tiny_p
     """A GRPO step raises log π of the positively-advantaged completions and lowers the negative ones.
 
     On-policy (ratio 1, clip inactive) and with the adapter's B = 0 (policy = reference, so the KL gradient is 0),
-    token-mean GRPO is L = -sign·Σ_i A_i Σ_t log π_it / T. A plain SGD step of size lr moves log π_i by
-    sign·(lr/T)·Σ_j A_j g_i·g_j to first order (g_i = ∇ log π_i); on this batch the Gram matrix g_i·g_j is
+    token-mean GRPO on advantages sign·A_i is L = -sign·Σ_i A_i Σ_t log π_it / T. A plain SGD step of size lr moves
+    log π_i by sign·(lr/T)·Σ_j A_j g_i·g_j to first order (g_i = ∇ log π_i); on this batch the Gram matrix g_i·g_j is
     diagonally dominant (cross terms < 0.7 of the diagonal), so every completion moves with its advantage's sign,
     and Σ_i A_i Δlog π_i = sign·T·lr·‖∇L‖². We take a step sized to move that sum by 0.05 nats and check each item's
-    sign and the sum's size. With ``grpo.sign = -1`` every movement reverses: the assertions discriminate.
+    sign and the sum's size. With the advantages negated (sign = -1) every movement reverses: the assertions
+    discriminate.
     (Plain SGD, not Adam: Adam's per-coordinate normalisation turns float noise into full-size steps.)
     """
     torch.manual_seed(0)
     model = add_lora(load_model(tiny_ckpt), LoraConfig(rank=8, alpha=16, dropout=0.0))
     model.train()
-    cfg = GRPOConfig(kl_coef=0.04, clip_low=0.2, clip_high=0.28, loss_agg="token-mean", sign=sign)
-    items = _items(prompts, n_per=2, seed=1)
+    cfg = GRPOConfig(kl_coef=0.04, clip_low=0.2, clip_high=0.28, loss_agg="token-mean")
+    base = _items(prompts, n_per=2, seed=1)
+    items = [replace(it, advantage=sign * it.advantage) for it in base]  # the loss sees sign·A
     mbs = build_microbatches(items, tiny_processor, micro_batch_size=4, embed_model=model)
     before = _seq_logp(model, mbs)
     for mb in mbs:  # on-policy behaviour log-probs and the reference (= base model, adapter disabled)
@@ -189,7 +186,7 @@ def test_grpo_update_direction_follows_advantage_sign(tiny_ckpt, prompts, tiny_p
     lr = target / (tokens * grad_sq)
     torch.optim.SGD(params, lr=lr).step()
     delta = _seq_logp(model, mbs) - before
-    adv = torch.tensor([it.advantage for it in items])
+    adv = torch.tensor([it.advantage for it in base])
     assert (torch.sign(delta) == torch.sign(adv) * sign).all(), f"Δ log π {delta.tolist()} vs A {adv.tolist()}"
     moved = float((adv * delta).sum())
     assert moved * sign > 0, f"Σ A·Δlog π = {moved} (sign {sign}); Δ {delta.tolist()} vs A {adv.tolist()}"
@@ -214,7 +211,7 @@ def _decode_logprobs(model, processor, prompt, completion):
 
 
 def test_audio_special_ids_of_the_tiny_tokenizer(tiny_processor):
-    from polyaudio_rl.core.grpo_loss import audio_special_ids
+    from polyaudio_rl.core.batching import audio_special_ids
 
     tok = tiny_processor.tokenizer
     assert audio_special_ids(tok) == sorted(tok.convert_tokens_to_ids(t)

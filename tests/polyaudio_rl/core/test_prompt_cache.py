@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from polyaudio_rl.core.config import LoraConfig
-from polyaudio_rl.core.grpo_loss import TrainItem, build_microbatches, encode_prompts, prompt_embeddings
+from polyaudio_rl.core.batching import TrainItem, build_microbatches, encode_prompts, prompt_embeddings
 from polyaudio_rl.core.model import add_lora, load_model
 from polyaudio_rl.core.prompt_cache import PromptCache, prompt_key
 from polyaudio_rl.core.prompts import prompt_from_arrays
