@@ -223,6 +223,7 @@ def test_tis_proximal_logprobs_are_the_policy_before_the_update(ray_local, tiny_
 
     items, rewards = _batches(tiny_processor, n_batches=1, seed=5)[0]
     cfg = _cfg(tiny_ckpt, tmp_path, "learner.num_workers=1", "model.lora.dropout=0.0", "grpo.is_correction=tis",
+               "grpo.max_policy_lag=1",  # the learner does not read the lag; the config asks for one with TIS
                "grpo.tis_cap=1.5", "grpo.inner_epochs=2", "grpo.kl_coef=0.0", "grpo.lr=1e-2")
     learner = Learner(cfg, "grpo")
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from polyaudio_rl.core.config import load_config
 from polyaudio_rl.core.config.reward import RewardConfig
 from polyaudio_rl.core.schema import SampleError, validate_key
 from rewards.format import format_reward
@@ -73,4 +74,4 @@ def test_clips_key_validation():
         with pytest.raises(SampleError, match="set of clips"):
             validate_key({"type": "clips", "value": bad}, 4)
     with pytest.raises(ValueError, match="clip_set_credit"):
-        RewardConfig(clip_set_credit="lenient").validate()
+        load_config(overrides=["reward.clip_set_credit=lenient"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from .base import ConfigError, build, cfg_field, describe, load_yaml, parse_override, set_dotted, to_dict
 from .data import DataConfig
@@ -32,7 +32,8 @@ class Config:
     run_dir: str = cfg_field("", "Where metrics, checkpoints and plots go (default runs/<timestamp>).")
     ray_address: str = cfg_field("", "Ray cluster to join ('auto', ray://host:port); empty: RAY_ADDRESS or a local one.")
     ray_num_cpus: int = cfg_field(0, "Logical CPUs of a local Ray (0: Ray's default). Serve on 2 cores needs ~6.")
-    wandb_mode: str = cfg_field("offline", "wandb mode: offline (default), online, or disabled.")
+    wandb_mode: Literal["offline", "online", "disabled"] = cfg_field(
+        "offline", "wandb mode: offline (default), online, or disabled.")
     data: DataConfig = cfg_field(DataConfig(), "Data and prompt limits.")
     model: ModelConfig = cfg_field(ModelConfig(), "Policy checkpoint and LoRA.")
     rollout: RolloutConfig = cfg_field(RolloutConfig(), "Rollout engine and actors.")
@@ -46,11 +47,35 @@ class Config:
     logging: LoggingConfig = cfg_field(LoggingConfig(), "Rollout samples kept for listening; the run's web page.")
 
     def validate(self) -> None:
-        r = self.reward
-        if self.faults.judge_outage_at_step and not (r.correctness_mode in ("judge", "both")
-                                                     and r.weights.get("correctness", 0) > 0):
-            raise ValueError("faults.judge_outage_at_step needs a judge-scored run (reward.correctness_mode judge or "
-                             "both, with a correctness weight > 0)")
+        """Checks across sections: settings that each pass alone but do not work together."""
+        problems = [msg for bad, msg in _cross_checks(self) if bad]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def _cross_checks(c: "Config") -> list[tuple[bool, str]]:
+    """(is it wrong, what to change) for each cross-section rule."""
+    r, g, ro = c.reward, c.grpo, c.rollout
+    return [
+        (bool(c.faults.judge_outage_at_step) and not (r.correctness_mode in ("judge", "both")
+                                                     and r.weights.get("correctness", 0) > 0),
+         "faults.judge_outage_at_step needs a judge-scored run (reward.correctness_mode judge or both, with a "
+         "correctness weight > 0)"),
+        (g.is_correction != "none" and g.max_policy_lag == 0,
+         f"grpo.is_correction={g.is_correction} corrects for batches sampled by an older policy, but "
+         "grpo.max_policy_lag is 0 (synchronous): set grpo.max_policy_lag >= 1 or grpo.is_correction=none"),
+        (c.learner.backend == "nccl" and not c.learner.use_gpu,
+         "learner.backend=nccl needs learner.use_gpu: true (NCCL runs on GPUs; gloo or auto on CPU)"),
+        (ro.sync_mode == "adapter" and 0 < ro.max_lora_rank < c.model.lora.rank,
+         f"rollout.sync_mode=adapter: rollout.max_lora_rank {ro.max_lora_rank} is below model.lora.rank "
+         f"{c.model.lora.rank}, so the engine cannot load the adapter (0: take model.lora.rank)"),
+        (ro.max_new_tokens >= ro.max_model_len,
+         f"rollout.max_new_tokens ({ro.max_new_tokens}) leaves no room for the prompt in rollout.max_model_len "
+         f"({ro.max_model_len})"),
+        (c.eval.serve_bench and c.serve.max_clips < c.data.max_clips,
+         f"eval.serve_bench: serve.max_clips ({c.serve.max_clips}) is below data.max_clips ({c.data.max_clips}), so "
+         "the served adapter would refuse the bench's longest items"),
+    ]
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

@@ -17,7 +17,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-LR_SCHEDULES = ("constant", "linear", "cosine")  # after learner.warmup_steps; decays reach 0 at a stage's last step
+LRSchedule = Literal["constant", "linear", "cosine"]  # after learner.warmup_steps; decays reach 0 at a stage's last step
+LR_SCHEDULES = get_args(LRSchedule)
 
 
 class ConfigError(ValueError):
@@ -38,7 +39,61 @@ def _suggest(key: str, valid: typing.Iterable[str]) -> str:
 
 
 def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError:
+            pass
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _coerce_literal(value: Any, tp: Any, key: str) -> Any:
+    """A choice: ``value`` must be one of the Literal's values (a bool never stands for 0 or 1)."""
+    allowed = list(get_args(tp))
+    if isinstance(value, bool) or value not in allowed:
+        hint = _suggest(value, [a for a in allowed if isinstance(a, str)]) if isinstance(value, str) else ""
+        raise ConfigError(f"{key}: expected one of {allowed}, got {value!r}{hint}")
+    return value
+
+
+def _coerce_container(value: Any, tp: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+        (inner, *_) = get_args(tp) or (Any,)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    kt, vt = get_args(tp) or (Any, Any)
+    return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """bool, int, float (an int or a YAML-1.1 string like "1e-4" is taken) or str: no other conversion."""
+    ok = {bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}[tp]
+    if ok(value):
+        return float(value) if tp is float else value
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    what = "bool (true/false)" if tp is bool else tp.__name__
+    raise ConfigError(f"{key}: expected {what}, got {value!r} ({type(value).__name__})")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -47,59 +102,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        return _coerce_union(value, tp, key)
     if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{key}: expected one of {list(get_args(tp))}, got {value!r}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
-        (inner, *_) = get_args(tp) or (Any,)
-        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        kt, vt = get_args(tp) or (Any, Any)
-        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+        return _coerce_literal(value, tp, key)
+    if origin in (list, tuple, dict):
+        return _coerce_container(value, tp, key)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
         return build(tp, value, prefix=key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected bool (true/false), got {value!r} ({type(value).__name__})")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected float, got {value!r} ({type(value).__name__})")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected int, got {value!r} ({type(value).__name__})")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected str, got {value!r} ({type(value).__name__})")
+    if tp in (bool, int, float, str):
+        return _coerce_scalar(value, tp, key)
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     return value

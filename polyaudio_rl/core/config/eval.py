@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from .base import cfg_field
 
-PROTOCOLS = ("native", "concat", "pair")
+Protocol = Literal["native", "concat", "pair"]
+PROTOCOLS = get_args(Protocol)
 
 
 @dataclass
@@ -24,7 +26,7 @@ class EvalConfig:
         3, "Retries of a policy call on connection errors, timeouts, HTTP 408/429/5xx; then the item is reported "
         "failed (never scored 0). Other 4xx fail at once.")
     backoff_s: float = cfg_field(1.0, "First retry delay in seconds; doubles per retry (with ±25% jitter).")
-    baseline_protocol: str = cfg_field(
+    baseline_protocol: Protocol = cfg_field(
         "native", "How clips reach the model (§4.1.2): 'native' (one audio part per clip), 'concat' (all clips joined "
         "into one audio with silence between, for single-audio models), 'pair' (2-audio models: clip 1, then clips "
         "2..n joined with silence as the last audio).")
@@ -40,17 +42,13 @@ class EvalConfig:
         "base checkpoint (on the embedded default the tiny random model: its scores are labelled as meaningless).")
     answer_tag: bool = cfg_field(
         False, "Ask for the final answer inside <answer></answer> (match the policy's training prompt, data.answer_tag).")
-    mmau_match: str = cfg_field(
+    mmau_match: Literal["string", "embedding"] = cfg_field(
         "string", "MMAU-Pro choice matching: 'string' (option letter / choice text / MMAU token match) or 'embedding' "
         "(cosine similarity via an OpenAI-compatible /v1/embeddings endpoint, as the official script with NV-Embed-v2).")
     embed_url: str = cfg_field("", "OpenAI-compatible base URL of the embeddings endpoint (mmau_match=embedding).")
     embed_model: str = cfg_field("nvidia/NV-Embed-v2", "Embedding model name sent to embed_url (official: NV-Embed-v2).")
 
     def validate(self) -> None:
-        if self.baseline_protocol not in PROTOCOLS:
-            raise ValueError(f"eval.baseline_protocol must be one of {PROTOCOLS}, got {self.baseline_protocol!r}")
-        if self.mmau_match not in ("string", "embedding"):
-            raise ValueError(f"eval.mmau_match must be string or embedding, got {self.mmau_match!r}")
         if self.mmau_match == "embedding" and not self.embed_url:
             raise ValueError("eval.mmau_match=embedding needs eval.embed_url")
         if self.concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0 or self.silence_s < 0:

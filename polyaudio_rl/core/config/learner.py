@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .base import cfg_field
 
@@ -19,7 +20,7 @@ class LearnerConfig:
     weight_decay: float = cfg_field(0.0, "AdamW weight decay.")
     warmup_steps: int = cfg_field(0, "Linear LR warm-up steps.")
     torch_threads: int = cfg_field(0, "torch intra-op threads per worker (0: int(cpus_per_worker), at least 1).")
-    backend: str = cfg_field("auto", "torch.distributed backend: auto (gloo on CPU, nccl on GPUs), gloo or nccl.")
+    backend: Literal["auto", "gloo", "nccl"] = cfg_field("auto", "torch.distributed backend: auto (gloo on CPU, nccl on GPUs), gloo or nccl.")
     cache_audio_embeddings: bool = cfg_field(
         True, "Run the (frozen) audio encoder once per prompt per step and reuse its embeddings for all G completions, "
         "the reference pass and the μ inner epochs. Ignored when model.freeze_audio_encoder is false."
@@ -59,5 +60,3 @@ class LearnerConfig:
                              f"{self.micro_batch_size}")
         if self.prompt_cache_mb < 0:
             raise ValueError(f"learner.prompt_cache_mb must be >= 0, got {self.prompt_cache_mb}")
-        if self.backend not in ("auto", "gloo", "nccl"):
-            raise ValueError(f"learner.backend must be auto, gloo or nccl, got {self.backend!r}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .base import cfg_field
 
@@ -39,13 +40,9 @@ class ModelConfig:
         True, "If `path` does not exist, write the tiny random checkpoint there first (embedded default only)."
     )
     tiny_seed: int = cfg_field(0, "Seed of the tiny checkpoint written when `make_tiny_if_missing` applies.")
-    dtype: str = cfg_field("float32", "Torch dtype for learner weights: float32 on CPU, bfloat16 on GPUs.")
+    dtype: Literal["float32", "bfloat16", "float16"] = cfg_field("float32", "Torch dtype for learner weights: float32 on CPU, bfloat16 on GPUs.")
     freeze_audio_encoder: bool = cfg_field(
         True, "Keep the audio tower and projector frozen (the paper tunes the LLM with LoRA). Default true."
     )
     lora: LoraConfig = cfg_field(LoraConfig(), "LoRA settings.")
     gradient_checkpointing: bool = cfg_field(False, "Recompute activations in backward to save memory (7B on GPUs).")
-
-    def validate(self) -> None:
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..judge_prompts import PROMPTS
 from .base import cfg_field
@@ -30,7 +31,7 @@ class JudgeConfig:
         ["rubric_a", "rubric_b"],
         "Judge prompts whose scores are averaged (§3.2.2: two paraphrased prompts); names from polyaudio_rl.core.judge_prompts.PROMPTS.",
     )
-    structured_output: str = cfg_field(
+    structured_output: Literal["auto", "choice", "json_schema", "none"] = cfg_field(
         "auto",
         "How the 1–5 answer is constrained: 'choice' (vLLM extra body structured_outputs={'choice': [...]}), "
         "'json_schema' (OpenAI response_format), 'none' (free text, tolerant parsing), or 'auto' (choice; falls "
@@ -44,8 +45,6 @@ class JudgeConfig:
     )
 
     def validate(self) -> None:
-        if self.structured_output not in ("auto", "choice", "json_schema", "none"):
-            raise ValueError(f"structured_output must be auto, choice, json_schema or none, got {self.structured_output!r}")
         if not self.prompts:
             raise ValueError("judge.prompts must name at least one prompt")
         unknown = [p for p in self.prompts if p not in PROMPTS]
@@ -64,7 +63,7 @@ class RewardConfig:
         "Weight per reward component (correctness, parsimony, consistency, format); the total is the weighted "
         "sum. 0 switches one off. Components left out keep their default weight.",
     )
-    correctness_mode: str = cfg_field("rule", "'rule' (verifiers on exact ground truth), 'judge', or 'both' (mean).")
+    correctness_mode: Literal["rule", "judge", "both"] = cfg_field("rule", "'rule' (verifiers on exact ground truth), 'judge', or 'both' (mean).")
     num_actors: int = cfg_field(1, "Number of reward actors in the pool.")
     actor_num_cpus: float = cfg_field(0.5, "Logical CPUs each reward actor asks Ray for.")
     max_unscored_fraction: float = cfg_field(
@@ -76,14 +75,14 @@ class RewardConfig:
     interval_tolerance_s: float = cfg_field(
         0.05, "Temporal grounding: both ends within this many seconds of the key's count as exact (else IoU)."
     )
-    clip_set_credit: str = cfg_field(
+    clip_set_credit: Literal["exact", "recall"] = cfg_field(
         "exact", "Set-of-clips answers ('which clips contain a beep?'): 'exact' (1 only for the key's set) or "
         "'recall' (share of the key's clips named, whatever else is named: a judge that does not check parsimony; "
         "the starter ablation suite trains with it). Held-out accuracy is always exact.")
     caption_max_ratio: float = cfg_field(
         3.0, "Captions longer than this many times the reference (in words) get their keyword recall scaled down."
     )
-    parsimony_scope: str = cfg_field(
+    parsimony_scope: Literal["completion", "answer"] = cfg_field(
         "completion", "Where clip mentions are read for clip-parsimony: 'completion' (reasoning too) or 'answer'."
     )
     consistency_cross_weight: float = cfg_field(
@@ -96,8 +95,6 @@ class RewardConfig:
         self.weights = {**DEFAULT_WEIGHTS, **dict(self.weights)}
 
     def validate(self) -> None:
-        if self.correctness_mode not in ("rule", "judge", "both"):
-            raise ValueError(f"reward.correctness_mode must be rule, judge or both, got {self.correctness_mode!r}")
         for k, w in self.weights.items():
             if k not in REWARD_COMPONENTS:
                 raise ValueError(f"reward.weights.{k} is not a reward component ({', '.join(REWARD_COMPONENTS)})")
@@ -105,10 +102,6 @@ class RewardConfig:
                 raise ValueError(f"reward.weights.{k} must be >= 0, got {w}")
         if self.correctness_mode in ("judge", "both") and self.weights["correctness"] > 0 and not self.judge.base_url:
             raise ValueError(f"reward.correctness_mode={self.correctness_mode} needs reward.judge.base_url")
-        if self.clip_set_credit not in ("exact", "recall"):
-            raise ValueError(f"reward.clip_set_credit must be exact or recall, got {self.clip_set_credit!r}")
-        if self.parsimony_scope not in ("completion", "answer"):
-            raise ValueError(f"reward.parsimony_scope must be completion or answer, got {self.parsimony_scope!r}")
         if not 0.0 <= self.consistency_cross_weight <= 1.0:
             raise ValueError(f"reward.consistency_cross_weight must be in [0, 1], got {self.consistency_cross_weight}")
         if not 0.0 <= self.max_unscored_fraction <= 1.0:

