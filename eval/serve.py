@@ -204,11 +204,50 @@ class BodyLimitMiddleware:
         return await self.app(scope, replay, send)
 
 
+class ModelNotServed(RequestError):
+    """A chat request names a model this server does not serve (HTTP 404, OpenAI's ``model_not_found``)."""
+
+    kind = "model_not_found"
+
+
+def parse_chat_request(data: bytes, request_cls: Any, served: list[str]) -> Any:
+    """The chat request in body ``data`` as ``request_cls`` (Ray's ``ChatCompletionRequest``), checked before it
+    reaches a model: a JSON object, a served ``model`` (optional when one is served), known message roles; message
+    contents materialised as lists (pydantic keeps ``Iterable[...]`` lazy). A bad body raises :class:`RequestError`
+    (400; :class:`ModelNotServed`: 404); a schema error raises FastAPI's ``RequestValidationError``, which Ray's app
+    answers with its OpenAI-style 400."""
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
+
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:  # not JSON, not UTF-8, empty
+        raise RequestError(f"request body is not valid JSON: {exc}"[:300]) from None
+    if not isinstance(obj, dict):
+        raise RequestError(f"request body must be a JSON object, got {type(obj).__name__}")
+    try:
+        body = request_cls.model_validate(obj)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+    if body.model not in served and not (body.model is None and len(served) == 1):
+        if body.model is None:
+            raise RequestError(f"'model' is required; served: {served}")
+        raise ModelNotServed(f"model {body.model!r} is not served; served: {served}", 404)
+    for i, msg in enumerate(body.messages):
+        role = msg.get("role") if isinstance(msg, dict) else getattr(msg, "role", None)
+        if role not in CHAT_ROLES:
+            raise RequestError(f"messages[{i}].role must be one of {list(CHAT_ROLES)}, got {role!r}")
+    for msg in body.messages:
+        if isinstance(msg, dict) and msg.get("content") is not None and not isinstance(msg["content"], (str, list)):
+            msg["content"] = list(msg["content"])
+    body.messages = list(body.messages)
+    return body
+
+
 def _ingress_class() -> type:
     """``OpenAiIngress`` + body limit and audio validation on chat requests (imported lazily: it pulls in vLLM)."""
     from fastapi import Request
-    from fastapi.exceptions import RequestValidationError
-    from pydantic import ValidationError
     from ray.serve.llm.ingress import OpenAiIngress
     from ray.serve.llm.openai_api_models import ChatCompletionRequest
     from starlette.responses import JSONResponse, Response
@@ -246,40 +285,13 @@ def _ingress_class() -> type:
                 return JSONResponse(_error_body(str(exc), exc.status), status_code=exc.status)
             if data is None:
                 return Response(status_code=499)  # the client went away
-            try:
-                obj = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as exc:  # not JSON, not UTF-8, empty
-                return JSONResponse(_error_body(f"request body is not valid JSON: {exc}"[:300], 400), status_code=400)
-            if not isinstance(obj, dict):
-                return JSONResponse(_error_body(f"request body must be a JSON object, got {type(obj).__name__}", 400),
-                                    status_code=400)
-            try:
-                body = ChatCompletionRequest.model_validate(obj)
-            except ValidationError as exc:
-                errors = exc.errors(include_url=False, include_context=False, include_input=False)
-                raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
             served = sorted(self._model_cards)
-            if body.model not in self._model_cards and not (body.model is None and len(served) == 1):
-                status = 400 if body.model is None else 404
-                why = "'model' is required" if body.model is None else f"model {body.model!r} is not served"
-                return JSONResponse(_error_body(f"{why}; served: {served}", status,
-                                                "invalid_request_error" if status == 400 else "model_not_found"),
-                                    status_code=status)
-            for i, msg in enumerate(body.messages):
-                role = msg.get("role") if isinstance(msg, dict) else getattr(msg, "role", None)
-                if role not in CHAT_ROLES:
-                    return JSONResponse(_error_body(f"messages[{i}].role must be one of {list(CHAT_ROLES)}, got {role!r}",
-                                                    400), status_code=400)
-            messages = []
-            for msg in body.messages:
-                if isinstance(msg, dict) and msg.get("content") is not None and not isinstance(msg["content"], (str, list)):
-                    msg["content"] = list(msg["content"])  # pydantic keeps Iterable[...] lazy
-                messages.append(msg)
-            body.messages = messages
             try:
-                await asyncio.to_thread(normalize_audio_parts, messages, self.max_clips, self.max_clip_seconds)
+                body = parse_chat_request(data, ChatCompletionRequest, served)
+                await asyncio.to_thread(normalize_audio_parts, body.messages, self.max_clips, self.max_clip_seconds)
             except RequestError as exc:
-                return JSONResponse(_error_body(str(exc), exc.status), status_code=exc.status)
+                kind = getattr(exc, "kind", "invalid_request_error")
+                return JSONResponse(_error_body(str(exc), exc.status, kind), status_code=exc.status)
             block = self.suppress.get(body.model or served[0])
             if block:
                 body.bad_words, body.logit_bias = suppressed(body.bad_words, body.logit_bias, block)

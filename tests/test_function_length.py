@@ -17,7 +17,6 @@ LIMIT = 60
 # "path::qualified name" -> owner. Only shrinks.
 ALLOWED = {
     "polyaudio_rl/sft.py::run_sft": "coreA",
-    "eval/serve.py::_ingress_class": "coreB",
 }
 
 

@@ -5,7 +5,9 @@
 - :mod:`.audio`      decode, 16 kHz mono, validate; :mod:`.prompts` the multi-clip prompt builder
 - :mod:`.model`      Qwen2-Audio + processor from a path, LoRA; :mod:`.tiny` the offline tiny checkpoint
 - :mod:`.weights`    hub naming, LoRA merge, adapter export, shape checks
-- :mod:`.registry`   the one registry type; :mod:`.core_algos` GRPO math; :mod:`.grpo_loss` the losses on a model
+- :mod:`.registry`   the one registry type; :mod:`.core_algos` GRPO math (advantages included)
+- :mod:`.batching`   training items → micro-batches (:mod:`.packing`: shared prompts); :mod:`.policy_forward` the
+  model's token log-probs on them; :mod:`.grpo_loss` the GRPO / SFT losses
 - :mod:`.checkpoint`, :mod:`.atomic`, :mod:`.metrics`  checkpoints, atomic writes, metrics + plots
 - :mod:`.judge_prompts`, :mod:`.openai_api`  the judge rubric texts, the OpenAI-compatible client and content builder
 """
