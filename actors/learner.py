@@ -136,38 +136,32 @@ class Learner:
 
         return ray.get([getattr(w, method).remote(s, *args) for w, s in zip(self.workers, shards)])
 
-    def train_grpo_step(self, items: Sequence[TrainItem]) -> dict[str, float]:
-        """One GRPO step (μ = grpo.inner_epochs optimizer updates) on a batch of scored groups whose
-        ``item.advantage`` the driver computed. Returns the step's metrics."""
-        if self.stage != "grpo":
-            raise RuntimeError(f"this learner was built for stage {self.stage!r}, not grpo")
+    def _train_step(self, stage: str, items: Sequence[TrainItem]) -> tuple[list[TrainItem], dict[str, float]]:
+        """One optimizer step of ``stage`` on every worker's shard; the prepared items and the reduced metrics."""
+        if self.stage != stage:
+            raise RuntimeError(f"this learner was built for stage {self.stage!r}, not {stage}")
         items = self._prepare(items)
         if not items:
-            raise BatchError("train_grpo_step: empty batch")
+            raise BatchError(f"train_{stage}_step: empty batch")
         counts = self._counts(items)
         shards, num_micro = self._shard(items)
         t0 = time.perf_counter()
-        results = self._run("grpo_step", shards, counts, num_micro)
+        results = self._run(f"{stage}_step", shards, counts, num_micro)
         wall = time.perf_counter() - t0
         self.step += 1
+        return items, reduce_step(results, counts, wall, self.step)
+
+    def train_grpo_step(self, items: Sequence[TrainItem]) -> dict[str, float]:
+        """One GRPO step (μ = grpo.inner_epochs optimizer updates) on a batch of scored groups whose
+        ``item.advantage`` the driver computed. Returns the step's metrics."""
+        items, metrics = self._train_step("grpo", items)
         adv_t = torch.tensor([it.advantage for it in items])
-        metrics = reduce_step(results, counts, wall, self.step)
         metrics.update(adv_mean=float(adv_t.mean()), adv_abs_mean=float(adv_t.abs().mean()), completions=len(items))
         return metrics
 
     def train_sft_step(self, items: Sequence[TrainItem]) -> dict[str, float]:
         """One SFT optimizer step: NLL on the completion (answer) tokens, token-mean over the global batch."""
-        if self.stage != "sft":
-            raise RuntimeError(f"this learner was built for stage {self.stage!r}, not sft")
-        items = self._prepare(items)
-        if not items:
-            raise BatchError("train_sft_step: empty batch")
-        counts = self._counts(items)
-        shards, num_micro = self._shard(items)
-        t0 = time.perf_counter()
-        results = self._run("sft_step", shards, counts, num_micro)
-        self.step += 1
-        return reduce_step(results, counts, time.perf_counter() - t0, self.step)
+        return self._train_step("sft", items)[1]
 
     # ----------------------------------------------------------------------------------------------------------
     def completion_logprobs(self, items: Sequence[TrainItem], cache_key: str | None = None) -> list[list[float]]:
