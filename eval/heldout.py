@@ -16,10 +16,12 @@ def greedy(rollout_pool: Any, prompts: Sequence[Any], tag: str) -> tuple[list[st
 
 def evaluate(rollout_pool: Any, prompts: Sequence[Any], answer_tag: bool = False, controls: bool = False,
              seed: int = 0) -> dict[str, Any]:
-    """{"accuracy", "n", "per_task", "irrelevant_clip_rate", "paraphrase_agreement", "format_rate", "mean_length"}
+    """{"accuracy", "n", "per_task", "irrelevant_clip_rate", "paraphrase_agreement", "format_rate", "mean_length",
+    "items"} (``items``: id, answer, rule score per prompt, what :func:`polyaudio_rl.samples.record_heldout` keeps)
     and, with ``controls``, {"controls": {"silence": {...}, "shuffle": {...}}}."""
     texts, lengths = greedy(rollout_pool, prompts, "eval")
     out = score_answers([p.sample for p in prompts], texts, lengths, answer_tag)
+    out["items"] = [{"id": p.sample_id, "answer": t, "score": c} for p, t, c in zip(prompts, texts, out.pop("scores"))]
     if controls:
         out["controls"] = run_controls(lambda ps, name: greedy(rollout_pool, ps, f"eval-{name}")[0], prompts,
                                        answer_tag, seed)

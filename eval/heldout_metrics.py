@@ -91,7 +91,8 @@ def family_of(sample: Sample) -> str:
 
 def score_answers(samples: Sequence[Sample], texts: Sequence[str], lengths: Sequence[int],
                   answer_tag: bool = False) -> dict[str, Any]:
-    """The metrics of the module docstring (and accuracy per task) for one completion per sample."""
+    """The metrics of the module docstring (and accuracy per task) for one completion per sample; ``scores``: each
+    sample's rule score, in order (the run page's per-item answers)."""
     from rewards.cliprefs import clips_referenced
     from rewards.extract import extract_answer
     from rewards.format import format_reward
@@ -113,4 +114,4 @@ def score_answers(samples: Sequence[Sample], texts: Sequence[str], lengths: Sequ
             "per_task": {k: float(sum(v) / len(v)) for k, v in sorted(per_task.items())},
             "irrelevant_clip_rate": irrelevant_clip_rate(named, relevant),
             "paraphrase_agreement": paraphrase_agreement(parsed, [family_of(s) for s in samples]),
-            "format_rate": format_rate(fmt), "mean_length": mean_length(lengths)}
+            "format_rate": format_rate(fmt), "mean_length": mean_length(lengths), "scores": correct}

@@ -1,7 +1,9 @@
 """The run report: ``RUN_DIR/report.md`` with the held-out tables, the reward curves, a per-task before/after bar
-chart, and the commands to serve the trained adapter again (``eval.serve``) and to query it with ``openai``."""
+chart, and the commands to serve the trained adapter again (``eval.serve``) and to query it with ``openai``; then the
+run's web page ``RUN_DIR/report.html`` and its wandb tables (:mod:`polyaudio_rl.report`, ``logging.html_report``)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,9 @@ def write_report(run_dir: Path, cfg: Any, summary: dict[str, Any], table_lines: 
     lines = [f"# PolyAudio-RL run report: {run_dir.name}", "",
              f"Config: data preset `{cfg.data.preset}`, model `{model}`, SFT {cfg.sft.epochs} epoch(s), GRPO "
              f"{cfg.grpo.steps} steps × {cfg.grpo.prompts_per_step} prompts × G={cfg.grpo.group_size}, seed {cfg.seed}.",
-             "", "## Held-out accuracy (rule verifiers, greedy)", "", "```", *table_lines, "```", ""]
+             "", "Listen to the held-out items and the rollouts kept during GRPO: [report.html](report.html) (open it in "
+             "a browser, in this directory).", "",
+             "## Held-out accuracy (rule verifiers, greedy)", "", "```", *table_lines, "```", ""]
     if chart:
         lines += [f"![per-task accuracy]({chart.name})", ""]
     if (run_dir / "reward_curves.png").exists():
@@ -90,4 +94,21 @@ def write_report(run_dir: Path, cfg: Any, summary: dict[str, Any], table_lines: 
     ]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")
+    write_page(run_dir, cfg)
     return out
+
+
+def write_page(run_dir: Path, cfg: Any) -> Path | None:
+    """``RUN_DIR/report.html`` (after report.md and the pictures it shows), and the same tables in wandb."""
+    logging_cfg = getattr(cfg, "logging", None)
+    if logging_cfg is None or not logging_cfg.html_report:
+        return None
+    from .report import build, wandb_tables
+
+    page = build(run_dir)
+    if getattr(cfg, "wandb_mode", "disabled") != "disabled":
+        try:
+            wandb_tables(run_dir, cfg.wandb_mode)
+        except Exception as exc:  # noqa: BLE001 - wandb is optional: the page and report.md stand without it
+            print(f"[report] wandb tables not logged: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return page

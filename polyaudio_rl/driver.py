@@ -205,6 +205,7 @@ class GRPODriver:
         self.learner_restarts = 0
         self.init_adapter: str | None = None  # what a learner restarts from when no checkpoint exists yet
         self.model_path: str | None = None
+        self.on_scored: Callable[[int, RolloutBatch, list[TrainItem]], Any] | None = None  # e.g. samples.RolloutSampler
         self._reset_pipeline()
 
     def _reset_pipeline(self) -> None:
@@ -468,6 +469,8 @@ class GRPODriver:
         if train_items:
             train_items, am = group_advantages(train_items, rewards, self.cfg.grpo)
             m.update(am)
+        if self.on_scored is not None:  # the scored groups with the advantages trained on (the run's samples)
+            self.on_scored(step, batch, train_items)
         if train_items:
             with self.timeline.span("learner", "train", step=step):
                 lm = _learner_call(self.learner.train_grpo_step, train_items)

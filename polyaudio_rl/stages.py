@@ -54,9 +54,11 @@ def held_out_stage(driver: Any, prompts: list[Any], logger: Any, step: int, phas
     from eval.heldout import log_fields
 
     from .driver import evaluate
+    from .samples import record_heldout
 
     res = evaluate(driver.rollout, prompts, driver.cfg.data.answer_tag, controls=phase == "eval_after",
                    seed=driver.cfg.seed)
+    record_heldout(logger.run_dir, "after_sft" if phase == "eval_before" else "after_grpo", prompts, res.pop("items"))
     logger.log(step, {"phase": phase, **log_fields(res)})
     when = "before GRPO:" if phase == "eval_before" else "after GRPO: "
     say(f"   held-out {when} accuracy {res['accuracy']:.3f} on {res['n']} items"
@@ -73,8 +75,10 @@ def grpo_stage(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str
     from .core.metrics import MetricsLogger, plot_curves
     from .data_setup import chance_level, held_out_prompts
     from .driver import GRPODriver
+    from .samples import RolloutSampler
 
     driver = GRPODriver.build(cfg, init_adapter=init_adapter, resume=resume)
+    driver.on_scored = RolloutSampler(run_dir, cfg.logging, resume_step=driver.learner.step if resume else None)
     logger = MetricsLogger(run_dir, to_dict(cfg), cfg.wandb_mode)
     if console is not None:
         console.quiet_loggers()  # vllm / ray.data / wandb configured their own console handlers on import

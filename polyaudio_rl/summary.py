@@ -18,7 +18,7 @@ def write_summary(summary: dict[str, Any], run_dir: Path, cfg: Any, con: Any, be
         from .demo import write_report
 
         report = write_report(run_dir, cfg, summary, lines[:-1], bench_rows)
-        con.print(f"   report: {report}")
+        con.print(f"   report: {report.with_name('report.html') if cfg.logging.html_report else report}")
     except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say why the report is missing
         con.log("train", f"report failed: {exc!r}")
         con.print(f"   report: not written ({type(exc).__name__}: {exc}; see {con.path('train')})")

@@ -17,6 +17,7 @@ from polyaudio_rl import train
 from polyaudio_rl.core import core_algos as ca
 from polyaudio_rl.core.config import load_config
 from polyaudio_rl.data_setup import chance_level
+from polyaudio_rl.report import page_bytes
 from polyaudio_rl.summary import summary_lines
 from tests.conftest import build_splits
 
@@ -123,6 +124,7 @@ def test_summary_table_and_report(tmp_path):
     text = report.read_text()
     assert "per_task_accuracy.png" in text and "python -m eval.serve" in text and "OpenAI(" in text
     assert "does it listen" in text
+    assert "[report.html](report.html)" in text and "held-out accuracy per task" in (tmp_path / "report.html").read_text()
     assert (tmp_path / "per_task_accuracy.png").stat().st_size > 1000
     assert table([["x", "1"]], ["h", "v"]) == ["h  v", "-  -", "x  1"]
 
@@ -220,6 +222,9 @@ def test_demo_config_learns_and_flipped_sign_does_not(tiny_ckpt, starter_data, d
     assert "Deployment Options" in (run / "logs" / "serve.log").read_text()
     report = (run / "report.md").read_text()
     assert "PolyAudio-Bench against the served adapter" in report and "python -m eval.serve" in report
+    page = (run / "report.html").read_text()  # the run's page: players for 96 held-out items and 10 kept steps
+    assert f"report: {run / 'report.html'}" in shown and page_bytes(run) < 20e6
+    assert page.count('<div class="group">') == 20 and page.count("<audio ") >= 2 * 96 + 20 * 2
     shown = (run / "logs" / "console.log").read_text().splitlines()
     assert len(shown) <= 80, len(shown)  # what the console showed (bars aside: --quiet)
 

@@ -19,6 +19,7 @@ import pytest
 import ray
 
 from polyaudio_rl import train
+from polyaudio_rl.samples import read_jsonl
 from tests.conftest import build_splits
 from tests.http_server import free_port
 
@@ -155,7 +156,7 @@ def test_policy_lag_one_overlaps_stays_bounded_and_resumes_exactly(tiny_ckpt, da
     common = ["--quiet", "--skip-sft"]
     first = [*TINY, *common]
     extra = {"learner.checkpoint_every": 2, "eval.max_items": 1, "grpo.max_policy_lag": 1,
-             "grpo.is_correction": "tis"}
+             "grpo.is_correction": "tis", "logging.rollout_sample_every": 1}
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert train.main(["--run-dir", str(whole), *first, *overrides(tiny_ckpt, data, **extra, **{"grpo.steps": 4})]) == 0
     assert train.main(["--run-dir", str(split), *first, *overrides(tiny_ckpt, data, **extra, **{"grpo.steps": 2})]) == 0
@@ -172,6 +173,11 @@ def test_policy_lag_one_overlaps_stays_bounded_and_resumes_exactly(tiny_ckpt, da
             assert b[step][key] == a[step][key], (step, key, a[step][key], b[step][key])
         for key in ("loss", "kl", "grad_norm"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-7), (step, key)
+    # rollout samples (polyaudio_rl.samples): every step kept once, the resumed steps as the uninterrupted run's
+    ra, rb = (read_jsonl(d / "samples" / "rollouts.jsonl") for d in (whole, split))
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert [c["text"] for r in rb[4:] for c in r["completions"]] == [c["text"] for r in ra[4:] for c in r["completions"]]
+    assert "<audio " in (split / "report.html").read_text() and "report.html" in (split / "report.md").read_text()
     whole_ids = json.loads((whole / "summary.json").read_text())["trained_ids"]
     assert len(whole_ids) == 4 * 3  # every step's 3 prompts trained once
     trace = json.loads((whole / "timeline.json").read_text())["traceEvents"]
