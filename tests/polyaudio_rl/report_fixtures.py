@@ -12,7 +12,7 @@ import numpy as np
 from actors.rollout_engine import Completion, RolloutGroup
 from polyaudio_rl.core.config.logs import LoggingConfig
 from polyaudio_rl.core.prompts import MultiAudioPrompt
-from polyaudio_rl.core.schema import Sample
+from polyaudio_rl.core.schema import Clip, Sample
 from polyaudio_rl.samples import RolloutSampler, record_heldout
 from rewards.scorer import GroupScores
 
@@ -34,14 +34,16 @@ def clip(seed: int, seconds: float = 0.8) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def sample(i: int, task: str, split: str = "bench") -> Sample:
-    return Sample(id=f"{split}-{task}-{i:04d}", task=task, split=split, clips=[], question=f"Question {i} about {task}?",
+def sample(i: int, task: str, split: str = "bench", n_clips: int = 3) -> Sample:
+    """A sample as the prompt stream hands it on: clips described, their audio bytes left out."""
+    clips = [Clip(b"", SR, 0.8) for _ in range(n_clips)]
+    return Sample(id=f"{split}-{task}-{i:04d}", task=task, split=split, clips=clips, question=f"Question {i} about {task}?",
                   answer="Clip 2." if task == "odd_one_out" else ("Yes." if task == "entailment" else "3."),
                   key={"type": "clip", "value": 2}, relevant_clips=[2])
 
 
 def prompt(i: int, task: str, n_clips: int = 3, split: str = "bench") -> MultiAudioPrompt:
-    s = sample(i, task, split)
+    s = sample(i, task, split, n_clips)
     return MultiAudioPrompt(s.id, "<prompt>", [clip(1000 * (split == "pref") + 3 * i + k) for k in range(n_clips)], s)
 
 

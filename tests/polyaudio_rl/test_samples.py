@@ -121,3 +121,24 @@ def test_a_write_error_ends_the_samples_not_the_run(tmp_path, capsys):
     (tmp_path / "samples").write_text("not a directory")  # every write below fails with an OSError
     assert s(1, *fx.batch(1)) == 0 and s(2, *fx.batch(2)) == 0
     assert "rollout samples stopped at step 1" in capsys.readouterr().err
+
+
+def test_held_out_evaluation_hands_each_answer_and_score_to_the_run_page(tmp_path):
+    """eval.heldout.evaluate (what the held-out stage runs) returns ``items``: one answer and rule score per prompt."""
+    from types import SimpleNamespace as NS
+
+    from eval.heldout import evaluate
+
+    class Pool:  # the rollout pool's greedy generate: odd_one_out answered right, the others wrong
+        def generate(self, prompts, ids, n, greedy):
+            return [NS(completions=[NS(text="Clip 2." if p.sample.task == "odd_one_out" else "Clip 9.",
+                                       token_ids=[1, 2])]) for p in prompts]
+
+    prompts = [fx.prompt(i, fx.TASKS[i % 3]) for i in range(6)]
+    res = evaluate(Pool(), prompts)
+    assert [(i["id"], i["answer"], i["score"]) for i in res["items"]] == [
+        (p.sample_id, "Clip 2." if p.sample.task == "odd_one_out" else "Clip 9.",
+         1.0 if p.sample.task == "odd_one_out" else 0.0) for p in prompts]
+    assert res["accuracy"] == pytest.approx(2 / 6) and "scores" not in res
+    record_heldout(tmp_path, "after_grpo", prompts, res.pop("items"))
+    assert [r["score"] for r in read_jsonl(samples_dir(tmp_path) / "heldout.jsonl")] == [0.0, 0.0, 1.0] * 2
