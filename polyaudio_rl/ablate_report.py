@@ -69,11 +69,11 @@ def checks(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for n, r in runs.items():
         if r.get("silence_accuracy") is not None and r.get("chance") is not None:
             d = abs(r["silence_accuracy"] - r["chance"])
-            out.append({"check": f"silence:{n}", "expected": "|silence accuracy − chance| ≤ 0.1",
+            out.append({"check": f"silence:{n}", "expected": "abs(silence accuracy − chance) ≤ 0.1",
                         "value": round(d, 6), "met": d <= 0.1 + 1e-9})
         if r.get("shuffle_accuracy") is not None and r.get("accuracy") is not None:
             d = abs(r["shuffle_accuracy"] - r["accuracy"])
-            out.append({"check": f"shuffle:{n}", "expected": "|shuffled accuracy − accuracy| ≤ 0.1",
+            out.append({"check": f"shuffle:{n}", "expected": "abs(shuffled accuracy − accuracy) ≤ 0.1",
                         "value": round(d, 6), "met": d <= 0.1 + 1e-9})
     return out
 
