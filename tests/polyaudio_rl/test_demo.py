@@ -154,6 +154,15 @@ def test_data_built_for_other_tasks_is_an_error_naming_the_directory(tmp_path):
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"  # what `make demo` runs
 
 
+def test_no_config_runs_the_demo_on_the_starter_curriculum():
+    """`python -m polyaudio_rl.train` with no --config (and so `ray job submit -- python -m polyaudio_rl.train`) runs
+    what `make demo` runs; the paper-task tiny configuration keeps its own name."""
+    assert train.DEFAULT_CONFIG == DEMO
+    cfg = load_config(str(train.DEFAULT_CONFIG), [])
+    assert cfg.data.preset == "starter" and cfg.eval.serve_bench
+    assert load_config(str(DEMO.with_name("tiny_cpu.yaml")), []).data.preset != "starter"
+
+
 @pytest.fixture(scope="module")
 def demo_cfg():
     return load_config(str(DEMO), [])
