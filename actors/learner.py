@@ -14,8 +14,8 @@ a method call (the OpenRLHF pattern)::
     weights, probe_lps = learner.sync_half(transport, mode, version, probe_item)  # a sync's learner half
     learner.save_checkpoint(path, client_state={...}); learner.shutdown()
 
-The learner takes advantages: the driver computes them (``polyaudio_rl.driver.group_advantages``, with dynamic sampling).
-Per step the handle shards the completions contiguously (a group's completions stay together, so each prompt is
+The learner takes advantages: the driver computes them (``polyaudio_rl.driver.group_advantages``, after dynamic
+sampling). Per step the handle shards the completions contiguously (a group's completions stay together, so each prompt is
 encoded once), computes the GLOBAL token/sequence counts, and gives every worker the same number of micro-batches
 (ZeRO's collectives need equal call counts; a short shard gets zero-weight fillers). The workers' sums are reduced to
 the step's metrics by :func:`actors.learner_metrics.reduce_step`.
