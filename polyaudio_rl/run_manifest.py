@@ -179,5 +179,15 @@ def check_resume_args(manifest: RunManifest, run_dir: str | Path, config: str | 
         raise ManifestError(f"--resume {run_dir} continues a run started without --skip-sft; drop --skip-sft")
 
 
+def follow_manifest(run_dir: str | Path, config: str | None, init_adapter: str | None, skip_sft: bool
+                    ) -> RunManifest:
+    """``--resume run_dir``: its manifest, once the flags given agree with it (:func:`check_resume_args`) and its
+    init adapter is still the one the run started from (:func:`check_init_adapter`)."""
+    m = read_manifest(run_dir)
+    check_resume_args(m, run_dir, config, init_adapter, skip_sft)
+    check_init_adapter(m, run_dir)
+    return m
+
+
 __all__ = ["MANIFEST", "ManifestError", "RunManifest", "adapter_sha256", "check_init_adapter", "check_resume_args",
-           "mark_stage", "read_manifest", "start_manifest", "write_manifest"]
+           "follow_manifest", "mark_stage", "read_manifest", "start_manifest", "write_manifest"]

@@ -31,16 +31,24 @@ def latest_checkpoint(run_dir: Path, stage: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------------- SFT
 def sft_stage(cfg: Config, run_dir: Path, con: Any, header: str, *, skip: bool, init_adapter: str | None,
-              resume: bool, progress: bool) -> str | None:
-    """LoRA SFT into ``RUN_DIR/sft`` unless it is skipped, started from a given adapter, switched off, or already
-    done by the run being resumed; returns the adapter checkpoint GRPO starts from (None: the base model)."""
+              resume: bool, progress: bool, done: str | None = None) -> str | None:
+    """LoRA SFT into ``RUN_DIR/sft`` unless it is skipped, started from a given adapter, switched off, or ``done``
+    (the checkpoint of the SFT that the run being resumed finished); a resumed SFT that stopped part-way continues
+    from its newest checkpoint. Returns the adapter checkpoint GRPO starts from (None: the base model)."""
+    if done:
+        if not Path(done).is_dir():
+            raise FileNotFoundError(f"the run finished SFT into {done}, which is gone: restore it, or start a new run")
+        con.header(f"{header} LoRA SFT: done (from {done})")
+        return done
     ckpt = init_adapter or latest_checkpoint(run_dir, "sft")
-    if not skip and not init_adapter and (cfg.sft.max_steps or cfg.sft.epochs) and not (resume and ckpt):
+    if not skip and not init_adapter and (cfg.sft.max_steps or cfg.sft.epochs):
         from .sft import run_sft
 
         con.header(f"{header} LoRA SFT: {cfg.sft.epochs} epoch(s) of {cfg.data.train_dir}, batch "
-                   f"{cfg.sft.batch_size}, lr {cfg.sft.lr:g}")
-        return run_sft(replace(cfg, run_dir=str(run_dir / "sft")), progress=progress, console=con)["checkpoint"]
+                   f"{cfg.sft.batch_size}, lr {cfg.sft.lr:g}" + (f", continued from {ckpt}" if resume and ckpt else ""))
+        res = run_sft(replace(cfg, run_dir=str(run_dir / "sft")), resume_from=ckpt if resume else None,
+                      progress=progress, console=con)
+        return res["checkpoint"] or ckpt  # resumed from its final checkpoint: nothing left to train
     con.header(f"{header} LoRA SFT: skipped ({'from ' + ckpt if ckpt and not skip else 'none'})")
     return None if skip else ckpt
 
@@ -68,22 +76,26 @@ def held_out_stage(driver: Any, prompts: list[Any], logger: Any, step: int, phas
 
 # ---------------------------------------------------------------------------------------------------- GRPO
 def grpo_stage(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str | None, progress: bool = True,
-               console: Any = None, on_checkpoint: Callable[[], Any] | None = None) -> dict[str, Any]:
+               console: Any = None, on_checkpoint: Callable[[], Any] | None = None, resumed: bool = False
+               ) -> dict[str, Any]:
     """GRPO from ``init_adapter`` (or ``resume``), with the held-out evaluation before (not on a resume) and after;
     ``on_checkpoint()`` runs after each checkpoint is written (the run directory's mirror to a URI, see
-    :mod:`polyaudio_rl.storage`). Returns the summary's GRPO part."""
+    :mod:`polyaudio_rl.storage`). ``resumed``: the run is resumed (``--resume``), so the metrics rows its first
+    attempt logged after ``resume`` (all of them without one) are cut: one row per step. Returns the summary's GRPO
+    part."""
     from .core.metrics import MetricsLogger, plot_curves
     from .data_setup import chance_level, held_out_prompts
     from .driver import GRPODriver
     from .samples import RolloutSampler
 
     driver = GRPODriver.build(cfg, init_adapter=init_adapter, resume=resume)
-    driver.on_scored = RolloutSampler(run_dir, cfg.logging, resume_step=driver.learner.step if resume else None)
-    logger = MetricsLogger(run_dir, to_dict(cfg), cfg.wandb_mode)
+    # resumed: the rows (and wandb steps, rollout samples) logged after the checkpoint (all of them without one)
+    # are cut; those steps are redone identically below
+    redo_after = (driver.learner.step if resume else -1) if resumed else None
+    driver.on_scored = RolloutSampler(run_dir, cfg.logging, resume_step=redo_after)
+    logger = MetricsLogger(run_dir, to_dict(cfg), cfg.wandb_mode, resume_step=redo_after)
     if console is not None:
         console.quiet_loggers()  # vllm / ray.data / wandb configured their own console handlers on import
-    if resume:
-        logger.rewind(driver.learner.step)  # steps logged after the checkpoint are redone (identically) below
     say = console.print if console is not None else print
     summary: dict[str, Any] = {"rollout_actors": driver.rollout.stats()}  # pid, node id, engine per actor
     try:

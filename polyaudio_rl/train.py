@@ -17,6 +17,7 @@ This module is the command line; the stages live in :mod:`polyaudio_rl.stages`, 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import yaml
 
 from .core.cluster import ResourceError, check_resources, connect_ray
 from .core.config import Config, ConfigError, load_config, to_dict
+from .run_manifest import ManifestError, follow_manifest, mark_stage, read_manifest, start_manifest
 from .storage import RunStorage
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # the embedded default: `make demo`
@@ -50,11 +52,12 @@ def run_dir_problem(run_dir: Path, cwd: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="PolyAudio-RL training: LoRA SFT then GRPO (see module docstring)")
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG),
+    ap.add_argument("--config", default=None,
                     help="YAML config (default configs/demo.yaml, what `make demo` runs)")
     ap.add_argument("--run-dir", default=None, help="output directory or pyarrow.fs URI, e.g. file:///shared/runs/x, "
                     "s3://bucket/runs/x (default runs/<timestamp>)")
-    ap.add_argument("--resume", default=None, help="a RUN_DIR (path or URI) to continue exactly (its config.yaml is used)")
+    ap.add_argument("--resume", default=None, help="a RUN_DIR (path or URI) to continue exactly, as it started (its "
+                    "run.json: config, --init-adapter, --skip-sft, stages done)")
     ap.add_argument("--skip-sft", action="store_true", help="start GRPO from the base model (paper's 'GRPO only')")
     ap.add_argument("--init-adapter", default=None,
                     help="start GRPO from this SFT checkpoint (e.g. RUN_DIR/sft/checkpoints/step-N) and skip SFT")
@@ -69,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             storage.pull()  # a URI run directory comes back into its local staging copy first
             run_dir = storage.local
             cfg = load_config(run_dir / "config.yaml", a.overrides)
+            m = follow_manifest(run_dir, a.config, a.init_adapter, a.skip_sft)  # the run continues as it started
+            a.config, a.init_adapter, a.skip_sft = m.config_name, m.init_adapter, m.skip_sft
         else:
-            cfg = load_config(a.config, a.overrides)
+            cfg = load_config(a.config or DEFAULT_CONFIG, a.overrides)
+            a.config = _shown(a.config or str(DEFAULT_CONFIG))  # the name the header and run.json show
             storage = RunStorage.open(a.run_dir or cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
             run_dir = storage.local
     except ConfigError as exc:
@@ -87,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not a.resume:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        try:  # run.json: how the run started, what --resume follows
+            start_manifest(run_dir, a.config, to_dict(cfg), a.overrides, cfg.seed, a.skip_sft, a.init_adapter)
+        except ManifestError as exc:
+            print(f"error: --init-adapter: {exc}", file=sys.stderr)
+            return 2
     try:
         return _main(cfg, run_dir, storage, a)
     finally:
@@ -99,8 +110,7 @@ def _main(cfg: Config, run_dir: Path, storage: RunStorage, a: argparse.Namespace
     from .console import Console
 
     con = Console(run_dir, verbose=a.verbose, quiet=a.quiet).install()
-    shown = f"{run_dir}/config.yaml" if a.resume else _shown(a.config)
-    con.header(f"PolyAudio-RL: {shown} -> {run_dir}  (logs: {con.dir}/)")
+    con.header(f"PolyAudio-RL: {a.config}{' (resumed)' if a.resume else ''} -> {run_dir}  (logs: {con.dir}/)")
     import ray
 
     started_ray = not ray.is_initialized()
@@ -146,14 +156,26 @@ def _run(cfg: Config, run_dir: Path, a: argparse.Namespace, con: Any, on_checkpo
     resolve_path(cfg.model)
     ensure_data(cfg, con)
     t0 = time.time()
+    m = read_manifest(run_dir)  # stages the run finished already are not run again on --resume
     init = sft_stage(cfg, run_dir, con, f"2/{n}", skip=a.skip_sft, init_adapter=a.init_adapter, resume=bool(a.resume),
-                     progress=not a.quiet)
-    con.header(f"3/{n} GRPO: {cfg.grpo.steps} steps x {cfg.grpo.prompts_per_step} prompts x G={cfg.grpo.group_size}, "
-               f"{cfg.rollout.engine} rollout, {cfg.learner.num_workers} DeepSpeed learner(s)")
-    grpo_resume = latest_checkpoint(run_dir, "grpo") if a.resume else None
-    summary = grpo_stage(cfg, run_dir, init_adapter=init, resume=grpo_resume, progress=not a.quiet, console=con,
-                         on_checkpoint=on_checkpoint)
-    bench_rows = serve_bench_stage(cfg, run_dir, resolve_path(cfg.model), con, f"4/{n}", not a.quiet, summary)
+                     progress=not a.quiet, done=m.stages.get("sft", {}).get("checkpoint"))
+    mark_stage(run_dir, "sft", **({"checkpoint": init} if init and not a.init_adapter
+                                  else {"skipped": m.sft_skipped() or "sft off"}))
+    if a.resume and m.grpo_steps_done() >= cfg.grpo.steps:
+        con.header(f"3/{n} GRPO: done ({m.grpo_steps_done()} steps)")
+        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+        bench_rows = [] if "bench" in summary else serve_bench_stage(cfg, run_dir, resolve_path(cfg.model), con,
+                                                                     f"4/{n}", not a.quiet, summary)
+    else:
+        con.header(f"3/{n} GRPO: {cfg.grpo.steps} steps x {cfg.grpo.prompts_per_step} prompts x "
+                   f"G={cfg.grpo.group_size}, {cfg.rollout.engine} rollout, {cfg.learner.num_workers} DeepSpeed "
+                   "learner(s)")
+        grpo_resume = latest_checkpoint(run_dir, "grpo") if a.resume else None
+        summary = grpo_stage(cfg, run_dir, init_adapter=init, resume=grpo_resume, progress=not a.quiet, console=con,
+                             on_checkpoint=on_checkpoint, resumed=bool(a.resume))
+        if "preempted" not in summary:
+            mark_stage(run_dir, "grpo", steps=cfg.grpo.steps)
+        bench_rows = serve_bench_stage(cfg, run_dir, resolve_path(cfg.model), con, f"4/{n}", not a.quiet, summary)
     summary["wall_s"] = time.time() - t0
     con.header(f"{n}/{n} summary")
     write_summary(summary, run_dir, cfg, con, bench_rows)

@@ -29,7 +29,8 @@ class MetricsLogger:
 
     ``resume_step``: this process continues a run from its checkpoint at that step (``--resume``): the rows of
     later steps, logged by the run before it stopped and about to be redone, are cut from ``metrics.jsonl`` before
-    anything is appended (a negative step: nothing was checkpointed and the stage starts over, so every row goes),
+    anything is appended (a negative step: nothing was checkpointed and the stage starts over, so every row goes;
+    an ``eval_after`` row at the checkpoint's step goes too, as the evaluation after the last step is redone),
     and the wandb run of the same id is rewound to that step (``resume_from="<id>?_step=<step>"``; offline, the
     rewind is recorded and applied when the run is synced). :meth:`rewind` does the same mid-run, for the JSONL."""
 
@@ -39,7 +40,7 @@ class MetricsLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
         if resume_step is not None:
-            cut_rows_after(self.path, resume_step)
+            cut_rows_after(self.path, resume_step, phases_at_step=("eval_after",))
         self._fh = self.path.open("a")
         self._wandb = None
         if wandb_mode != "disabled":
@@ -67,9 +68,11 @@ class MetricsLogger:
             self._wandb = None
 
 
-def cut_rows_after(path: str | Path, step: int) -> int:
-    """Keep only the rows of ``path`` (a metrics.jsonl) whose step is at most ``step``, replacing the file atomically
-    (a crash leaves the old file or the new one). A last line cut short (a process killed while writing it) goes
+def cut_rows_after(path: str | Path, step: int, phases_at_step: tuple[str, ...] = ()) -> int:
+    """Keep only the rows of ``path`` (a metrics.jsonl) whose step is at most ``step``, and of those at ``step``
+    only the ones whose phase is not in ``phases_at_step`` (rows logged after that step's checkpoint, e.g.
+    ``eval_after`` of a run that resumes at its last step), replacing the file atomically (a crash leaves the old
+    file or the new one). A last line cut short (a process killed while writing it) goes
     too; any other line that is not a row is an error naming it. Returns how many lines were dropped; a missing
     file has none."""
     path = Path(path)
@@ -80,12 +83,13 @@ def cut_rows_after(path: str | Path, step: int) -> int:
     keep = []
     for n, line in enumerate(lines, 1):
         try:
-            row_step = int(json.loads(line)["step"])
+            row = json.loads(line)
+            row_step = int(row["step"])
         except (ValueError, KeyError, TypeError) as exc:
             if n == len(lines) and not text.endswith("\n"):
                 break
             raise ValueError(f"{path}:{n}: not a metrics row ({exc!r}): {line[:80]!r}") from exc
-        if row_step <= step:
+        if row_step < step or (row_step == step and row.get("phase") not in phases_at_step):
             keep.append(line)
     if len(keep) != len(lines) or (text and not text.endswith("\n")):
         atomic_write_text(path, "".join(line + "\n" for line in keep))
