@@ -26,7 +26,7 @@ versions is dropped and counted (``groups/dropped_stale``; the producer's versio
 A checkpoint is a pipeline barrier: the batch after a checkpoint step is sampled from the checkpoint's own policy,
 so ``--resume`` continues exactly as the uninterrupted run did, whatever k.
 
-Metrics per step (README "Metrics") go to ``RUN_DIR/metrics.jsonl``; spans of every pool go to a
+Metrics per step (docs/metrics.md) go to ``RUN_DIR/metrics.jsonl``; spans of every pool go to a
 :class:`~polyaudio_rl.core.timeline.Timeline` (``RUN_DIR/timeline.json``).
 """
 from __future__ import annotations
@@ -289,8 +289,8 @@ class GRPODriver:
         """Send the learner's half of the sync (one call; it runs before any learner call sent after it) and
         return the function that waits for it: the new weights as ``rollout.sync_transport`` hands them over —
         ``object_store``: an ObjectRef (learner → object store → actors); ``collective``: names and shapes (rank 0
-        keeps the tensors for its broadcast); ``driver``: the tensors, materialised here (the old path, for
-        comparison) — and the probe's log-probs under them."""
+        keeps the tensors for its broadcast); ``driver``: the tensors, materialised here (one
+        extra copy through this process, kept to compare transports) — and the probe's log-probs under them."""
         item = TrainItem(self.probe.prompt, list(self.probe.completion_ids))
         rc = self.cfg.rollout
         wait = _learner_call(self.learner.submit_sync_half, rc.sync_transport, rc.sync_mode, version, item)

@@ -1,7 +1,7 @@
 """After training: serve the trained adapter with ``eval.serve`` and benchmark that endpoint with ``eval.bench``.
 
 The demo's last stage (``eval.serve_bench: true`` in ``configs/demo.yaml``), and what a user does by hand after a
-production run (README "Evaluate"). On the Ray cluster the run already holds — its rollout, reward and learner actors
+production run (README "Commands"). On the Ray cluster the run already holds — its rollout, reward and learner actors
 are gone by then — ``eval.serve.start`` merges the last GRPO adapter into the base checkpoint, deploys the policy and
 the judge behind the OpenAI-compatible ingress (Ray Serve LLM, vLLM), and ``eval.bench.evaluate`` sends the bench
 split to it over HTTP: rule accuracy per task (the tasks' own verifiers) and the judge's 1–5 score. The judge is
