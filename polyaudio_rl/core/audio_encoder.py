@@ -17,7 +17,7 @@ runs in one call cut to its longest clip instead). Positions past a clip's lengt
 ``output_length`` positions of each clip.
 
 The mel features before it had the same waste: the Whisper feature extractor pads every clip with zeros to
-480,000 samples and runs the STFT over all of them (~10 ms a clip here, more than the encoder now).
+480,000 samples and runs the STFT over all of them, which costs more than the length-aware encoder itself.
 :func:`use_length_aware_features` replaces its spectrogram step (:func:`length_aware_fbank`): each waveform's STFT
 runs up to 600 samples past its last non-zero sample; every later frame reads zeros only, so its log-mel is the
 floor the stock extractor gives it too (the tail's last frame carries that value), and the per-clip maximum that

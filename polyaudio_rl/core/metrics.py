@@ -1,6 +1,6 @@
 """Per-step metrics: ``RUN_DIR/metrics.jsonl`` (one JSON object per step), wandb (offline by default), PNG curves.
 
-Keys written by the training driver are documented in the README ("Metrics").
+Keys written by the training driver are documented in docs/metrics.md.
 """
 from __future__ import annotations
 

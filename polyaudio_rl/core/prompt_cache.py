@@ -1,8 +1,8 @@
 """Encoded prompts kept across steps: the learner's processor features and frozen-encoder embeddings, by content.
 
-A learner step spends most of its time on the prompts, not the policy: on the tiny checkpoint, building the
-micro-batches of 8 completions over two 5-clip prompts takes ~0.6 s (Whisper features 0.19 s, the frozen audio
-encoder 0.37 s) of a ~0.8 s step. Neither depends on the trainable weights while the audio encoder, projector and
+A learner step can spend most of its time on the prompts, not the policy: on a small language model the Whisper
+features and the frozen audio encoder of a few multi-clip prompts cost more than the policy's forward and backward
+(figures in docs/benchmarks.md). Neither depends on the trainable weights while the audio encoder, projector and
 token embeddings are frozen, so both can be computed *before* the step — while the rollout actors generate
 (:meth:`actors.learner.Learner.prefetch`) — and reused when the same prompt comes back in a later epoch.
 

@@ -35,8 +35,8 @@ class DataConfig:
     balance_answers: bool = cfg_field(
         False, "With interleave_tasks: within each task the rows also take turns by reference answer (e.g. 'Clip 1.', "
         "'Clip 2.', 'Clip 3.'), so a GRPO batch's items of a task differ in answer while more than one answer is left "
-        "in the epoch and a constant answer does not win a step (stratified sampling). Default false (measured on "
-        "configs/demo.yaml: README 'Where the demo stands').")
+        "in the epoch and a constant answer does not win a step (stratified sampling). Default false (its effect on "
+        "configs/demo.yaml: docs/demo.md, 'What moved it').")
     prefetch_items: int = cfg_field(
         64, "Prompts the stream decodes ahead in a background thread (across epoch boundaries), so the GRPO driver "
         "never waits for Ray Data; 0 decodes on demand. Memory: up to this many decoded prompts (16 kHz clips)."
@@ -45,8 +45,8 @@ class DataConfig:
         1024, "A split whose decoded prompts fit in this many MB is decoded by Ray Data once; later epochs replay the "
         "decoded rows from the driver's memory in their own seeded order (the same items, positions and bad rows as a "
         "new pipeline would give) instead of starting a new Ray Data pipeline, whose start costs seconds of CPU "
-        "(measured 4–12 s for an 18-row split on 2 cores: most of an epoch on a small split, nothing on a paper-scale "
-        "one). Over the budget the cache is dropped and every epoch streams. 0: every epoch streams."
+        "(most of an epoch on a small split, nothing on a paper-scale one). Over the budget the cache is dropped and "
+        "every epoch streams. 0: every epoch streams."
     )
     shuffle_seed: int = cfg_field(0, "Seed for the order in which the pref split is streamed.")
 

