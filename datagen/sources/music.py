@@ -141,7 +141,7 @@ def to_midi(piece: Piece) -> bytes:
 
 class MusicRenderer:
     """FluidSynth with a GM soundfont. A fresh synth per piece (voice and channel state otherwise leaks from one
-    piece into the next); the soundfont's samples stay cached by one synth kept alive, so a fresh one costs ~0.1 s.
+    piece into the next); the soundfont's samples stay cached by one synth kept alive, so a fresh one does not reload them.
     Reverb and chorus are off, so a piece renders to the same samples every time."""
 
     def __init__(self, soundfont: str):

@@ -54,7 +54,7 @@ def _sine_clip(sr: int, hz: float, seconds: float, fade: bool = True) -> ClipDra
 
 def _tone_or_noise(sr: int, rng, noise: bool) -> ClipDraft:
     """One 0.5–1.5 s clip: white noise, or a steady sine tone at 200–1000 Hz (no fades: byte-identical to the clips
-    the 'signal' odd_one_out variant was first measured on)."""
+    of the 'signal' odd_one_out variant)."""
     dur = float(rng.uniform(0.5, 1.5))
     if noise:
         wav = (0.2 * rng.standard_normal(int(dur * sr))).astype(np.float32)
