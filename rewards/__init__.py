@@ -1,4 +1,4 @@
-"""Rewards for GRPO on multi-audio QA (issue 5): correctness, clip-parsimony, consistency, format.
+"""Rewards for GRPO on multi-audio QA: correctness, clip-parsimony, consistency, format.
 
 Read top-down:
 
