@@ -153,6 +153,8 @@ class RolloutPool:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from polyaudio_rl.core.model import load_processor, resolve_path
+        from polyaudio_rl.core.models import family_of
+        from polyaudio_rl.core.prompts import audio_placeholder
 
         if not ray.is_initialized():
             raise RuntimeError("RolloutPool needs a running Ray (ray.init() or a cluster address) first")
@@ -160,7 +162,9 @@ class RolloutPool:
         rc.validate()
         self.cfg, self.rc = cfg, rc
         self.model_path = model_path or resolve_path(cfg.model)  # written once here, never raced by the actors
-        self.tokenizer = load_processor(self.model_path).tokenizer  # for the input checks, in the driver
+        processor = load_processor(self.model_path)  # for the input checks, in the driver
+        self.tokenizer, self.placeholder = processor.tokenizer, audio_placeholder(processor)
+        self.family = family_of(self.model_path)
         self.num_actors = num_actors or rc.num_actors
         gpus = max(rc.gpus_per_actor, float(rc.tensor_parallel_size)) if rc.gpus_per_actor > 0 else 0.0
         bundle = {"CPU": rc.cpus_per_actor, **({"GPU": gpus} if gpus else {})}
@@ -202,7 +206,8 @@ class RolloutPool:
         n = n or self.cfg.grpo.group_size
         check_prompts(prompts, gids, max_clips=self.cfg.data.max_clips,
                       max_clip_seconds=self.cfg.data.max_clip_seconds, max_model_len=self.rc.max_model_len,
-                      max_new_tokens=self.rc.max_new_tokens, tokenizer=self.tokenizer)
+                      max_new_tokens=self.rc.max_new_tokens, tokenizer=self.tokenizer,
+                      family=self.family, placeholder=self.placeholder)
         light = [dataclasses.replace(p, sample=None) for p in prompts]  # the Sample's audio bytes stay here
         k = min(self.num_actors, len(light))
         bounds = [round(i * len(light) / k) for i in range(k + 1)]

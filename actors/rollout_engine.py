@@ -16,7 +16,7 @@ Both engines also take weights (``load_merged``: hub-named tensors, ``load_adapt
 fixed completion (``completion_logprobs``): the primitives that :mod:`actors.weight_sync` builds the
 versioned, verified sync on.
 
-Audio placeholder tokens (``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``) are never sampled: a completion is
+The model family's multimodal placeholder tokens are never sampled: a completion is
 the learner's input too, and there such a token must not look like an audio slot. vLLM gets them as ``bad_words``
 (single-token words: their logits become -inf, greedy included); ``generate`` as ``suppress_tokens``. The reported
 log-probs stay the model's (raw logits), the distribution sampled from excludes them.
@@ -36,14 +36,14 @@ from typing import Any, Sequence
 import torch
 
 from polyaudio_rl.core.audio import TARGET_SR
-from polyaudio_rl.core.batching import AUDIO_SPECIAL_TOKENS, audio_special_ids
-from polyaudio_rl.core.prompts import AUDIO_PLACEHOLDER, MultiAudioPrompt, processor_inputs, to_vllm_input
+from polyaudio_rl.core.models import ModelFamily, all_special_tokens, audio_special_ids, family_of
+from polyaudio_rl.core.prompts import MultiAudioPrompt, audio_placeholder, processor_inputs, to_vllm_input
 from polyaudio_rl.core.registry import Registry
 from polyaudio_rl.core.weights import (
     SyncError, apply_lora_tensors, check_hub_weights, checkpoint_shapes, hub_key, write_peft_adapter,
 )
 
-from .vllm_qwen2_audio import hf_overrides, register
+from polyaudio_rl.core.models.vllm_plugin import register
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -96,17 +96,11 @@ class EngineSpec:
 
 
 # ------------------------------------------------------------------------------------------------ input checks
-def audio_token_count(num_samples: int) -> int:
-    """Qwen2-Audio tokens for a 16 kHz clip: mel frames (hop 160) → conv stride 2 → avg-pool 2 (~25 per second)."""
-    frames = num_samples // 160
-    after_conv = (frames - 1) // 2 + 1
-    return max((after_conv - 2) // 2 + 1, 0)
-
-
-def prompt_token_count(prompt: MultiAudioPrompt, tokenizer: Any) -> int:
-    """Prompt length after the audio placeholders are expanded (what vLLM and transformers feed the LM)."""
+def prompt_token_count(prompt: MultiAudioPrompt, tokenizer: Any, family: ModelFamily) -> int:
+    """Prompt length after the audio placeholders are expanded (what vLLM and transformers feed the LM), at the
+    family's audio-token rate."""
     n_text = len(tokenizer(prompt.text, add_special_tokens=False)["input_ids"])
-    return n_text - prompt.num_clips + sum(audio_token_count(len(a)) for a in prompt.audios)
+    return n_text - prompt.num_clips + sum(family.audio_token_count(len(a)) for a in prompt.audios)
 
 
 def check_prompts(
@@ -118,8 +112,12 @@ def check_prompts(
     max_model_len: int,
     max_new_tokens: int,
     tokenizer: Any,
+    family: ModelFamily,
+    placeholder: str,
 ) -> None:
-    """Reject the batch before any engine sees it; the error lists every bad sample id and what is wrong."""
+    """Reject the batch before any engine sees it; the error lists every bad sample id and what is wrong.
+    ``family``: the checkpoint's model family (its clip limit and audio-token rate); ``placeholder``: its processor's
+    audio token."""
     if len(prompts) == 0:
         raise RolloutInputError("empty rollout batch")
     if len(group_ids) != len(prompts):
@@ -140,8 +138,11 @@ def check_prompts(
         if p.num_clips > max_clips:
             problems.append(f"sample {sid}: {p.num_clips} clips, more than the allowed {max_clips} "
                             "(data.max_clips, vLLM limit_mm_per_prompt)")
-        if p.text.count(AUDIO_PLACEHOLDER) != p.num_clips:
-            problems.append(f"sample {sid}: {p.text.count(AUDIO_PLACEHOLDER)} audio placeholders for "
+        elif p.num_clips > family.max_clips:
+            problems.append(f"sample {sid}: {p.num_clips} clips, more than the {family.name} family accepts "
+                            f"({family.max_clips})")
+        if p.text.count(placeholder) != p.num_clips:
+            problems.append(f"sample {sid}: {p.text.count(placeholder)} audio placeholders for "
                             f"{p.num_clips} clips")
         for k, a in enumerate(p.audios):
             if getattr(a, "ndim", 0) != 1:
@@ -150,14 +151,15 @@ def check_prompts(
             sec = len(a) / TARGET_SR
             if sec > max_clip_seconds + 1e-6:
                 problems.append(f"sample {sid}, clip {k + 1}: {sec:.2f} s, over the {max_clip_seconds:g} s limit "
-                                "(Qwen2-Audio would silently truncate it)")
+                                "(the audio front end would silently truncate it)")
             if len(a) == 0:
                 problems.append(f"sample {sid}, clip {k + 1}: empty audio")
         if len(problems) == n_before:  # the token count needs well-formed clips
-            n_tok = prompt_token_count(p, tokenizer)
+            n_tok = prompt_token_count(p, tokenizer, family)
             if n_tok + max_new_tokens > max_model_len:
-                problems.append(f"sample {sid}: prompt of {n_tok} tokens + {max_new_tokens} new tokens exceeds "
-                                f"rollout.max_model_len {max_model_len}")
+                problems.append(f"sample {sid}: prompt of {n_tok} tokens ({family.name}: "
+                                f"{family.audio_tokens_per_second:g} audio tokens/s) + {max_new_tokens} new tokens "
+                                f"exceeds rollout.max_model_len {max_model_len}")
     if problems:
         raise RolloutInputError(f"{len(problems)} problem(s) in the rollout batch, nothing was sent to the engine:\n  "
                                 + "\n  ".join(problems))
@@ -175,6 +177,7 @@ class RolloutEngine(abc.ABC):
         self.model_path = str(model_path)
         self.cfg = rollout_cfg
         self.spec = spec
+        self.family = family_of(self.model_path)
         self.processor = load_processor(self.model_path)
         self.tokenizer = self.processor.tokenizer
         self.version = 0
@@ -184,7 +187,7 @@ class RolloutEngine(abc.ABC):
     def check(self, prompts: Sequence[MultiAudioPrompt], group_ids: Sequence[str]) -> None:
         check_prompts(prompts, group_ids, max_clips=self.spec.max_clips, max_clip_seconds=self.spec.max_clip_seconds,
                       max_model_len=self.cfg.max_model_len, max_new_tokens=self.cfg.max_new_tokens,
-                      tokenizer=self.tokenizer)
+                      tokenizer=self.tokenizer, family=self.family, placeholder=audio_placeholder(self.processor))
 
     def generate(self, prompts: Sequence[MultiAudioPrompt], n: int, group_ids: Sequence[str] | None = None,
                  *, greedy: bool = False, ignore_eos: bool = False) -> list[RolloutGroup]:
@@ -274,7 +277,7 @@ def vllm_suppression(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], dic
     words, bias = [], {}
     for i in ids:
         text = tokenizer.convert_ids_to_tokens(int(i))
-        if text in AUDIO_SPECIAL_TOKENS and list(tokenizer.encode(text, add_special_tokens=False)) == [int(i)]:
+        if text in all_special_tokens() and list(tokenizer.encode(text, add_special_tokens=False)) == [int(i)]:
             words.append(text)
         else:
             bias[int(i)] = -100.0
@@ -284,9 +287,9 @@ def vllm_suppression(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], dic
 # ------------------------------------------------------------------------------------------------ vLLM
 class VLLMEngine(RolloutEngine):
     """vLLM ``LLM`` in this process. On CPU the KV cache is sized by ``rollout.kv_cache_memory_gb``; on GPUs by
-    ``rollout.gpu_memory_utilization``. The model is PolyAudio's Qwen2-Audio (:mod:`actors.vllm_qwen2_audio`: the
-    audio encoder on each clip's own length, as the learner runs it); ``sync_mode='adapter'`` builds its LoRA-capable
-    variant with ``enable_lora``."""
+    ``rollout.gpu_memory_utilization``. The model is PolyAudio's vLLM class of the checkpoint's family
+    (:mod:`polyaudio_rl.core.models.vllm_plugin`); ``sync_mode='adapter'`` builds its LoRA-capable variant with
+    ``enable_lora``."""
 
     name = "vllm"
 
@@ -312,7 +315,7 @@ class VLLMEngine(RolloutEngine):
             kwargs["gpu_memory_utilization"] = c.gpu_memory_utilization
         self.adapter_mode = c.sync_mode == "adapter"
         register()
-        kwargs["hf_overrides"] = hf_overrides(lora=self.adapter_mode)
+        kwargs["hf_overrides"] = self.family.vllm_hf_overrides(lora=self.adapter_mode)
         if self.adapter_mode:
             want = c.max_lora_rank or spec.lora_rank
             rank = next((r for r in VLLM_LORA_RANKS if r >= want), None)
@@ -417,7 +420,7 @@ class VLLMEngine(RolloutEngine):
 # ------------------------------------------------------------------------------------------------ transformers
 def hf_completion_logprobs(model: Any, processor: Any, prompt: MultiAudioPrompt,
                            completion_ids: Sequence[int]) -> list[float]:
-    """Reference log-probs of ``completion_ids`` after ``prompt`` with a transformers Qwen2-Audio (or PEFT) model,
+    """Reference log-probs of ``completion_ids`` after ``prompt`` with a transformers (or PEFT) model,
     through the learner's own sequence builder and forward (so audio special tokens in a completion are text there
     too, and the model may sit on any device)."""
     from polyaudio_rl.core.batching import TrainItem, build_microbatches
@@ -444,7 +447,7 @@ class HFEngine(RolloutEngine):
         device = "cuda" if torch.cuda.is_available() and rollout_cfg.gpus_per_actor > 0 else "cpu"
         self.model = load_model(self.model_path, dtype=spec.dtype, device=device)
         self.device = self.model.device
-        self.params = {hub_key(n): p for n, p in self.model.named_parameters()}
+        self.params = {hub_key(n, self.family): p for n, p in self.model.named_parameters()}
         self._base: dict[str, torch.Tensor] = {}  # originals of weights an adapter modifies
         self.eos = _eos_ids(self.model_path, self.tokenizer)
 
@@ -514,6 +517,6 @@ def make_engine(model_path: str, rollout_cfg: Any, spec: EngineSpec, engine: str
 
 __all__ = [
     "Completion", "EngineSpec", "HFEngine", "RolloutEngine", "RolloutGroup", "RolloutInputError", "SyncError",
-    "VLLMEngine", "audio_token_count", "check_prompts", "hf_completion_logprobs", "make_engine", "vllm_suppression",
+    "VLLMEngine", "check_prompts", "hf_completion_logprobs", "make_engine", "vllm_suppression",
     "prompt_token_count",
 ]

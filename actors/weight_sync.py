@@ -9,7 +9,7 @@ Two modes (``rollout.sync_mode``):
   weights is reused (:meth:`actors.rollout_engine.VLLMEngine.load_merged`). The HF engine copies them in place.
 * ``adapter`` — only the LoRA tensors (``...q_proj.lora_A.weight``, ``...lora_B.weight``); the engine writes a PEFT
   directory from them (no shared filesystem: the tensors arrive through the Ray object store) and serves it as a
-  new vLLM ``LoRARequest`` (the LoRA-capable Qwen2-Audio of :mod:`actors.vllm_qwen2_audio`); the HF engine folds them into
+  new vLLM ``LoRARequest`` (the model family's LoRA-capable class, :mod:`polyaudio_rl.core.models.vllm_plugin`); the HF engine folds them into
   its weights. Names, merging and adapter export live in :mod:`polyaudio_rl.core.weights`.
 
 Verification. Every sync ends with a :class:`Fingerprint`: the engine's log-probs of a fixed probe completion after a

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from polyaudio_rl.core.batching import TrainItem
+from polyaudio_rl.core.models import family_of_model
 from polyaudio_rl.core.weights import lora_tensors, merged_lora_weights, peft_to_hub
 
 TRANSPORTS = ("driver", "object_store", "collective")
@@ -38,14 +39,14 @@ class WeightSender:
 
         gathered = {n: safe_get_full_fp32_param(p) for n, p in self.model.named_parameters() if p.requires_grad}
         if mode == "adapter":
-            out = lora_tensors(gathered.items())
+            out = lora_tensors(gathered.items(), family_of_model(self.model))
         elif mode == "merged":
             zero3 = self.cfg.learner.zero_stage == 3
             out = merged_lora_weights(self.model, dtype=self.dtype,
                                       gather=lambda ps: deepspeed.zero.GatheredParameters(ps, enabled=zero3))
             for n, t in gathered.items():  # other trainable tensors (audio encoder, when unfrozen)
                 if "lora_" not in n and t is not None:
-                    out[peft_to_hub(n)] = t.detach().to(self.dtype).cpu().clone()
+                    out[peft_to_hub(n, family_of_model(self.model))] = t.detach().to(self.dtype).cpu().clone()
         else:
             raise ValueError(f"get_weights: mode must be 'adapter' or 'merged', got {mode!r}")
         return out if self.rank == 0 else None

@@ -76,13 +76,14 @@ def bench_generate(engine, prompts, g: int, repeats: int) -> dict:
 
 def bench_sync(engine, mode: str, peft, processor, probe, versions: int, tol: float) -> dict:
     from actors.weight_sync import WeightSyncer, reference_logprobs
+    from polyaudio_rl.core.models import family_of_model
     from polyaudio_rl.core.weights import lora_tensors, merged_lora_weights
 
     syncer = WeightSyncer(engine, probe, mode, tol)
     push, probe_s, diffs = [], [], []
     for v in range(1, versions + 1):
         _set_b(peft, v)
-        weights = merged_lora_weights(peft) if mode == "merged" else lora_tensors(peft.named_parameters())
+        weights = merged_lora_weights(peft) if mode == "merged" else lora_tensors(peft.named_parameters(), family_of_model(peft))
         expected = reference_logprobs(peft, processor, probe)
         res = syncer.sync(weights, v, expected)
         push.append(res.push_s)

@@ -82,8 +82,8 @@ class DatagenConfig:
     )
     min_clips: int = cfg_field(2, "Fewest clips per item (paper: 2-5, Section 3). Counts cycle min..max (balanced).")
     max_clips: int = cfg_field(5, "Most clips per item (paper: 2-5).")
-    max_clip_seconds: float = cfg_field(30.0, "Longest clip (Qwen2-Audio's 30 s window). Longer => item rejected.")
-    sample_rate: int = cfg_field(16000, "Output sample rate (Qwen2-Audio's Whisper front end: 16 kHz mono).")
+    max_clip_seconds: float = cfg_field(30.0, "Longest clip (a Whisper-style front end's 30 s window). Longer => item rejected.")
+    sample_rate: int = cfg_field(16000, "Output sample rate (the audio front end's rate: 16 kHz mono).")
     audio_format: str = cfg_field("flac", "Clip encoding in the shards: flac (small, lossless) or wav.")
     speech_engines: list[str] = cfg_field(
         ["espeak-ng", "flite"], f"Speech engines used for speakers: any of {list(SPEECH_ENGINES)}."
@@ -128,7 +128,7 @@ class DatagenConfig:
         if not 0 < self.max_clip_seconds <= 30.0:
             raise ValueError(f"datagen.max_clip_seconds must be in (0, 30], got {self.max_clip_seconds}")
         if self.sample_rate != 16000:
-            raise ValueError(f"datagen.sample_rate must be 16000 for Qwen2-Audio, got {self.sample_rate}")
+            raise ValueError(f"datagen.sample_rate must be 16000 (the audio front end's rate), got {self.sample_rate}")
         if self.audio_format not in ("flac", "wav"):
             raise ValueError(f"datagen.audio_format must be flac or wav, got {self.audio_format!r}")
         for e in self.speech_engines:

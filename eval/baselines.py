@@ -1,6 +1,6 @@
 """Baseline protocols (paper §4.1.2): how the clips of one item reach a model with fewer audio inputs.
 
-native  one audio part per clip, in order (PolyAudio, Qwen2-Audio-7B-Instruct).
+native  one audio part per clip, in order (PolyAudio, the instruct checkpoints of every family).
 concat  models without multi-audio input (Gemini 2.5 Pro, Audio Flamingo 3; the MMAU-Pro protocol): every clip
         joined, in order, into ONE audio with ``silence_s`` (2 s) of silence between consecutive clips.
 pair    2-audio models (ADIFF, Mellow): clip 1 stays the first audio; clips 2..n are joined with 2 s of silence

@@ -1,7 +1,8 @@
-"""Merge a trained PEFT LoRA adapter into the base Qwen2-Audio weights: a full checkpoint vLLM can serve.
+"""Merge a trained PEFT LoRA adapter into the base model's weights: a full checkpoint vLLM can serve.
 
-vLLM 0.32's own Qwen2-Audio has no LoRA support (the rollout engines add it with :mod:`actors.vllm_qwen2_audio`; Serve
-uses that module's class without LoRA), so the evaluated policy is the base model with the
+vLLM 0.32's own audio LLM classes have no LoRA support (the rollout engines add it with the model family's
+LoRA-capable class, :mod:`polyaudio_rl.core.models.vllm_plugin`; Serve uses the family's class without LoRA), so the
+evaluated policy is the base model with the
 adapter folded in (W + BA·scale, PEFT's ``merge_and_unload``), written in the hub layout (``polyaudio_rl.core.weights.hub_key``
 names, safetensors shards + index) next to the base config, processor and chat template. A ``merge_info.json``
 records the adapter's hash: a second call with the same adapter and base reuses the merged directory.

@@ -14,9 +14,9 @@ public ``OpenAiIngress``, in front of them; it checks every chat request *before
 * more than ``serve.max_clips`` audio parts, a clip over ``serve.max_clip_seconds``, bad base64, a format other than
   WAV/FLAC, undecodable or non-finite audio, a remote ``audio_url`` → 400 naming the part (:mod:`eval.validate`);
 * valid audio parts are re-encoded as 16 kHz mono WAV, in order, so vLLM never resamples;
-* requests to the policy get its audio placeholder tokens (``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``)
-  blocked (``bad_words`` / ``logit_bias`` -100, as in the rollout engines; :func:`suppressed`): an answer is text,
-  whatever the client's own ``logit_bias`` asks.
+* requests to the policy get its model family's audio placeholder tokens blocked (``bad_words`` / ``logit_bias``
+  -100, as in the rollout engines; :func:`suppressed`): an answer is text, whatever the client's own ``logit_bias``
+  asks.
 
 Fit for a shared cluster:
 
@@ -38,7 +38,7 @@ Fit for a shared cluster:
 
 vLLM itself would truncate a long clip silently and may fail deep inside a replica on odd audio; here such requests
 never get that far. The policy is served from a checkpoint path or hub id; ``--adapter`` merges a trained PEFT
-adapter into the base weights first (:mod:`eval.merge`: vLLM's Qwen2-Audio has no LoRA support in 0.32).
+adapter into the base weights first (:mod:`eval.merge`: vLLM 0.32's audio LLM classes have no LoRA support).
 """
 from __future__ import annotations
 
@@ -316,7 +316,7 @@ def audio_token_block(model_path: str) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from actors.rollout_engine import vllm_suppression
-    from polyaudio_rl.core.batching import audio_special_ids
+    from polyaudio_rl.core.models import audio_special_ids
 
     tok = AutoTokenizer.from_pretrained(model_path)
     words, bias = vllm_suppression(tok, audio_special_ids(tok))
@@ -366,11 +366,11 @@ def llm_configs(cfg: ServeConfig, policy_path: str, judge_path: str) -> list[Any
 
     accel: dict[str, Any] = {"accelerator_config": {"kind": "cpu"}} if cfg.accelerator == "cpu" else {}
     accel["server_cls"] = _server_class()
-    from actors.vllm_qwen2_audio import hf_overrides
+    from polyaudio_rl.core.models import family_of
 
-    # PolyAudio's Qwen2-Audio class (audio encoder on each clip's own length, as in training); replicas register it
+    # PolyAudio's vLLM class of the policy's model family (as the rollout engines run it); replicas register it
     # through the package's vllm.general_plugins entry point
-    policy_kw = {"hf_overrides": hf_overrides(), **cfg.policy_engine_kwargs,
+    policy_kw = {"hf_overrides": family_of(policy_path).vllm_hf_overrides(), **cfg.policy_engine_kwargs,
                  "limit_mm_per_prompt": {"audio": cfg.max_clips}}
     judge_kw = dict(cfg.judge_engine_kwargs)
     return [

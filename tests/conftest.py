@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny offline Qwen2-Audio checkpoint and small synthetic multi-audio samples."""
+"""Shared fixtures: the tiny offline checkpoints (one per model family) and small synthetic multi-audio samples."""
 from __future__ import annotations
 
 import os
@@ -22,10 +22,26 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> str:
-    """Path of a tiny random Qwen2-Audio checkpoint (seed 0), written once per test session."""
+    """Path of the default family's tiny random checkpoint (seed 0), written once per test session."""
     from polyaudio_rl.core.tiny import write_tiny
 
     return str(write_tiny(tmp_path_factory.mktemp("ckpt") / "tiny-qwen2-audio", seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_of(tmp_path_factory, tiny_ckpt):
+    """``tiny_ckpt_of(family)``: the path of that family's tiny random checkpoint (seed 0), written once per session."""
+    from polyaudio_rl.core.models import DEFAULT_FAMILY
+    from polyaudio_rl.core.tiny import write_tiny
+
+    made = {DEFAULT_FAMILY: tiny_ckpt}
+
+    def get(family: str) -> str:
+        if family not in made:
+            made[family] = str(write_tiny(tmp_path_factory.mktemp("ckpt") / f"tiny-{family}", seed=0, family=family))
+        return made[family]
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The starter curriculum: exact-key variants of three of Table 2's tasks built from plain signals.
 
-The random tiny Qwen2-Audio (2 audio layers, 2 text layers, random weights) cannot learn speech, sound events or
+A random tiny checkpoint (2 audio layers, 2 text layers, random weights) cannot learn speech, sound events or
 music on two CPU cores in minutes; it can learn to tell clips apart by signal kind and level. The starter variants
 keep each task's question form, key type and rule verifier, and change only the audio:
 

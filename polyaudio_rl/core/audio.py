@@ -1,6 +1,6 @@
 """Audio in one place: decode clip bytes or files, mix to mono, resample to 16 kHz, validate.
 
-Qwen2-Audio's Whisper front end pads or truncates every clip to a 30 s window, silently. We never rely on
+A Whisper-style audio front end pads or truncates every clip to a 30 s window, silently. We never rely on
 that: a clip over the limit, an empty clip, NaN/inf samples, an unreadable file or an unknown sample rate is a
 :class:`AudioError` naming the sample and the clip.
 """
@@ -73,7 +73,7 @@ def validate(wave: np.ndarray, sample_id: str = "?", clip: int | None = None, ma
     if seconds > max_seconds + 1e-6:
         raise AudioError(
             f"{where}: clip lasts {seconds:.2f} s, over the {max_seconds:g} s limit "
-            "(Qwen2-Audio would silently truncate it; trim or split it first)"
+            "(the audio front end would silently truncate it; trim or split it first)"
         )
 
 

@@ -2,16 +2,15 @@
 
 Sequence construction (the same for SFT and GRPO, and for every worker):
 
-* full ids = the processor-expanded prompt ids (``prompts.processor_inputs``: one ``<|AUDIO|>`` per audio frame)
+* full ids = the processor-expanded prompt ids (``prompts.processor_inputs``: one audio token per audio position)
   followed by the completion token ids exactly as the rollout produced them — completions are never re-tokenised;
 * the response mask covers the completion tokens only (prompt, audio and padding positions carry no loss);
 * audio features are concatenated sequence after sequence, each sequence's clips in clip order, so the processor's
-  per-sequence clip count always matches the ``<|AUDIO|>`` runs in that row (no ``repeat`` vs ``repeat_interleave``
+  per-sequence clip count always matches the audio-token runs in that row (no ``repeat`` vs ``repeat_interleave``
   mix-up: group members reference their prompt's features, they are never tiled);
-* a completion token that happens to be an audio special token (``<|AUDIO|>``, ``<|audio_bos|>``,
-  ``<|audio_eos|>``: the rollout engines suppress them, but an item may come from elsewhere) is never read as an
-  audio slot: the model's input ids hold the pad id there (so Qwen2-Audio's merge counts only the prompt's
-  placeholders) and ``true_ids`` keeps the token for the forward (:mod:`polyaudio_rl.core.policy_forward`);
+* a completion token that happens to be an audio special token (the model family's placeholders: the rollout
+  engines suppress them, but an item may come from elsewhere) is never read as an audio slot: the model's input ids
+  hold the pad id there (so the model's merge counts only the prompt's placeholders) and ``true_ids`` keeps the token for the forward (:mod:`polyaudio_rl.core.policy_forward`);
 * with ``share_prompts`` a micro-batch whose prompt has several completions is packed: each prompt once, with a
   block mask (:mod:`polyaudio_rl.core.packing`).
 
@@ -25,23 +24,9 @@ from typing import Any, Sequence
 
 import torch
 
+from .models import audio_special_ids, parts_of
 from .packing import Packing, pack
 from .prompts import MultiAudioPrompt, processor_inputs
-
-
-AUDIO_SPECIAL_TOKENS = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")
-
-
-def audio_special_ids(tokenizer: Any) -> list[int]:
-    """Ids of the audio placeholder tokens (:data:`AUDIO_SPECIAL_TOKENS`) that this tokenizer has, sorted: tokens a
-    completion must never contain (the rollout engines suppress them; the learner never treats them as audio)."""
-    ids = set()
-    unk = getattr(tokenizer, "unk_token_id", None)
-    for tok in AUDIO_SPECIAL_TOKENS:
-        i = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(i, int) and i >= 0 and i != unk:
-            ids.add(i)
-    return sorted(ids)
 
 
 class BatchError(ValueError):
@@ -248,13 +233,9 @@ def build_microbatches(
 
 
 def _core(model: Any) -> Any:
-    """The Qwen2AudioModel inside a DeepSpeed engine / PeftModel / Qwen2AudioForConditionalGeneration."""
-    m = getattr(model, "module", model)
-    m = m.get_base_model() if hasattr(m, "get_base_model") else m
-    core = getattr(m, "model", None)
-    if core is None or not hasattr(core, "language_model") or not hasattr(core, "audio_tower"):
-        raise TypeError(f"expected a Qwen2-Audio model, got {type(m).__name__}")
-    return core
+    """The language model, audio modules and embeddings (:class:`~polyaudio_rl.core.models.ModelParts`) of the model
+    inside a DeepSpeed engine / PeftModel, as its family names them."""
+    return parts_of(model)
 
 
 class _Captured(Exception):

@@ -1,6 +1,7 @@
-"""Model loading in one place: Qwen2-Audio + its processor from a path, LoRA on the language model.
+"""Model loading in one place: the checkpoint's model and processor from a path, LoRA on the language model.
 
-The same calls load the tiny offline checkpoint and Qwen2-Audio-7B-Instruct (a local path or a hub id where the
+The checkpoint's family (:func:`polyaudio_rl.core.models.family_of`, from its ``config.json``) says which classes
+load it. The same calls load a tiny offline checkpoint and a production one (a local path or a hub id where the
 user has one): there is no second code path.
 """
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .audio_encoder import use_length_aware_encoder, use_length_aware_features
 from .config import LoraConfig, ModelConfig
+from .models import FamilyError, family_of, family_of_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,62 +32,65 @@ def resolve_path(model_cfg: ModelConfig) -> str:
 
         return str(ensure_tiny(path, model_cfg.tiny_seed))
     if path.exists() or path.is_absolute() or model_cfg.path.startswith((".", "/")):
-        raise ModelError(f"model.path {model_cfg.path!r}: no config.json there (expected a Qwen2-Audio checkpoint)")
+        raise ModelError(f"model.path {model_cfg.path!r}: no config.json there (expected an audio LLM checkpoint)")
     return model_cfg.path  # a hub id: from_pretrained resolves it where a hub is reachable / cached
 
 
 def load_processor(path: str | ModelConfig) -> Any:
-    """``Qwen2AudioProcessor`` (tokenizer + 128-mel Whisper feature extractor + chat template), the features computed
-    on each clip's own length (:mod:`polyaudio_rl.core.audio_encoder`, as the vLLM engines compute them)."""
-    from transformers import AutoProcessor
-
+    """The family's processor (tokenizer + audio feature extractor + chat template), the pad token set."""
     path = resolve_path(path) if isinstance(path, ModelConfig) else str(path)
     try:
-        proc = AutoProcessor.from_pretrained(path)
+        proc = family_of(path).load_processor(path)
     except (OSError, ValueError) as exc:
+        if isinstance(exc, FamilyError):
+            raise
         raise ModelError(f"cannot load the processor from {path!r}: {exc}") from exc
     if proc.tokenizer.pad_token is None:
         proc.tokenizer.pad_token = proc.tokenizer.eos_token
-    use_length_aware_features(proc.feature_extractor)
     return proc
 
 
 def load_model(model_cfg: ModelConfig | str, dtype: str | None = None, device: str | torch.device = "cpu") -> Any:
-    """``Qwen2AudioForConditionalGeneration.from_pretrained`` in eval mode on ``device``, its audio encoder run on
-    each clip's own length (:mod:`polyaudio_rl.core.audio_encoder`, as the vLLM engines run it)."""
-    from transformers import Qwen2AudioForConditionalGeneration
-
+    """The family's transformers model (text out) in eval mode on ``device``."""
     if isinstance(model_cfg, ModelConfig):
         path, dtype = resolve_path(model_cfg), dtype or model_cfg.dtype
     else:
         path, dtype = str(model_cfg), dtype or "float32"
+    family = family_of(path)
     try:
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype])
+        model = family.load_model(path, DTYPES[dtype])
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load Qwen2-Audio from {path!r}: {exc}") from exc
-    use_length_aware_encoder(model.model.audio_tower)
+        if isinstance(exc, FamilyError):
+            raise
+        raise ModelError(f"cannot load {family.hf_class} from {path!r}: {exc}") from exc
     return model.to(device).eval()
+
+
+def lora_targets(model: Any, lora: LoraConfig) -> str:
+    """The LoRA target regex: ``model.lora.target_modules``, or (empty) the model family's, language model only."""
+    if lora.target_modules:
+        return lora.target_modules
+    return family_of_model(model).lora_target_modules
 
 
 def add_lora(model: Any, lora: LoraConfig, freeze_audio: bool = True) -> Any:
     """Wrap ``model`` with a PEFT LoRA adapter on the language model only (regex targets).
 
-    Everything but the adapter is frozen; with ``freeze_audio=False`` the audio tower and projector train too.
+    Everything but the adapter is frozen; with ``freeze_audio=False`` the audio encoder and projector train too.
     """
     from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
-    peft_cfg = PeftLoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-        bias="none",
-    )
+    targets = lora_targets(model, lora)
+    family = family_of_model(model)
+    peft_cfg = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                              bias="none")
     peft_model = get_peft_model(model, peft_cfg)
     if not freeze_audio:
-        for name, p in peft_model.named_parameters():
-            if "audio_tower" in name or "multi_modal_projector" in name:
-                p.requires_grad_(True)
+        for module in family.parts(peft_model.get_base_model()).audio_modules:
+            module.requires_grad_(True)
     n_lora = sum(1 for n, _ in peft_model.named_parameters() if "lora_" in n)
     if n_lora == 0:
-        raise ModelError(f"LoRA target regex {lora.target_modules!r} matched no module")
+        raise ModelError(f"LoRA target regex {targets!r} matched no module")
     return peft_model
 
 

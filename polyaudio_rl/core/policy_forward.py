@@ -21,8 +21,8 @@ def train_mode(model: Any, freeze_audio: bool = True) -> None:
     model.train()
     if freeze_audio:
         core = _core(model)
-        core.audio_tower.eval()
-        core.multi_modal_projector.eval()
+        for module in core.audio_modules:
+            module.eval()
 
 
 def _call_restoring(model: Any, inputs: dict[str, torch.Tensor], ids: torch.Tensor,
@@ -84,7 +84,7 @@ def token_logprobs(model: Any, mb: MicroBatch, with_entropy: bool = False) -> tu
     """log π(target) at every shifted position ([B, T-1], 0 outside the mask) and, optionally, the entropy there.
 
     The output projection runs on scored positions only: a pre-hook on ``lm_head`` cuts its input to the batch's
-    first completion position on (Qwen2-Audio's forward has no ``logits_to_keep``), or for a packed micro-batch
+    first completion position on (not every family's forward has ``logits_to_keep``), or for a packed micro-batch
     gathers exactly the positions that score a target (``Packing.src``); the vocabulary softmax runs only at
     completion positions. The logits of a 7B prompt of 3,000 tokens would be 3,000 × 152k values a sequence.
     """

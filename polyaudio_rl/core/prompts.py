@@ -1,8 +1,9 @@
 """The multi-audio prompt builder: one sample (2–5 clips + a question) → model inputs.
 
 The prompt is the checkpoint's own chat template applied to a user turn whose content is one audio part per clip
-followed by the question, so Qwen2-Audio-Instruct renders, per clip, ``Audio i: <|audio_bos|><|AUDIO|><|audio_eos|>``
-and then the question (paper §3: interleaved text-audio representation). The same :class:`MultiAudioPrompt` feeds
+followed by the question, so the template renders one audio placeholder span per clip, in clip order, then the
+question (paper §3: interleaved text-audio representation); the placeholder token is the processor's
+``audio_token`` (each model family's processor has one). The same :class:`MultiAudioPrompt` feeds
 
 * vLLM: :func:`to_vllm_input` (``multi_modal_data={"audio": [(wave, 16000), ...]}``, clips in order), and
 * transformers: :func:`processor_inputs` (``processor(text=..., audio=...)``; never ``audios=``, which 5.x ignores),
@@ -22,7 +23,6 @@ from polyaudio_rl.core.schema import Sample
 
 from .audio import TARGET_SR, AudioError, load_clip
 
-AUDIO_PLACEHOLDER = "<|AUDIO|>"
 ANSWER_TAG_INSTRUCTION = "Think briefly, then give your final answer inside <answer></answer>."
 
 
@@ -66,14 +66,23 @@ def build_messages(question: str, num_clips: int, system_prompt: str | None = No
     return messages
 
 
+def audio_placeholder(processor: Any) -> str:
+    """The token the chat template writes once per clip (the processor's ``audio_token``)."""
+    tok = getattr(processor, "audio_token", None)
+    if not isinstance(tok, str) or not tok:
+        raise PromptError(f"{type(processor).__name__} has no audio_token: not an audio LLM processor")
+    return tok
+
+
 def render_text(processor: Any, question: str, num_clips: int, system_prompt: str | None = None) -> str:
     """Apply the checkpoint's chat template; check it produced exactly one placeholder per clip."""
     messages = build_messages(question, num_clips, system_prompt)
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    if text.count(AUDIO_PLACEHOLDER) != num_clips:
+    placeholder = audio_placeholder(processor)
+    if text.count(placeholder) != num_clips:
         raise PromptError(
-            f"the chat template rendered {text.count(AUDIO_PLACEHOLDER)} audio placeholders for {num_clips} clips; "
-            "the checkpoint's chat_template must emit <|audio_bos|><|AUDIO|><|audio_eos|> per audio part"
+            f"the chat template rendered {text.count(placeholder)} audio placeholders for {num_clips} clips; "
+            f"the checkpoint's chat_template must emit one {placeholder} per audio part"
         )
     return text
 
@@ -140,7 +149,7 @@ def to_vllm_input(prompt: MultiAudioPrompt) -> dict[str, Any]:
 
 def processor_inputs(prompts: Sequence[MultiAudioPrompt], processor: Any, padding_side: str = "left") -> Any:
     """The processor's batch for several prompts: ``input_ids``, ``attention_mask``, ``input_features``
-    (n_clips_total, 128, 3000) and ``feature_attention_mask``, clips in order, prompt after prompt."""
+    (n_clips_total, mel, frames) and ``feature_attention_mask``, clips in order, prompt after prompt."""
     if not prompts:
         raise PromptError("processor_inputs: empty batch")
     flat = [a for p in prompts for a in p.audios]
@@ -161,6 +170,6 @@ def processor_inputs(prompts: Sequence[MultiAudioPrompt], processor: Any, paddin
 
 
 __all__ = [
-    "AudioError", "MultiAudioPrompt", "PromptError", "build_messages", "build_prompt", "build_prompt_from_config",
+    "AudioError", "MultiAudioPrompt", "PromptError", "audio_placeholder", "build_messages", "build_prompt", "build_prompt_from_config",
     "processor_inputs", "prompt_from_arrays", "render_question", "render_text", "to_vllm_input",
 ]

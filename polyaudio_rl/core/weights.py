@@ -1,8 +1,7 @@
 """Weights in one place: hub naming, LoRA merge, adapter export, shape checks.
 
-Names. transformers 5.x names Qwen2-Audio's modules ``model.language_model.*`` / ``lm_head.*``; the hub checkpoint
-(and vLLM's loader) uses ``language_model.model.*`` / ``language_model.lm_head.*`` (:func:`hub_key`). A PEFT model
-adds ``base_model.model.`` and ``.default`` (:func:`peft_to_hub`).
+Names. transformers names a model's modules one way, the checkpoint files (and vLLM's loader) another; the model
+family says how (:func:`hub_key`). A PEFT model adds ``base_model.model.`` and ``.default`` (:func:`peft_to_hub`).
 
 Merge. One formula, PEFT's: ``W + get_delta_weight()`` (= ``B @ A · alpha / r`` for a linear layer), used by the
 learner (:func:`merged_lora_weights`, under a ZeRO-3 gather when needed), by the HF rollout engine for an adapter
@@ -28,29 +27,23 @@ class SyncError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------------- naming
-def hub_key(name: str) -> str:
-    """transformers 5.x module names → Qwen2-Audio hub checkpoint names (what vLLM's loader expects)."""
-    if name.startswith("model."):
-        name = name[len("model."):]
-    if name.startswith("language_model.model.model."):
-        return "language_model.model." + name[len("language_model.model.model."):]
-    if name.startswith("language_model.model.lm_head."):
-        return "language_model.lm_head." + name[len("language_model.model.lm_head."):]
-    if name.startswith("language_model.") and not name.startswith(("language_model.model.", "language_model.lm_head.")):
-        return "language_model.model." + name[len("language_model."):]
-    if name.startswith("lm_head."):
-        return "language_model." + name
-    return name
+def hub_key(name: str, family: Any) -> str:
+    """A transformers module/parameter name → the checkpoint's name for it (what vLLM's loader expects), by the
+    model family's rule (:meth:`polyaudio_rl.core.models.ModelFamily.hub_key`)."""
+    return family.hub_key(name)
 
 
-def peft_to_hub(name: str) -> str:
+def peft_to_hub(name: str, family: Any) -> str:
     """A PEFT parameter or module name (``base_model.model.…q_proj.lora_A.default.weight``) → hub name."""
-    return hub_key(name.replace(".default.", ".").removesuffix(".default").removeprefix("base_model.model."))
+    return hub_key(name.replace(".default.", ".").removesuffix(".default").removeprefix("base_model.model."), family)
 
 
 def hub_state_dict(model: Any) -> dict[str, torch.Tensor]:
     """A transformers model's state dict under hub names (contiguous copies), as written to safetensors."""
-    return {hub_key(k): v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    from .models import family_of_model
+
+    family = family_of_model(model)
+    return {hub_key(k, family): v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 # ------------------------------------------------------------------------------------------------------- LoRA
@@ -92,9 +85,10 @@ def apply_lora_tensors(params: dict[str, torch.Tensor], base: dict[str, torch.Te
             p.copy_((base[name].float() + lora_delta(ab["A"], ab["B"], scale).to(p.device)).to(p.dtype))
 
 
-def lora_tensors(named_params: Iterable[tuple[str, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
-    """The LoRA tensors among ``(PEFT name, tensor)`` pairs, under hub names, on CPU (what an adapter sync sends)."""
-    return {peft_to_hub(n): t.detach().cpu().clone() for n, t in named_params if "lora_" in n and t is not None}
+def lora_tensors(named_params: Iterable[tuple[str, torch.Tensor | None]], family: Any) -> dict[str, torch.Tensor]:
+    """The LoRA tensors among ``(PEFT name, tensor)`` pairs, under ``family``'s hub names, on CPU (what an adapter
+    sync sends)."""
+    return {peft_to_hub(n, family): t.detach().cpu().clone() for n, t in named_params if "lora_" in n and t is not None}
 
 
 def merged_lora_weights(peft_model: Any, dtype: torch.dtype | None = None,
@@ -106,6 +100,9 @@ def merged_lora_weights(peft_model: Any, dtype: torch.dtype | None = None,
     """
     from peft.tuners.lora import LoraLayer
 
+    from .models import family_of_model
+
+    family = family_of_model(peft_model)
     out: dict[str, torch.Tensor] = {}
     for mname, module in peft_model.named_modules():
         if not isinstance(module, LoraLayer) or not hasattr(module, "base_layer"):
@@ -114,7 +111,7 @@ def merged_lora_weights(peft_model: Any, dtype: torch.dtype | None = None,
         params = [base] + list(module.lora_A.parameters()) + list(module.lora_B.parameters())
         with (gather(params) if gather else contextlib.nullcontext()):
             w = base.detach().float() + module.get_delta_weight(module.active_adapters[0]).detach().float()
-            out[peft_to_hub(mname + ".weight")] = w.to(dtype or base.dtype).cpu().clone()
+            out[peft_to_hub(mname + ".weight", family)] = w.to(dtype or base.dtype).cpu().clone()
     if not out:
         raise SyncError("merged sync: the model has no LoRA layers to merge")
     return out
@@ -140,7 +137,7 @@ def check_hub_weights(weights: dict[str, torch.Tensor], shapes: dict[str, tuple[
     unknown = [k for k in weights if k not in shapes]
     if unknown:
         raise SyncError(f"merged sync: {len(unknown)} names are not weights of the checkpoint, e.g. {unknown[:3]} "
-                        "(expected hub names such as 'language_model.model.layers.0.self_attn.q_proj.weight')")
+                        "(expected the checkpoint's own names)")
     bad = [f"{k} {tuple(t.shape)} != {shapes[k]}" for k, t in weights.items() if tuple(t.shape) != shapes[k]]
     if bad:
         raise SyncError(f"merged sync: shape mismatch for {len(bad)} tensors, e.g. {bad[:3]}")

@@ -1,5 +1,5 @@
 """Adapter sync: only the LoRA tensors reach the engine, served by the LoRA-capable Qwen2-Audio registered with
-vLLM (actors.vllm_qwen2_audio), one new adapter per version; verified against the learner's model."""
+vLLM (the family's LoRA-capable class), one new adapter per version; verified against the learner's model."""
 import gc
 import os
 
@@ -9,6 +9,7 @@ import pytest
 from polyaudio_rl.core.prompts import build_prompt
 from actors.rollout_engine import EngineSpec, HFEngine, SyncError, VLLMEngine, hf_completion_logprobs
 from actors.weight_sync import WeightSyncer, make_probe, reference_logprobs, sync_tolerance
+from polyaudio_rl.core.models import family_of_model
 from polyaudio_rl.core.weights import lora_tensors
 from tests.actors.rollout_fixtures import StandInLearner, small_cfg
 from tests.conftest import make_sample
@@ -43,7 +44,7 @@ def test_adapter_sync_changes_outputs_matches_learner_and_detects_a_skipped_sync
 
     for version, seed in ((1, 1), (2, 2)):
         peft = learner.step(seed)
-        tensors = lora_tensors(peft.named_parameters())
+        tensors = lora_tensors(peft.named_parameters(), family_of_model(peft))
         assert tensors and all(".lora_A." in k or ".lora_B." in k for k in tensors)
         assert all(k.startswith("language_model.model.layers.") for k in tensors)  # hub names, LM only
         res = syncer.sync(tensors, version, expected=reference_logprobs(peft, tiny_processor, probe))
@@ -69,7 +70,7 @@ def test_hf_engine_adapter_sync_matches_learner(cfg, tiny_ckpt, tiny_processor):
     syncer = WeightSyncer(hf, make_probe(tiny_processor, cfg.rollout.probe_tokens), "adapter", tol)
     for version, seed in ((1, 1), (2, 2)):  # the second adapter replaces the first (not added on top)
         peft = learner.step(seed)
-        res = syncer.sync(lora_tensors(peft.named_parameters()), version,
+        res = syncer.sync(lora_tensors(peft.named_parameters(), family_of_model(peft)), version,
                           expected=reference_logprobs(peft, tiny_processor, syncer.probe))
         assert res.max_abs_diff <= tol
     with pytest.raises(SyncError, match="rank 4, config says model.lora.rank=8"):

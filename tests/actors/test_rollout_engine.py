@@ -77,7 +77,8 @@ def test_three_clip_batch_yields_g_completions_per_sample_in_order(vllm_engine, 
     # the engine's own prompt length (audio tokens expanded) is what the input check predicts
     from actors.rollout_engine import prompt_token_count
 
-    assert [g.num_prompt_tokens for g in groups] == [prompt_token_count(p, vllm_engine.tokenizer) for p in prompts]
+    assert [g.num_prompt_tokens for g in groups] == [prompt_token_count(p, vllm_engine.tokenizer, vllm_engine.family)
+                                                          for p in prompts]
     # groups are each prompt's own: batch greedy == one-prompt-at-a-time greedy
     batch = vllm_engine.generate(prompts, n=1, greedy=True)
     alone = [vllm_engine.generate([p], n=1, greedy=True)[0] for p in prompts]
@@ -194,7 +195,8 @@ def test_bad_samples_rejected_before_the_engine_with_their_ids(vllm_engine, tiny
 
     with pytest.raises(RolloutInputError, match="fine: prompt of .* tokens .* exceeds rollout.max_model_len 96"):
         check_prompts([ok], ["fine"], max_clips=5, max_clip_seconds=30.0, max_model_len=tight.rollout.max_model_len,
-                      max_new_tokens=8, tokenizer=tiny_processor.tokenizer)
+                      max_new_tokens=8, tokenizer=tiny_processor.tokenizer, family=vllm_engine.family,
+                      placeholder=tiny_processor.audio_token)
 
 
 def _inputs(prompt, processor):

@@ -3,21 +3,24 @@ import numpy as np
 import pytest
 
 from polyaudio_rl.core.prompts import build_prompt
-from actors.rollout_engine import RolloutInputError, audio_token_count, check_prompts, prompt_token_count
+from polyaudio_rl.core.models import get_family
+from actors.rollout_engine import RolloutInputError, check_prompts, prompt_token_count
+
+FAMILY = get_family("qwen2_audio")
 from tests.conftest import make_sample
 
 
 @pytest.mark.parametrize("seconds, tokens", [(1.0, 25), (1.5, 37), (2.0, 50), (30.0, 750), (0.0, 0)])
 def test_audio_token_count(seconds, tokens):
     # mel frames = n/160; conv stride 2: (f-1)//2+1; avg-pool 2: (c-2)//2+1. 1 s: 100 -> 50 -> 25.
-    assert audio_token_count(int(seconds * 16000)) == tokens
+    assert FAMILY.audio_token_count(int(seconds * 16000)) == tokens
 
 
 def test_prompt_token_count_matches_the_processor(tiny_processor):
     from polyaudio_rl.core.prompts import processor_inputs
 
     p = build_prompt(make_sample("n", (1.0, 2.0, 1.5)), tiny_processor)
-    assert prompt_token_count(p, tiny_processor.tokenizer) == processor_inputs([p], tiny_processor)["input_ids"].shape[1]
+    assert prompt_token_count(p, tiny_processor.tokenizer, FAMILY) == processor_inputs([p], tiny_processor)["input_ids"].shape[1]
 
 
 @pytest.fixture
@@ -25,7 +28,8 @@ def check(tiny_processor):
     def _check(prompts, gids=None, **kw):
         limits = dict(max_clips=5, max_clip_seconds=30.0, max_model_len=1024, max_new_tokens=8)
         limits.update(kw)
-        check_prompts(prompts, gids or [p.sample_id for p in prompts], tokenizer=tiny_processor.tokenizer, **limits)
+        check_prompts(prompts, gids or [p.sample_id for p in prompts], tokenizer=tiny_processor.tokenizer,
+                      family=FAMILY, placeholder=tiny_processor.audio_token, **limits)
 
     return _check
 

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from actors.rollout_engine import EngineSpec, HFEngine, VLLMEngine, vllm_suppression
-from polyaudio_rl.core.batching import AUDIO_SPECIAL_TOKENS, audio_special_ids
+from polyaudio_rl.core.batching import audio_special_ids
+from polyaudio_rl.core.models import get_family
 from polyaudio_rl.core.prompts import build_prompt, processor_inputs, to_vllm_input
 from tests.actors.rollout_fixtures import small_cfg
 

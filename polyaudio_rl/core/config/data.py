@@ -16,17 +16,17 @@ class DataConfig:
     build_if_missing: bool = cfg_field(True, "Build the splits with `datagen` when a directory is missing.")
     preset: str = cfg_field("ci", "datagen preset used when building: ci, small or paper (paper: 110k/50k/2,750).")
     tasks: list[str] = cfg_field([], "Task names to keep (empty: all eleven tasks of Table 2).")
-    sample_rate: int = cfg_field(16000, "Sample rate fed to the processor; Qwen2-Audio's Whisper front end needs 16 kHz.")
+    sample_rate: int = cfg_field(16000, "Sample rate fed to the processor; every supported family's audio front end takes 16 kHz.")
     min_clips: int = cfg_field(2, "Fewest clips per prompt. The paper uses 2–5 (§3).")
     max_clips: int = cfg_field(5, "Most clips per prompt. The paper uses 2–5 (§3); also vLLM `limit_mm_per_prompt`.")
     max_clip_seconds: float = cfg_field(
-        30.0, "Longest clip in seconds. Qwen2-Audio pads/truncates to a 30 s window; longer clips are rejected."
+        30.0, "Longest clip in seconds. Whisper-style front ends pad/truncate to a 30 s window; longer clips are rejected."
     )
     answer_tag: bool = cfg_field(
         False, "Ask for the final answer inside <answer>…</answer> (eases rule verification); the paper does not."
     )
     system_prompt: str = cfg_field(
-        "You are a helpful assistant.", "System message of the chat template (Qwen2-Audio-Instruct's default)."
+        "You are a helpful assistant.", "System message of the chat template (the instruct checkpoints' default)."
     )
     interleave_tasks: bool = cfg_field(
         False, "Order each epoch task by task in turn (each task's rows in their seeded order), so every GRPO batch "
@@ -56,7 +56,7 @@ class DataConfig:
         if not 0 < self.max_clip_seconds <= 30.0:
             raise ValueError(f"data.max_clip_seconds must be in (0, 30], got {self.max_clip_seconds}")
         if self.sample_rate != 16000:
-            raise ValueError(f"data.sample_rate must be 16000 for Qwen2-Audio, got {self.sample_rate}")
+            raise ValueError(f"data.sample_rate must be 16000 (the audio front end's rate), got {self.sample_rate}")
         if self.replay_cache_mb < 0:
             raise ValueError(f"data.replay_cache_mb must be >= 0 (0: no replay), got {self.replay_cache_mb}")
         if self.balance_answers and not self.interleave_tasks:

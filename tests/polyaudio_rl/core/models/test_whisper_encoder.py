@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import Qwen2AudioForConditionalGeneration
 
-from polyaudio_rl.core.audio_encoder import (
+from polyaudio_rl.core.models.whisper_encoder import (
     _encode, key_lengths, length_aware_fbank, length_aware_forward, use_length_aware_encoder, use_length_aware_features,
 )
 from polyaudio_rl.core.model import load_model, load_processor

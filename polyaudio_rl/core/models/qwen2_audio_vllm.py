@@ -1,4 +1,11 @@
-"""The model classes behind :mod:`actors.vllm_qwen2_audio` (imported only inside vLLM processes)."""
+"""The ``qwen2_audio`` family's vLLM classes (registered by :mod:`.vllm_plugin`; imported only inside vLLM processes).
+
+Both are vLLM's own ``Qwen2AudioForConditionalGeneration`` with the audio encoder run on each clip's own length
+(:mod:`.whisper_encoder`, as the learner runs it): ``PolyAudioQwen2Audio`` for merged sync and the served policy,
+``PolyAudioQwen2AudioLoRA`` also declaring the LoRA interface (vLLM 0.32's class does not implement ``SupportsLoRA``,
+so it cannot serve a PEFT adapter): the packed modules (qkv_proj = q/k/v, gate_up_proj = gate/up) and which prefix
+is the language model (adapters apply there; the audio tower and projector stay frozen, as in training).
+"""
 from __future__ import annotations
 
 from vllm.model_executor.models.interfaces import SupportsLoRA
@@ -9,7 +16,7 @@ from vllm.model_executor.models.qwen2_audio import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from polyaudio_rl.core.audio_encoder import clip_outputs, use_length_aware_encoder, use_length_aware_features
+from .whisper_encoder import clip_outputs, use_length_aware_encoder, use_length_aware_features
 
 
 class PolyAudioProcessingInfo(Qwen2AudioProcessingInfo):

@@ -25,7 +25,7 @@ sets the floor is the same. Same frames, same values (to float rounding).
 
 Every engine that turns audio into embeddings installs both: the learner, SFT and the HF engine through
 :func:`polyaudio_rl.core.model.load_model` / :func:`~polyaudio_rl.core.model.load_processor`, the vLLM rollout
-engines and the served policy through the model class and processing info in :mod:`actors.vllm_qwen2_audio_model`.
+engines and the served policy through the model class and processing info in :mod:`polyaudio_rl.core.models.qwen2_audio_vllm`.
 So rollouts, probes and training see the same audio embeddings.
 """
 from __future__ import annotations

@@ -1,0 +1,164 @@
+"""The model-family interface: everything the system needs to know about one lineage of audio LLMs.
+
+A family is one module under :mod:`polyaudio_rl.core.models` holding one :class:`ModelFamily` subclass. Every other
+part of the system (prompt builder, rollout engines, learner with packing and prompt cache, weight syncs, SFT, the
+served policy, the benches) asks the family of a checkpoint — :func:`polyaudio_rl.core.models.family_of` — and never
+names a model. Adding a family is one module plus its tests, and one line in the registry.
+"""
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Sequence
+
+import torch
+
+
+class FamilyError(ValueError):
+    """A checkpoint no registered family recognises, or a family asked for something it does not support."""
+
+
+@dataclass
+class ModelParts:
+    """The modules of a loaded model the learner works on (its PEFT / DeepSpeed wrappers peeled off).
+
+    ``language_model`` is the decoder that receives the merged text+audio ``inputs_embeds`` (pre-hooks on it capture
+    or patch them); ``audio_modules`` are the audio encoder and projector (frozen by default, kept in eval mode);
+    ``embed_tokens`` is the text embedding table."""
+
+    language_model: torch.nn.Module
+    audio_modules: tuple[torch.nn.Module, ...]
+    embed_tokens: torch.nn.Module
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.embed_tokens
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        """Every parameter of these modules, once."""
+        seen: set[int] = set()
+        for m in (self.language_model, *self.audio_modules, self.embed_tokens):
+            for p in m.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield p
+
+    @property
+    def audio_tower(self) -> torch.nn.Module:
+        return self.audio_modules[0]
+
+
+class ModelFamily(abc.ABC):
+    """One lineage of audio LLMs (class attributes say what it is; methods load, prompt and write it)."""
+
+    name: ClassVar[str]
+    """Registry name, e.g. ``qwen2_audio`` (what ``python -m polyaudio_rl.tiny --family`` takes)."""
+    model_types: ClassVar[tuple[str, ...]]
+    """``config.json`` ``model_type`` values of this family's checkpoints."""
+    architectures: ClassVar[tuple[str, ...]]
+    """``config.json`` ``architectures`` values of this family's checkpoints."""
+    hf_class: ClassVar[str]
+    """The transformers class that loads the checkpoint (text out)."""
+    vllm_architecture: ClassVar[str]
+    """vLLM's own architecture name for the checkpoint (the class PolyAudio's registered ones derive from)."""
+    audio_placeholder: ClassVar[str]
+    """The token the chat template writes once per clip; the processor expands it to the clip's audio tokens."""
+    audio_special_tokens: ClassVar[tuple[str, ...]]
+    """Multimodal placeholder tokens sampling must never produce (a completion is the learner's input too, where such
+    a token would look like an audio slot)."""
+    audio_tokens_per_second: ClassVar[float]
+    """Language-model positions per second of 16 kHz audio (for ``max_model_len`` checks and config arithmetic)."""
+    max_clips: ClassVar[int]
+    """Most clips one prompt may carry."""
+    max_clip_seconds: ClassVar[float]
+    """Longest clip the audio front end takes without truncating it."""
+    length_aware_encoder: ClassVar[str]
+    """``"yes"`` when the audio encoder runs on each clip's own length, else why the plain encoder runs."""
+    lora_target_modules: ClassVar[str]
+    """PEFT ``target_modules`` regex hitting the language model's linear layers only (audio tower untouched)."""
+    tiny_sizes: ClassVar[dict[str, int]]
+    """Language-model sizes of the tiny random checkpoint (overridable by ``write_tiny(**sizes)``)."""
+
+    # ------------------------------------------------------------------------------------------- recognition
+    def recognises(self, config: dict[str, Any]) -> bool:
+        """Whether a checkpoint's ``config.json`` (as a dict) belongs to this family."""
+        archs = set(config.get("architectures") or ())
+        return config.get("model_type") in self.model_types or bool(archs & set(self.architectures))
+
+    # ------------------------------------------------------------------------------------------- loading
+    @abc.abstractmethod
+    def load_processor(self, path: str) -> Any:
+        """The processor: ``.tokenizer``, ``.feature_extractor``, ``apply_chat_template`` and
+        ``__call__(text=[...], audio=[...], sampling_rate=16000, return_tensors="pt", padding=True)`` giving
+        ``input_ids`` (placeholders expanded), ``attention_mask``, ``input_features``, ``feature_attention_mask``."""
+
+    @abc.abstractmethod
+    def load_model(self, path: str, dtype: torch.dtype) -> Any:
+        """The transformers model (text out) from ``path``; forward takes the processor's outputs."""
+
+    @abc.abstractmethod
+    def parts(self, model: Any) -> ModelParts:
+        """The language model, audio modules and text embeddings of a bare transformers model of this family."""
+
+    # ------------------------------------------------------------------------------------------- tokens
+    @abc.abstractmethod
+    def audio_token_count(self, num_samples: int) -> int:
+        """Language-model positions one 16 kHz clip of ``num_samples`` samples becomes."""
+
+    def special_ids(self, tokenizer: Any) -> list[int]:
+        """Ids of :attr:`audio_special_tokens` this tokenizer has, sorted."""
+        return special_token_ids(tokenizer, self.audio_special_tokens)
+
+    # ------------------------------------------------------------------------------------------- weights
+    def hub_key(self, name: str) -> str:
+        """A transformers module/parameter name of this family's model → its name in the checkpoint files (what the
+        vLLM class loads and what weight pushes carry)."""
+        return name
+
+    # ------------------------------------------------------------------------------------------- vLLM
+    vllm_classes: ClassVar[dict[str, str]] = {}
+    """PolyAudio's vLLM classes to register: architecture name → ``"module:Class"``."""
+    vllm_arch: ClassVar[str] = ""
+    """The registered architecture rollout engines and the served policy run (merged sync)."""
+    vllm_lora_arch: ClassVar[str] = ""
+    """The registered LoRA-capable architecture (``rollout.sync_mode=adapter``)."""
+
+    def vllm_hf_overrides(self, lora: bool = False) -> dict[str, Any]:
+        """The ``hf_overrides`` engine argument that selects PolyAudio's class (the checkpoint keeps its names)."""
+        arch = self.vllm_lora_arch if lora else self.vllm_arch
+        return {"architectures": [arch]} if arch else {}
+
+    # ------------------------------------------------------------------------------------------- tiny
+    @abc.abstractmethod
+    def write_tiny(self, out: Path, seed: int = 0, **sizes: int) -> Path:
+        """Write a tiny random checkpoint of this family to ``out`` offline (tokenizer and processor built here);
+        loadable by transformers and by vLLM. Same seed ⇒ same files."""
+
+    def describe(self) -> dict[str, Any]:
+        """The row of the supported-families table."""
+        return {"family": self.name, "transformers": self.hf_class, "vllm": self.vllm_architecture,
+                "audio_tokens_per_s": self.audio_tokens_per_second, "max_clips": self.max_clips,
+                "length_aware_encoder": self.length_aware_encoder}
+
+
+def special_token_ids(tokenizer: Any, tokens: Sequence[str]) -> list[int]:
+    """Ids of those of ``tokens`` that ``tokenizer`` has as single tokens, sorted."""
+    ids = set()
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for tok in tokens:
+        i = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(i, int) and i >= 0 and i != unk:
+            ids.add(i)
+    return sorted(ids)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``config.json`` as a dict (a :class:`FamilyError` naming the path when absent or unreadable)."""
+    f = Path(path) / "config.json"
+    try:
+        return json.loads(f.read_text())
+    except FileNotFoundError as exc:
+        raise FamilyError(f"{path}: no config.json (not a checkpoint directory)") from exc
+    except (OSError, ValueError) as exc:
+        raise FamilyError(f"{f}: cannot read it as JSON: {exc}") from exc

@@ -1,0 +1,121 @@
+"""Every model family on its tiny checkpoint: recognition, the multi-audio prompt (one placeholder span per clip, in
+clip order, 2–5 clips), the special tokens sampling must never produce, the audio-token rate, LoRA targets."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from polyaudio_rl.core.models import FamilyError, family_for_config, family_names, family_of, get_family
+from polyaudio_rl.core.prompts import build_prompt, processor_inputs
+from tests.conftest import make_sample
+
+FAMILIES = family_names()
+
+# hand-computed audio positions per clip: mel frames n/160 → stride-2 conv (f-1)//2+1 → pool 2 (c-2)//2+1
+TOKENS = {
+    "qwen2_audio": [(1.0, 25), (1.5, 37), (2.0, 50), (30.0, 750)],
+    "qwen2_5_omni": [(1.0, 25), (1.5, 37), (2.0, 50), (30.0, 750)],
+}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fam(request, tiny_ckpt_of):
+    from polyaudio_rl.core.model import load_processor
+
+    path = tiny_ckpt_of(request.param)
+    return get_family(request.param), path, load_processor(path)
+
+
+def test_the_family_is_read_from_the_checkpoint(fam):
+    family, path, _ = fam
+    assert family_of(path) is family
+
+
+def test_an_unsupported_architecture_lists_the_supported_families(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(FamilyError) as err:
+        family_of(tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path) in msg and "LlamaForCausalLM" in msg and all(n in msg for n in FAMILIES)
+    with pytest.raises(FamilyError, match="no config.json"):
+        family_of(tmp_path / "missing")
+    with pytest.raises(FamilyError, match="unknown model family 'gpt'"):
+        get_family("gpt")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_audio_token_rate(name):
+    family = get_family(name)
+    for seconds, n in TOKENS[name]:
+        assert family.audio_token_count(int(seconds * 16000)) == n
+        assert abs(n - family.audio_tokens_per_second * seconds) <= 1
+
+
+@pytest.mark.parametrize("n_clips", [2, 3, 4, 5])
+def test_one_placeholder_span_per_clip_in_clip_order(fam, n_clips):
+    family, _, proc = fam
+    durations = [0.5 + 0.25 * i for i in range(n_clips)][::-1]  # distinct lengths, so the order shows
+    p = build_prompt(make_sample(f"s{n_clips}", durations), proc)
+    assert p.text.count(family.audio_placeholder) == n_clips
+    ids = processor_inputs([p], proc)["input_ids"][0]
+    audio_id = proc.tokenizer.convert_tokens_to_ids(family.audio_placeholder)
+    is_audio = (ids == audio_id).int()
+    starts = ((is_audio[1:] - is_audio[:-1]) == 1).nonzero().flatten() + 1
+    ends = ((is_audio[1:] - is_audio[:-1]) == -1).nonzero().flatten() + 1
+    spans = [int(e - s) for s, e in zip(starts, ends)]
+    assert spans == [family.audio_token_count(len(a)) for a in p.audios]
+    special = set(family.special_ids(proc.tokenizer))
+    before = [int(ids[s - 1]) for s in starts]
+    after = [int(ids[e]) for e in ends]
+    assert all(t in special for t in before + after)  # each span sits between the family's audio begin/end tokens
+
+
+def test_special_tokens_are_single_tokens_of_the_tokenizer(fam):
+    family, _, proc = fam
+    tok = proc.tokenizer
+    ids = family.special_ids(tok)
+    assert len(ids) == len(family.audio_special_tokens)
+    assert tok.convert_tokens_to_ids(family.audio_placeholder) in ids
+    for t in family.audio_special_tokens:
+        assert tok.encode(t, add_special_tokens=False) == [tok.convert_tokens_to_ids(t)]
+
+
+def test_lora_targets_the_language_model_only(fam):
+    from polyaudio_rl.core.config import LoraConfig
+    from polyaudio_rl.core.model import add_lora, load_model
+    from polyaudio_rl.core.models import parts_of
+
+    family, path, _ = fam
+    peft = add_lora(load_model(path), LoraConfig())
+    lora_modules = {n.rsplit(".lora_A", 1)[0] for n, _ in peft.named_parameters() if ".lora_A." in n}
+    parts = parts_of(peft)
+    audio = {id(m) for a in parts.audio_modules for m in a.modules()}
+    named = dict(peft.named_modules())
+    assert lora_modules and not any(id(named[n]) in audio for n in lora_modules)
+    lm = {id(m) for m in parts.language_model.modules()}
+    assert all(id(named[n]) in lm for n in lora_modules)
+    n_layers = len([m for m in parts.language_model.modules() if type(m).__name__.endswith("DecoderLayer")])
+    kinds = sorted({n.rsplit(".", 1)[-1] for n in lora_modules})
+    assert kinds == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert len(lora_modules) == 7 * n_layers
+    assert not [n for n, p in peft.named_parameters() if p.requires_grad and "lora_" not in n]
+
+
+def test_list_families_and_the_cli(tmp_path, capsys):
+    from polyaudio_rl.core.tiny import main
+
+    main(["--list-families"])
+    assert capsys.readouterr().out.split() == FAMILIES
+    with pytest.raises(SystemExit):
+        main(["--family", "nope", "--out", str(tmp_path / "x")])
+    assert "unknown family 'nope'" in capsys.readouterr().err
+
+
+def test_recognition_by_config_fields():
+    for name in FAMILIES:
+        f = get_family(name)
+        assert family_for_config({"model_type": f.model_types[0]}) is f
+        assert family_for_config({"architectures": [f.architectures[0]]}) is f
