@@ -54,3 +54,23 @@ def test_every_bad_sample_is_named_and_good_ones_are_not(tiny_processor, check):
     bad.audios[1] = np.zeros((2, 10), dtype=np.float32)
     with pytest.raises(RolloutInputError, match="sample nan, clip 2: audio must be a 1-D"):
         check([bad])
+
+
+@pytest.mark.parametrize("name", ["qwen2_audio", "qwen2_5_omni"])
+def test_family_limits_name_the_sample(tiny_ckpt_of, name):
+    """More clips than the family accepts, or a prompt over max_model_len at the family's audio-token rate: an error
+    naming the sample and the family."""
+    from polyaudio_rl.core.model import load_processor
+
+    family = get_family(name)
+    proc = load_processor(tiny_ckpt_of(name))
+    many = build_prompt(make_sample("many", (0.5,) * (family.max_clips + 1)), proc, max_clips=10)
+    long = build_prompt(make_sample("long", (10.0, 10.0)), proc)
+    n_long = prompt_token_count(long, proc.tokenizer, family)
+    assert n_long >= 2 * family.audio_token_count(160000)
+    with pytest.raises(RolloutInputError) as err:
+        check_prompts([many, long], ["many", "long"], max_clips=10, max_clip_seconds=30.0, max_model_len=n_long + 7,
+                      max_new_tokens=8, tokenizer=proc.tokenizer, family=family, placeholder=proc.audio_token)
+    msg = str(err.value)
+    assert f"many: {family.max_clips + 1} clips, more than the {name} family accepts ({family.max_clips})" in msg
+    assert f"long: prompt of {n_long} tokens ({name}: " in msg and f"exceeds rollout.max_model_len {n_long + 7}" in msg

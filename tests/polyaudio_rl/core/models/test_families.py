@@ -119,3 +119,21 @@ def test_recognition_by_config_fields():
         f = get_family(name)
         assert family_for_config({"model_type": f.model_types[0]}) is f
         assert family_for_config({"architectures": [f.architectures[0]]}) is f
+
+
+@pytest.mark.parametrize("config, name", [("qwen2_audio_7b_8xa100.yaml", "qwen2_audio"),
+                                          ("qwen2_5_omni_7b_8xa100.yaml", "qwen2_5_omni"),
+                                          ("qwen2_5_omni_3b_8xa100.yaml", "qwen2_5_omni")])
+def test_production_configs_fit_the_longest_prompt(config, name):
+    """8 GPUs (4 rollout + 4 learners), and max_model_len holds max_clips clips of the longest length at the family's
+    audio-token rate, ~300 text tokens and the answer."""
+    from pathlib import Path
+
+    from polyaudio_rl.core.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[4] / "configs" / config)
+    family = get_family(name)
+    assert cfg.rollout.num_actors * max(cfg.rollout.gpus_per_actor, 1) + cfg.learner.num_workers == 8
+    longest = cfg.data.max_clips * family.audio_token_count(int(family.max_clip_seconds * 16000))
+    assert cfg.data.max_clips <= family.max_clips
+    assert longest + 300 + cfg.rollout.max_new_tokens <= cfg.rollout.max_model_len
