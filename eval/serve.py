@@ -366,13 +366,17 @@ def llm_configs(cfg: ServeConfig, policy_path: str, judge_path: str) -> list[Any
 
     accel: dict[str, Any] = {"accelerator_config": {"kind": "cpu"}} if cfg.accelerator == "cpu" else {}
     accel["server_cls"] = _server_class()
-    from polyaudio_rl.core.models import family_of
+    from polyaudio_rl.core.models import FamilyError, family_of
 
     # PolyAudio's vLLM class of the policy's model family (as the rollout engines run it); replicas register it
-    # through the package's vllm.general_plugins entry point
+    # through the package's vllm.general_plugins entry point. A judge that is an audio LLM of a supported family
+    # (the tiny default judges with the policy's checkpoint) runs the same class; any other chat model, vLLM's own.
     policy_kw = {"hf_overrides": family_of(policy_path).vllm_hf_overrides(), **cfg.policy_engine_kwargs,
                  "limit_mm_per_prompt": {"audio": cfg.max_clips}}
-    judge_kw = dict(cfg.judge_engine_kwargs)
+    try:
+        judge_kw = {"hf_overrides": family_of(judge_path).vllm_hf_overrides(), **cfg.judge_engine_kwargs}
+    except FamilyError:
+        judge_kw = dict(cfg.judge_engine_kwargs)
     return [
         LLMConfig(model_loading_config={"model_id": cfg.policy_model_id, "model_source": policy_path},
                   engine_kwargs=policy_kw, deployment_config=_deployment_config(

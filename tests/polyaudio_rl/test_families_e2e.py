@@ -1,0 +1,40 @@
+"""One short end-to-end run per model family beyond the default one (whose run is tests/polyaudio_rl/test_demo.py):
+`python -m polyaudio_rl.train --config configs/demo.yaml model.path=<tiny of F> grpo.steps=4 eval.max_items=8` ends
+rc 0 with summary.json and the served-adapter bench (stage 4), the family read from the checkpoint alone."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from polyaudio_rl import train
+from polyaudio_rl.core.config import load_config
+from polyaudio_rl.core.models import DEFAULT_FAMILY, family_names
+from tests.conftest import build_splits
+
+pytestmark = pytest.mark.slow
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def starter_data(tmp_path_factory):
+    cfg = load_config(str(DEMO), [])  # a few items per task: the run is a plumbing check, not a learning one
+    return build_splits(tmp_path_factory.mktemp("starter"), {"train": 16, "pref": 8, "bench": 8}, [],
+                        max_clips=cfg.data.max_clips, curriculum="starter")
+
+
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("family", [f for f in family_names() if f != DEFAULT_FAMILY])
+def test_short_demo_run_with_serve_bench(family, tiny_ckpt_of, starter_data, tmp_path):
+    d, run = starter_data, tmp_path / "run"
+    rc = train.main(["--config", str(DEMO), "--run-dir", str(run), "--quiet", f"model.path={tiny_ckpt_of(family)}",
+                     f"data.train_dir={d / 'train'}", f"data.pref_dir={d / 'pref'}", f"data.bench_dir={d / 'bench'}",
+                     "data.build_if_missing=false", "wandb_mode=disabled", "grpo.steps=4", "eval.max_items=8"])
+    assert rc == 0
+    s = json.loads((run / "summary.json").read_text())
+    assert s["eval_after"]["n"] == 8
+    bench = s["bench"]
+    assert bench["overall"]["scored"] >= 8 and bench["overall"]["failed"] == 0
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if r.get("phase") == "grpo"]) == 4
