@@ -18,6 +18,8 @@ from polyaudio_rl.core.models import get_family
 from polyaudio_rl.core.prompts import build_prompt, processor_inputs, to_vllm_input
 from tests.actors.rollout_fixtures import small_cfg
 
+AUDIO_SPECIAL_TOKENS = get_family("qwen2_audio").audio_special_tokens
+
 pytestmark = pytest.mark.slow
 G = 4
 

@@ -10,7 +10,7 @@ names untouched) with :func:`length_aware_forward`: each clip runs alone on its 
 over the frames they read (the clip's frames plus the two after it, as in the padded window), the position
 embeddings of those positions, attention over them with nothing to mask, the same pooling and final norm. The same
 arithmetic as the padded window restricted to the positions the model keeps, so the embeddings agree with the
-stock encoder's to float rounding (``tests/polyaudio_rl/core/test_audio_encoder.py``), and a clip's embedding no
+stock encoder's to float rounding (``tests/polyaudio_rl/core/models/test_whisper_encoder.py``), and a clip's embedding no
 longer depends on the other clips of its batch (under ZeRO-3, where every submodule call is a collective, the batch
 runs in one call cut to its longest clip instead). Positions past a clip's length come back as zeros; both callers
 (transformers' ``Qwen2AudioModel`` and vLLM's ``Qwen2AudioForConditionalGeneration``) keep only the first

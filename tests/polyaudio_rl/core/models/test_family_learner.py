@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from polyaudio_rl.core.config import LoraConfig
-from polyaudio_rl.core.grpo_loss import TrainItem, build_microbatches, token_logprobs
+from polyaudio_rl.core.batching import TrainItem, build_microbatches
+from polyaudio_rl.core.policy_forward import token_logprobs
 from polyaudio_rl.core.model import add_lora, load_model, load_processor
 from polyaudio_rl.core.models import family_names, get_family
 from polyaudio_rl.core.prompts import build_prompt
