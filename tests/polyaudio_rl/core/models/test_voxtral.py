@@ -1,0 +1,244 @@
+"""The voxtral family on its tiny offline checkpoint: the prompt is mistral_common's own encoding (2–5 clips, clip
+order, 375 tokens a clip), the tekken tokenizer's special ids, the Mistral-format weights (names and rotary layout),
+LoRA targets; slow: transformers and vLLM give the same greedy tokens for a 3-clip prompt, and a merged push and an
+adapter reach vLLM (probe log-probs equal transformers' after the change)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from polyaudio_rl.core.models import family_of, get_family
+from polyaudio_rl.core.models.voxtral import TekkenTokenizer, audio_token_count
+from polyaudio_rl.core.models.voxtral_format import mistral_name, to_mistral_weights
+from polyaudio_rl.core.prompts import build_messages
+from tests.conftest import tone
+
+Q = "Which clip has the higher pitch?\nOptions:\n(A) Audio 1\n(B) Audio 2"
+
+
+@pytest.fixture(scope="module")
+def vox(tiny_ckpt_of):
+    path = tiny_ckpt_of("voxtral")
+    fam = get_family("voxtral")
+    return fam, path, fam.load_processor(path)
+
+
+def _mistral_common_ids(path, clips, question, system=None):
+    """What mistral_common's own chat encoder gives for a user turn of labelled audio chunks and the question."""
+    from mistral_common.protocol.instruct.chunk import AudioChunk, TextChunk
+    from mistral_common.protocol.instruct.messages import UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.audio import Audio
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    chunks = []
+    for i, a in enumerate(clips):
+        lead = (system + "\n\n" if system and i == 0 else "") + ("\n" if i else "")
+        chunks += [TextChunk(text=f"{lead}Audio {i + 1}: "),
+                   AudioChunk.from_audio(Audio(audio_array=a, sampling_rate=16000, format="wav"))]
+    chunks.append(TextChunk(text="\n" + question))
+    tok = MistralTokenizer.from_file(f"{path}/tekken.json")
+    return tok.encode_chat_completion(ChatCompletionRequest(messages=[UserMessage(content=chunks)])).tokens
+
+
+@pytest.mark.parametrize("n_clips", [2, 3, 4, 5])
+@pytest.mark.parametrize("system", [None, "You are a helpful assistant."])
+def test_prompt_is_mistral_commons_encoding(vox, n_clips, system):
+    fam, path, proc = vox
+    clips = [tone(0.5 + 0.5 * i, 200.0 * (i + 1)) for i in range(n_clips)]
+    text = proc.apply_chat_template(build_messages(Q, n_clips, system))
+    assert text.count("[AUDIO]") == n_clips and text.startswith("<s>[INST]") and text.endswith("[/INST]")
+    batch = proc(text=[text], audio=clips, return_tensors="pt")
+    ids = batch["input_ids"][0].tolist()
+    assert ids == _mistral_common_ids(path, clips, Q, system)
+    assert len(ids) == len(proc.tokenizer(text)["input_ids"]) - n_clips + 375 * n_clips
+    assert batch["input_features"].shape == (n_clips, 128, 3000)
+    # the real-audio frames per clip, in clip order (hop 160)
+    assert batch["feature_attention_mask"].sum(-1).tolist() == [int(len(c) / 160) for c in clips]
+
+
+def test_spans_in_clip_order(vox):
+    _, _, proc = vox
+    ids = proc(text=[proc.apply_chat_template(build_messages(Q, 3))], audio=[tone(1.0)] * 3)["input_ids"][0]
+    starts = [i for i, t in enumerate(ids) if t == 25]  # [BEGIN_AUDIO]
+    assert len(starts) == 3
+    for k, s in enumerate(starts):
+        assert ids[s + 1: s + 376] == [24] * 375 and ids[s + 376] != 24
+        label = proc.tokenizer.decode(ids[s - 4: s])
+        assert f"Audio {k + 1}:" in label
+
+
+@pytest.mark.parametrize("seconds, tokens", [(0.1, 375), (1.0, 375), (12.3, 375), (30.0, 375), (30.01, 750),
+                                             (60.0, 750), (61.0, 1125)])
+def test_audio_token_count(seconds, tokens):
+    assert audio_token_count(int(round(seconds * 16000))) == tokens
+
+
+def test_clip_over_30_s_is_an_error(vox):
+    _, _, proc = vox
+    with pytest.raises(ValueError, match="clip 2 is 31.00 s"):
+        proc(text=["x"], audio=[tone(1.0), tone(31.0)])
+
+
+def test_special_tokens_and_tokenizer(vox):
+    fam, path, proc = vox
+    tok = proc.tokenizer
+    assert isinstance(tok, TekkenTokenizer)
+    assert fam.special_ids(tok) == [24, 25, 34]
+    assert tok.convert_tokens_to_ids(["[AUDIO]", "[BEGIN_AUDIO]", "</s>", "<pad>"]) == [24, 25, 2, 11]
+    assert tok.encode("<s>[INST]hi[/INST]")[:2] == [1, 3] and tok.encode("<s>[INST]hi[/INST]")[-1] == 4
+    text = "The second clip, Audio 2."
+    assert tok.decode(tok.encode(text)) == text
+    tok.padding_side = "left"
+    enc = tok(["a b c", "a"], padding=True, return_tensors="pt")
+    assert enc["input_ids"][1, 0] == 11 and enc["attention_mask"][1].tolist()[-1] == 1
+    tekken = json.loads((family_of(path) and __import__("pathlib").Path(path) / "tekken.json").read_text())
+    assert tekken["config"]["version"] == "v7" and tekken["audio"]["chunk_length_s"] == 30.0
+
+
+def test_mistral_names_and_rotary_layout():
+    assert mistral_name("language_model.model.layers.3.self_attn.q_proj.weight") == "layers.3.attention.wq.weight"
+    assert mistral_name("language_model.model.layers.0.mlp.up_proj.weight") == "layers.0.feed_forward.w3.weight"
+    assert mistral_name("language_model.lm_head.weight") == "output.weight"
+    assert mistral_name("audio_tower.layers.1.fc2.bias") == \
+        "mm_whisper_embeddings.whisper_encoder.transformer.layers.1.feed_forward.w2.bias"
+    assert mistral_name("multi_modal_projector.linear_2.weight") == \
+        "mm_whisper_embeddings.audio_language_projection.2.weight"
+    assert mistral_name("audio_tower.embed_positions.weight") is None
+    with pytest.raises(KeyError, match="no Mistral-format name"):
+        mistral_name("vision_tower.x")
+    # one head of 4 rows (head_dim 4): HF keeps the rotary halves [r0 r1 | r2 r3], Mistral interleaves pairs
+    # (r0, r2), (r1, r3); vLLM's loader maps it back with view(n, hd/2, 2, in).transpose(1, 2)
+    w = torch.arange(8.0).reshape(4, 2)
+    out = to_mistral_weights({"language_model.model.layers.0.self_attn.k_proj.weight": w}, 1, 1)
+    m = out["layers.0.attention.wk.weight"]
+    assert m.tolist() == [[0, 1], [4, 5], [2, 3], [6, 7]]
+    assert torch.equal(m.view(1, 2, 2, 2).transpose(1, 2).reshape(4, 2), w)
+
+
+def test_tiny_checkpoint_has_both_formats(vox):
+    import safetensors.torch as st
+
+    fam, path, _ = vox
+    from pathlib import Path
+
+    p = Path(path)
+    params = json.loads((p / "params.json").read_text())
+    enc = params["multimodal"]["whisper_model_args"]["encoder_args"]
+    assert params["head_dim"] == 64 and enc["dim"] * 4 == enc["hidden_dim"]
+    hf, mi = st.load_file(str(p / "model.safetensors")), st.load_file(str(p / "consolidated.safetensors"))
+    assert len(mi) == len(hf) - 1  # all but the sinusoid positions (vLLM computes them)
+    from transformers.models.whisper.modeling_whisper import sinusoids
+
+    pos = hf["audio_tower.embed_positions.weight"]
+    assert torch.equal(pos, sinusoids(*pos.shape))
+    assert fam.vllm_engine_kwargs()["tokenizer_mode"] == "mistral"
+
+
+def test_lora_targets_are_decoder_projections(vox):
+    import re
+
+    fam, path, _ = vox
+    model = fam.load_model(path, torch.float32)
+    names = [n for n, _ in model.named_modules()]
+    hit = [n for n in names if re.fullmatch(fam.lora_target_modules, n)]
+    assert len(hit) == 7 * 2 and all(n.startswith("model.language_model.layers.") for n in hit)
+    assert not [n for n in names if "audio_tower" in n and re.fullmatch(fam.lora_target_modules, n)]
+
+
+# ------------------------------------------------------------------------------------------------ vLLM (slow)
+def _llm(path, **kw):
+    from vllm import LLM
+
+    return LLM(model=path, max_model_len=2048, kv_cache_memory_bytes=256 * 2**20, limit_mm_per_prompt={"audio": 5},
+               enforce_eager=True, seed=0, **get_family("voxtral").vllm_engine_kwargs(), **kw)
+
+
+def _probe(proc):
+    clips = [tone(1.0, 220.0), tone(2.5, 440.0), tone(0.7, 880.0)]
+    ids = proc(text=[proc.apply_chat_template(build_messages(Q, 3))], audio=clips)["input_ids"][0]
+    return clips, list(ids), proc.tokenizer.encode("The second clip has the higher pitch, Audio 2.")
+
+
+def _hf_logprobs(model, proc, clips, ids, comp):
+    feats = proc.features(clips)[0]
+    with torch.no_grad():
+        lg = model(input_ids=torch.tensor([ids + comp]), input_features=feats).logits[0].float().log_softmax(-1)
+    return np.array([lg[len(ids) - 1 + i, t].item() for i, t in enumerate(comp)])
+
+
+def _vllm_logprobs(llm, clips, ids, comp, lora=None):
+    from vllm import SamplingParams
+
+    inp = {"prompt_token_ids": ids + comp, "multi_modal_data": {"audio": [(c, 16000) for c in clips]}}
+    out = llm.generate([inp], SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0), lora_request=lora,
+                       use_tqdm=False)[0]
+    return np.array([d[t].logprob for d, t in zip(out.prompt_logprobs[-len(comp):], comp)])
+
+
+@pytest.mark.slow
+def test_transformers_and_vllm_agree_and_merged_push_reaches_vllm(vox):
+    from vllm import SamplingParams
+
+    fam, path, proc = vox
+    clips, ids, comp = _probe(proc)
+    model = fam.load_model(path, torch.float32).eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([ids]), input_features=proc.features(clips)[0],
+                             attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=12,
+                             do_sample=False, eos_token_id=None)
+    hf_tokens = out[0, len(ids):].tolist()
+    llm = _llm(path)
+    inp = {"prompt_token_ids": ids, "multi_modal_data": {"audio": [(c, 16000) for c in clips]}}
+    got = llm.generate([inp], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)[0]
+    assert list(got.outputs[0].token_ids) == hf_tokens
+    assert len(got.prompt_token_ids) == len(ids) and ids.count(24) == 3 * 375
+    base = _hf_logprobs(model, proc, clips, ids, comp)
+    np.testing.assert_allclose(_vllm_logprobs(llm, clips, ids, comp), base, atol=2e-3)
+    torch.manual_seed(1)
+    push = {}
+    with torch.no_grad():  # change every decoder projection and the head, as a merged LoRA push does
+        for n, p in model.named_parameters():
+            h = fam.hub_key(n)
+            if h.startswith("language_model.") and ("proj" in h or "lm_head" in h):
+                p.add_(0.05 * torch.randn_like(p))
+                push[h] = p.detach().clone()
+    changed = _hf_logprobs(model, proc, clips, ids, comp)
+    assert np.abs(changed - base).max() > 0.05
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(fam.vllm_weights(push, path).items()),
+                                                 "is_checkpoint_format": True})
+    llm.llm_engine.reset_encoder_cache()
+    llm.reset_prefix_cache()
+    np.testing.assert_allclose(_vllm_logprobs(llm, clips, ids, comp), changed, atol=2e-3)
+    llm.llm_engine.engine_core.shutdown()
+
+
+@pytest.mark.slow
+def test_adapter_reaches_vllms_voxtral(vox, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from vllm.lora.request import LoRARequest
+
+    from polyaudio_rl.core.weights import write_peft_adapter
+
+    fam, path, proc = vox
+    clips, ids, comp = _probe(proc)
+    model = fam.load_model(path, torch.float32).eval()
+    base = _hf_logprobs(model, proc, clips, ids, comp)
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=fam.lora_target_modules))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.05)
+    tensors = {fam.hub_key(n.replace(".default.", ".").removeprefix("base_model.model.")): p.detach()
+               for n, p in peft.named_parameters() if "lora_" in n}
+    adapted = _hf_logprobs(peft, proc, clips, ids, comp)
+    assert np.abs(adapted - base).max() > 0.05
+    llm = _llm(path, enable_lora=True, max_loras=1, max_lora_rank=8)
+    req = LoRARequest("policy", 1, write_peft_adapter(tensors, str(tmp_path / "adapter"), 8, 16))
+    np.testing.assert_allclose(_vllm_logprobs(llm, clips, ids, comp, req), adapted, atol=2e-3)
+    np.testing.assert_allclose(_vllm_logprobs(llm, clips, ids, comp), base, atol=2e-3)
+    llm.llm_engine.engine_core.shutdown()
