@@ -37,7 +37,7 @@ import torch
 
 from polyaudio_rl.core.audio import TARGET_SR
 from polyaudio_rl.core.models import ModelFamily, all_special_tokens, audio_special_ids, family_of
-from polyaudio_rl.core.prompts import MultiAudioPrompt, audio_placeholder, processor_inputs, to_vllm_input
+from polyaudio_rl.core.prompts import MultiAudioPrompt, audio_placeholder, processor_inputs
 from polyaudio_rl.core.registry import Registry
 from polyaudio_rl.core.weights import (
     SyncError, apply_lora_tensors, check_hub_weights, checkpoint_shapes, hub_key, write_peft_adapter,
@@ -322,10 +322,12 @@ class VLLMEngine(RolloutEngine):
             if rank is None:
                 raise ValueError(f"LoRA rank {want} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=rank)
+        kwargs.update(self.family.vllm_engine_kwargs())
         kwargs.update(spec.extra)
         self.llm = LLM(**kwargs)
         self.eos = _eos_ids(self.model_path, self.tokenizer)
-        self._bad_words, self._logit_bias = vllm_suppression(self.tokenizer, self.suppress_ids)
+        # vLLM tokenises bad words with its own tokenizer: ask that one which ids a word can block
+        self._bad_words, self._logit_bias = vllm_suppression(self.llm.get_tokenizer(), self.suppress_ids)
         self._lora = None  # the active LoRARequest
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._lora_next_id = 1
@@ -342,7 +344,7 @@ class VLLMEngine(RolloutEngine):
 
     def _generate(self, prompts, n, seeds, *, greedy, ignore_eos):
         reps = n if greedy else 1  # vLLM allows greedy only with n=1: send such a prompt n times
-        inputs = [to_vllm_input(p) for p in prompts for _ in range(reps)]
+        inputs = [self.family.vllm_input(p, self.tokenizer) for p in prompts for _ in range(reps)]
         sps = [self._sampling(n // reps, greedy, ignore_eos, seed) for seed in seeds for _ in range(reps)]
         outs = self.llm.generate(inputs, sps, lora_request=self._lora, use_tqdm=False)
         groups = []
@@ -360,7 +362,7 @@ class VLLMEngine(RolloutEngine):
     def completion_logprobs(self, prompt, completion_ids):
         from vllm import SamplingParams
 
-        ids = list(self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]) + list(completion_ids)
+        ids = self.family.vllm_prompt_ids(prompt, self.tokenizer) + list(completion_ids)
         inp = {"prompt_token_ids": ids, "multi_modal_data": {"audio": [(a, TARGET_SR) for a in prompt.audios]}}
         sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         out = self.llm.generate([inp], sp, lora_request=self._lora, use_tqdm=False)[0]
@@ -380,8 +382,9 @@ class VLLMEngine(RolloutEngine):
         if self._shapes is None:
             self._shapes = checkpoint_shapes(self.model_path)
         check_hub_weights(weights, self._shapes)
+        pushed = self.family.vllm_weights(weights, self.model_path)  # the names this family's vLLM class loads
         self.llm.collective_rpc("reload_weights",
-                                kwargs={"weights_iterator": list(weights.items()), "is_checkpoint_format": True})
+                                kwargs={"weights_iterator": list(pushed.items()), "is_checkpoint_format": True})
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_prefix_cache()
         return len(weights)

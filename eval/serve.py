@@ -371,10 +371,12 @@ def llm_configs(cfg: ServeConfig, policy_path: str, judge_path: str) -> list[Any
     # PolyAudio's vLLM class of the policy's model family (as the rollout engines run it); replicas register it
     # through the package's vllm.general_plugins entry point. A judge that is an audio LLM of a supported family
     # (the tiny default judges with the policy's checkpoint) runs the same class; any other chat model, vLLM's own.
-    policy_kw = {"hf_overrides": family_of(policy_path).vllm_hf_overrides(), **cfg.policy_engine_kwargs,
-                 "limit_mm_per_prompt": {"audio": cfg.max_clips}}
+    policy = family_of(policy_path)
+    policy_kw = {"hf_overrides": policy.vllm_hf_overrides(), **policy.vllm_engine_kwargs(),
+                 **cfg.policy_engine_kwargs, "limit_mm_per_prompt": {"audio": cfg.max_clips}}
     try:
-        judge_kw = {"hf_overrides": family_of(judge_path).vllm_hf_overrides(), **cfg.judge_engine_kwargs}
+        judge = family_of(judge_path)
+        judge_kw = {"hf_overrides": judge.vllm_hf_overrides(), **judge.vllm_engine_kwargs(), **cfg.judge_engine_kwargs}
     except FamilyError:
         judge_kw = dict(cfg.judge_engine_kwargs)
     return [

@@ -32,7 +32,8 @@ def sft_target_ids(sample: Any, processor: Any, answer_tag: bool = False) -> lis
         raise ValueError(f"sample {sample.id}: empty answer (nothing to train on)")
     if answer_tag:
         answer = f"<answer>{answer}</answer>"
-    ids = processor.tokenizer(answer + ANSWER_END, add_special_tokens=False)["input_ids"]
+    end = getattr(processor, "end_of_turn", ANSWER_END)  # a family whose turns end otherwise says so (Voxtral: </s>)
+    ids = processor.tokenizer(answer + end, add_special_tokens=False)["input_ids"]
     return list(ids)
 
 

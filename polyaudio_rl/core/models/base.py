@@ -129,6 +129,23 @@ class ModelFamily(abc.ABC):
         arch = self.vllm_lora_arch if lora else self.vllm_arch
         return {"architectures": [arch]} if arch else {}
 
+    def vllm_engine_kwargs(self) -> dict[str, Any]:
+        """Further vLLM engine arguments this family's checkpoints need (rollout engines and the served policy)."""
+        return {}
+
+    def vllm_prompt_ids(self, prompt: Any, tokenizer: Any) -> list[int]:
+        """``prompt``'s token ids as vLLM takes them in a token prompt: one placeholder per clip, which vLLM's
+        processor expands."""
+        return list(tokenizer(prompt.text, add_special_tokens=False)["input_ids"])
+
+    def vllm_input(self, prompt: Any, tokenizer: Any) -> dict[str, Any]:
+        """vLLM's prompt dict for a :class:`~polyaudio_rl.core.prompts.MultiAudioPrompt` (clips in order, 16 kHz)."""
+        return {"prompt": prompt.text, "multi_modal_data": {"audio": [(a, 16000) for a in prompt.audios]}}
+
+    def vllm_weights(self, weights: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+        """Hub-named tensors of a merged push → the names this family's vLLM class loads (the same by default)."""
+        return weights
+
     # ------------------------------------------------------------------------------------------- tiny
     @abc.abstractmethod
     def write_tiny(self, out: Path, seed: int = 0, **sizes: int) -> Path:

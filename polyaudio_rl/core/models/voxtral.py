@@ -8,10 +8,11 @@
   become their ids, :class:`TekkenTokenizer`) + the checkpoint's Whisper feature extractor. transformers'
   ``VoxtralProcessor`` takes audio only through its chat template with files or URLs; this one takes 16 kHz arrays
   like every other family's;
-* prompt: Mistral's instruct format, what mistral_common's ``encode_chat_completion`` gives for a user turn of text
-  and audio chunks: ``<s>[INST]Audio 1: [BEGIN_AUDIO][AUDIO]…\\nAudio 2: [BEGIN_AUDIO][AUDIO]…\\nquestion[/INST]``,
-  clips in order. The chat template writes one ``[AUDIO]``; the processor expands it to the clip's 375. Tokenizer v7
-  rejects a system message together with audio, so a system prompt is written at the start of the user turn;
+* prompt: Mistral's instruct format, what mistral_common's ``encode_chat_completion`` (and so vLLM's chat endpoint
+  serving the policy) gives for a user turn of audio chunks and the question:
+  ``<s>[INST][BEGIN_AUDIO][AUDIO]…[BEGIN_AUDIO][AUDIO]…question[/INST]``, clips in order, unlabelled (the order names
+  them). The chat template writes one ``[AUDIO]``; the processor expands it to the clip's 375. No system prompt:
+  tokenizer v7 rejects a system message beside audio (``data.system_prompt`` is left out for this family);
 * audio tokens: every clip is zero-padded to a 30 s window (log-mel 128 × 3000 frames → 1500 encoder positions →
   4 stacked per token): 375 tokens for any clip of up to 30 s (12.5 a second only at exactly 30 s);
 * plain audio encoder, not the length-aware one: the encoder only accepts full 3000-frame windows (transformers
@@ -114,27 +115,21 @@ class TekkenTokenizer:
 
 # ------------------------------------------------------------------------------------------------ processor
 def render_chat(messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-    """Mistral's instruct format for ``messages`` (system / user / assistant; user content a string or parts of type
-    ``audio`` and ``text``), one ``[BEGIN_AUDIO][AUDIO]`` per audio part, each labelled ``Audio i:``. A system
-    prompt opens the next user turn (tokenizer v7 has no system message beside audio)."""
-    out, system, n_audio = [BOS], "", 0
+    """Mistral's instruct format for ``messages`` (user / assistant; content a string or parts of type ``audio``
+    and ``text``): ``<s>[INST]`` + ``[BEGIN_AUDIO][AUDIO]`` per audio part + text + ``[/INST]`` — what
+    mistral_common (and so vLLM's chat endpoint serving the policy) renders for the same parts. System messages are
+    left out: tokenizer v7 rejects a system message beside audio, so the served policy never sees one either."""
+    out = [BOS]
     for msg in messages:
         role, content = msg["role"], msg["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
         if role == "system":
-            system = (content if isinstance(content, str) else "".join(p.get("text", "") for p in content)) + "\n\n"
             continue
         if role == "assistant":
-            out.append((content if isinstance(content, str) else "".join(p.get("text", "") for p in content)) + EOS)
+            out.append("".join(p.get("text", "") for p in parts) + EOS)
             continue
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        body, system = system, ""
-        for p in parts:
-            if p.get("type") == "audio" or "audio" in p or "audio_url" in p:
-                n_audio += 1
-                sep = "\n" if body and not body.endswith("\n") else ""
-                body += f"{sep}Audio {n_audio}: {BEGIN_AUDIO}{AUDIO}"
-            else:
-                body += ("\n" if body.endswith(AUDIO) else "") + p.get("text", "")
+        body = "".join(f"{BEGIN_AUDIO}{AUDIO}" if p.get("type") == "audio" or "audio" in p or "audio_url" in p
+                       else p.get("text", "") for p in parts)
         out.append(INST + body + END_INST)
     # Mistral's format has no assistant header: after a user turn the generation prompt is its [/INST]
     return "".join(out)
@@ -149,6 +144,7 @@ class VoxtralAudioProcessor:
         self.feature_extractor = feature_extractor
         self.tokenizer = tokenizer
         self.audio_token, self.audio_token_id = AUDIO, AUDIO_ID
+        self.end_of_turn = EOS  # what ends an assistant turn (SFT targets end with it)
         self.chat_template = None
 
     @classmethod
@@ -322,6 +318,17 @@ class VoxtralFamily(ModelFamily):
     def vllm_engine_kwargs(self) -> dict[str, Any]:
         """vLLM's Voxtral needs mistral_common's tokenizer, and with it the Mistral config and weights."""
         return {"tokenizer_mode": "mistral", "config_format": "mistral", "load_format": "mistral"}
+
+    def vllm_prompt_ids(self, prompt: Any, tokenizer: Any) -> list[int]:
+        """Expanded ids (375 ``[AUDIO]`` per clip): vLLM's Voxtral takes a prompt whose audio spans are written
+        already, as mistral_common writes them, and only checks them."""
+        counts = iter([audio_token_count(len(a)) for a in prompt.audios])
+        return tokenizer.encode(re.sub(re.escape(AUDIO), lambda _m: AUDIO * next(counts), prompt.text))
+
+    def vllm_input(self, prompt: Any, tokenizer: Any) -> dict[str, Any]:
+        """A token prompt: in ``tokenizer_mode="mistral"`` vLLM would spell a text prompt's ``[INST]`` out as bytes."""
+        return {"prompt_token_ids": self.vllm_prompt_ids(prompt, tokenizer),
+                "multi_modal_data": {"audio": [(a, SAMPLING_RATE) for a in prompt.audios]}}
 
     def vllm_weights(self, weights: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
         """Hub-named tensors → the Mistral names (and rotary layout) vLLM's Voxtral ``load_weights`` takes."""

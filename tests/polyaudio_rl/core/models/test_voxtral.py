@@ -26,22 +26,18 @@ def vox(tiny_ckpt_of):
     return fam, path, fam.load_processor(path)
 
 
-def _mistral_common_ids(path, clips, question, system=None):
-    """What mistral_common's own chat encoder gives for a user turn of labelled audio chunks and the question."""
+def _mistral_common_ids(path, clips, question):
+    """What mistral_common's own chat encoder (vLLM's chat endpoint) gives for a user turn of audio chunks and text."""
     from mistral_common.protocol.instruct.chunk import AudioChunk, TextChunk
     from mistral_common.protocol.instruct.messages import UserMessage
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
     from mistral_common.tokens.tokenizers.audio import Audio
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    chunks = []
-    for i, a in enumerate(clips):
-        lead = (system + "\n\n" if system and i == 0 else "") + ("\n" if i else "")
-        chunks += [TextChunk(text=f"{lead}Audio {i + 1}: "),
-                   AudioChunk.from_audio(Audio(audio_array=a, sampling_rate=16000, format="wav"))]
-    chunks.append(TextChunk(text="\n" + question))
+    chunks = [AudioChunk.from_audio(Audio(audio_array=a, sampling_rate=16000, format="wav")) for a in clips]
     tok = MistralTokenizer.from_file(f"{path}/tekken.json")
-    return tok.encode_chat_completion(ChatCompletionRequest(messages=[UserMessage(content=chunks)])).tokens
+    request = ChatCompletionRequest(messages=[UserMessage(content=[*chunks, TextChunk(text=question)])])
+    return tok.encode_chat_completion(request).tokens
 
 
 @pytest.mark.parametrize("n_clips", [2, 3, 4, 5])
@@ -49,32 +45,52 @@ def _mistral_common_ids(path, clips, question, system=None):
 def test_prompt_is_mistral_commons_encoding(vox, n_clips, system):
     fam, path, proc = vox
     clips = [tone(0.5 + 0.5 * i, 200.0 * (i + 1)) for i in range(n_clips)]
-    text = proc.apply_chat_template(build_messages(Q, n_clips, system))
-    assert text.count("[AUDIO]") == n_clips and text.startswith("<s>[INST]") and text.endswith("[/INST]")
+    text = proc.apply_chat_template(build_messages(Q, n_clips, system))  # a system prompt is left out (v7)
+    assert text == "<s>[INST]" + "[BEGIN_AUDIO][AUDIO]" * n_clips + Q + "[/INST]"
     batch = proc(text=[text], audio=clips, return_tensors="pt")
     ids = batch["input_ids"][0].tolist()
-    assert ids == _mistral_common_ids(path, clips, Q, system)
+    assert ids == _mistral_common_ids(path, clips, Q)
+    assert ids[:2] == [1, 3] and ids[-1] == 4
     assert len(ids) == len(proc.tokenizer(text)["input_ids"]) - n_clips + 375 * n_clips
+    assert fam.vllm_input(build_prompt_of(text, clips), proc.tokenizer)["prompt_token_ids"] == ids
     assert batch["input_features"].shape == (n_clips, 128, 3000)
     # the real-audio frames per clip, in clip order (hop 160)
     assert batch["feature_attention_mask"].sum(-1).tolist() == [int(len(c) / 160) for c in clips]
 
 
+def build_prompt_of(text, clips):
+    from polyaudio_rl.core.prompts import MultiAudioPrompt
+
+    return MultiAudioPrompt("s", text, clips)
+
+
 def test_spans_in_clip_order(vox):
     _, _, proc = vox
-    ids = proc(text=[proc.apply_chat_template(build_messages(Q, 3))], audio=[tone(1.0)] * 3)["input_ids"][0]
+    clips = [tone(1.0), tone(0.5), tone(2.0)]
+    batch = proc(text=[proc.apply_chat_template(build_messages(Q, 3))], audio=clips, return_tensors="pt")
+    ids = batch["input_ids"][0].tolist()
     starts = [i for i, t in enumerate(ids) if t == 25]  # [BEGIN_AUDIO]
-    assert len(starts) == 3
-    for k, s in enumerate(starts):
+    assert starts == [2, 2 + 376, 2 + 2 * 376]
+    for s in starts:
         assert ids[s + 1: s + 376] == [24] * 375 and ids[s + 376] != 24
-        label = proc.tokenizer.decode(ids[s - 4: s])
-        assert f"Audio {k + 1}:" in label
+    # clip k's features are row k
+    assert batch["feature_attention_mask"].sum(-1).tolist() == [100, 50, 200]
 
 
 @pytest.mark.parametrize("seconds, tokens", [(0.1, 375), (1.0, 375), (12.3, 375), (30.0, 375), (30.01, 750),
                                              (60.0, 750), (61.0, 1125)])
 def test_audio_token_count(seconds, tokens):
     assert audio_token_count(int(round(seconds * 16000))) == tokens
+
+
+def test_sft_target_ends_the_turn_with_eos(vox):
+    from types import SimpleNamespace
+
+    from polyaudio_rl.sft import sft_target_ids
+
+    _, _, proc = vox
+    ids = sft_target_ids(SimpleNamespace(id="s", answer="Audio 2"), proc)
+    assert ids[-1] == 2 and proc.tokenizer.decode(ids[:-1]) == "Audio 2"
 
 
 def test_clip_over_30_s_is_an_error(vox):
