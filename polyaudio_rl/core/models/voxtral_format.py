@@ -190,6 +190,8 @@ def params_dict(config: Any) -> dict[str, Any]:
         "hidden_dim": t.intermediate_size, "n_heads": t.num_attention_heads, "n_kv_heads": t.num_key_value_heads,
         "rope_theta": float(rope_theta), "norm_eps": t.rms_norm_eps, "vocab_size": t.vocab_size,
         "max_position_embeddings": t.max_position_embeddings, "tied_embeddings": bool(t.tie_word_embeddings),
+        # the stored weights' dtype: without it vLLM's dtype "auto" would not follow config.json's
+        **({"dtype": str(config.dtype).removeprefix("torch.")} if getattr(config, "dtype", None) else {}),
         "multimodal": {"whisper_model_args": {
             "encoder_args": {
                 "audio_encoding_args": {"sampling_rate": SAMPLING_RATE, "frame_rate": FRAME_RATE,

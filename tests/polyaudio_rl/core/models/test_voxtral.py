@@ -170,7 +170,7 @@ def _llm(path, **kw):
     from vllm import LLM
 
     return LLM(model=path, max_model_len=2048, kv_cache_memory_bytes=256 * 2**20, limit_mm_per_prompt={"audio": 5},
-               enforce_eager=True, seed=0, **get_family("voxtral").vllm_engine_kwargs(), **kw)
+               enforce_eager=True, seed=0, dtype="float32", **get_family("voxtral").vllm_engine_kwargs(), **kw)
 
 
 def _probe(proc):
