@@ -66,6 +66,7 @@ def merge_adapter(base: str, adapter_dir: str, out: str | None = None, dtype: st
     from peft import PeftModel
 
     from polyaudio_rl.core.model import load_model, load_processor
+    from polyaudio_rl.core.models import family_of
 
     adapter = Path(adapter_dir)
     digest = _adapter_hash(adapter)
@@ -98,5 +99,6 @@ def merge_adapter(base: str, adapter_dir: str, out: str | None = None, dtype: st
         if merged.generation_config is not None:
             merged.generation_config.save_pretrained(tmp)
         load_processor(str(base)).save_pretrained(tmp)
+        family_of(str(base)).write_serving_files(tmp, merged.config, state)  # e.g. Voxtral's Mistral-format files
         (tmp / "merge_info.json").write_text(json.dumps(info, indent=1))
     return str(out_path)

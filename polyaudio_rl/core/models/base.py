@@ -146,6 +146,10 @@ class ModelFamily(abc.ABC):
         """Hub-named tensors of a merged push → the names this family's vLLM class loads (the same by default)."""
         return weights
 
+    def write_serving_files(self, out: Path, config: Any, hub_state: dict[str, torch.Tensor]) -> None:
+        """Write the files beside the HF ones that this family's vLLM class reads, for a checkpoint written here
+        (a merged adapter: ``eval.merge``); none by default."""
+
     # ------------------------------------------------------------------------------------------- tiny
     @abc.abstractmethod
     def write_tiny(self, out: Path, seed: int = 0, **sizes: int) -> Path:

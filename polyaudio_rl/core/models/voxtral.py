@@ -338,6 +338,10 @@ class VoxtralFamily(ModelFamily):
         n_heads = text.get("num_attention_heads", 32)
         return to_mistral_weights(weights, n_heads, text.get("num_key_value_heads", n_heads))
 
+    def write_serving_files(self, out: Path, config: Any, hub_state: dict[str, torch.Tensor]) -> None:
+        """``params.json`` + ``consolidated.safetensors``: vLLM's Voxtral reads only the Mistral format."""
+        write_mistral_files(Path(out), config, hub_state)
+
     def write_tiny(self, out: Path, seed: int = 0, **sizes: int) -> Path:
         return write_tiny(out, seed, **sizes)
 

@@ -258,3 +258,28 @@ def test_adapter_reaches_vllms_voxtral(vox, tmp_path):
     np.testing.assert_allclose(_vllm_logprobs(llm, clips, ids, comp, req), adapted, atol=2e-3)
     np.testing.assert_allclose(_vllm_logprobs(llm, clips, ids, comp), base, atol=2e-3)
     llm.llm_engine.engine_core.shutdown()
+
+
+def test_merged_adapter_checkpoint_has_the_mistral_files(vox, tmp_path):
+    """eval.merge writes the merged weights in both formats (vLLM's Voxtral serves from the Mistral ones)."""
+    import safetensors.torch as st
+    from peft import LoraConfig, get_peft_model
+
+    from eval.merge import merge_adapter
+
+    fam, path, _ = vox
+    peft = get_peft_model(fam.load_model(path, torch.float32), LoraConfig(r=4, lora_alpha=8,
+                                                                          target_modules=fam.lora_target_modules))
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.05)
+    peft.save_pretrained(str(tmp_path / "adapter"))
+    out = merge_adapter(path, str(tmp_path / "adapter"), dtype="float32")
+    hf = st.load_file(f"{out}/model.safetensors")
+    mi = st.load_file(f"{out}/consolidated.safetensors")
+    base = st.load_file(f"{path}/consolidated.safetensors")
+    assert (tmp_path / "adapter.merged" / "params.json").is_file() and (tmp_path / "adapter.merged" / "tekken.json").is_file()
+    assert torch.equal(mi["layers.1.feed_forward.w2.weight"], hf["language_model.model.layers.1.mlp.down_proj.weight"])
+    assert not torch.equal(mi["layers.1.attention.wq.weight"], base["layers.1.attention.wq.weight"])
+    assert torch.equal(mi["output.weight"], base["output.weight"])  # not adapted
