@@ -276,7 +276,7 @@ def vllm_suppression(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], dic
     cannot produce from text) with vLLM's strongest ``logit_bias``, -100."""
     words, bias = [], {}
     for i in ids:
-        text = tokenizer.convert_ids_to_tokens(int(i))
+        text = tokenizer.convert_ids_to_tokens([int(i)])[0]  # a list: vLLM's Mistral tokenizer takes lists only
         if text in all_special_tokens() and list(tokenizer.encode(text, add_special_tokens=False)) == [int(i)]:
             words.append(text)
         else:
