@@ -90,6 +90,9 @@ def test_resumed_offline_wandb_run_is_rewound_to_the_checkpoint_step(tmp_path, m
     for s in range(1, 5):
         first.log(s, {"loss": float(s)})
     first.close()
+    # wandb names an offline run's folder by its start time to the second: a resumed process that starts within the
+    # same second as the first (a warm wandb service) would share the folder; a real resume starts later
+    time.sleep(1.1)
     again = MetricsLogger(run, wandb_mode="offline", resume_step=2)
     assert again._wandb is not None and again._wandb.id == "run-a" and again._wandb.starting_step == 3
     moment = again._wandb.settings.resume_from
