@@ -27,6 +27,7 @@ longer than ``max_model_len - max_new_tokens``, duplicate group ids — the erro
 from __future__ import annotations
 
 import abc
+import inspect
 import os
 import shutil
 import tempfile
@@ -327,7 +328,11 @@ class VLLMEngine(RolloutEngine):
         self.llm = LLM(**kwargs)
         self.eos = _eos_ids(self.model_path, self.tokenizer)
         # vLLM tokenises bad words with its own tokenizer: ask that one which ids a word can block
-        self._bad_words, self._logit_bias = vllm_suppression(self.llm.get_tokenizer(), self.suppress_ids)
+        self._bad_words, bias = vllm_suppression(self.llm.get_tokenizer(), self.suppress_ids)
+        # an id no word can block: a logit_bias (at most -100 in vLLM) loses to a large enough logit, so sample from
+        # every other id instead (an exact -inf mask)
+        vocab = self.llm.llm_engine.model_config.get_vocab_size()
+        self._allowed = [i for i in range(vocab) if i not in bias] if bias else None
         self._lora = None  # the active LoRARequest
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._lora_next_id = 1
@@ -340,7 +345,7 @@ class VLLMEngine(RolloutEngine):
         return SamplingParams(n=n, max_tokens=c.max_new_tokens, temperature=0.0 if greedy else c.temperature,
                               top_p=1.0 if greedy else c.top_p, logprobs=0, ignore_eos=ignore_eos,
                               seed=None if greedy else seed, bad_words=list(self._bad_words) or None,
-                              logit_bias=dict(self._logit_bias) or None)
+                              allowed_token_ids=self._allowed)
 
     def _generate(self, prompts, n, seeds, *, greedy, ignore_eos):
         reps = n if greedy else 1  # vLLM allows greedy only with n=1: send such a prompt n times
@@ -451,6 +456,7 @@ class HFEngine(RolloutEngine):
         self.model = load_model(self.model_path, dtype=spec.dtype, device=device)
         self.device = self.model.device
         self.params = {hub_key(n, self.family): p for n, p in self.model.named_parameters()}
+        self.forward_args = set(inspect.signature(self.model.forward).parameters)
         self._base: dict[str, torch.Tensor] = {}  # originals of weights an adapter modifies
         self.eos = _eos_ids(self.model_path, self.tokenizer)
 
@@ -458,6 +464,8 @@ class HFEngine(RolloutEngine):
         c = self.cfg
         expanded = [p for p in prompts for _ in range(n)]  # group after group; clips stay with their prompt
         batch = processor_inputs(expanded, self.processor, padding_side="left").to(self.device)
+        # generate() refuses inputs its model does not take (Voxtral's encoder reads whole 30 s windows: no frame mask)
+        batch = {k: v for k, v in batch.items() if k in self.forward_args}
         # one batch samples from one torch generator: seed it from the batch's group seeds (same batch, same draws)
         torch.manual_seed(request_seed(self.cfg.seed, ",".join(map(str, seeds))))
         kw: dict[str, Any] = dict(max_new_tokens=c.max_new_tokens, return_dict_in_generate=True, output_logits=True,
