@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.config.reward import REWARD_COMPONENTS
+from .report import write_runs_page
 
 METRICS = ("accuracy", "irrelevant_clip_rate", "paraphrase_agreement", "format_rate", "mean_length")
 
@@ -156,5 +157,11 @@ def write_report(out: Path, paths: list[str], results: list[dict[str, Any]], ove
     md = markdown(results, runs, overrides)
     (out / "ablations.md").write_text(md)
     plot(runs, out / "ablations.png")
+    done = {r["name"]: r["run_dir"] for r in results
+            if r.get("status") == "ok" and r.get("run_dir") and Path(r["run_dir"]).is_dir()}
+    if done:  # one listening page: each run's held-out answers side by side, links to each run's own page
+        write_runs_page(out / "ablations.html", "Reward ablations", done,
+                        intro='<p><a href="ablations.md">ablations.md</a></p>')
     print(md)
-    print(f"[ablate] wrote {out / 'ablations.md'}, {out / 'ablations.json'}, {out / 'ablations.png'}", flush=True)
+    print(f"[ablate] wrote {out / 'ablations.md'}, {out / 'ablations.json'}, {out / 'ablations.png'}"
+          + (f", {out / 'ablations.html'}" if done else ""), flush=True)

@@ -106,3 +106,19 @@ def test_runner_records_a_fast_failing_run_and_goes_on(tmp_path, monkeypatch):
     for r in results:
         assert r["status"] == "failed" and "status 2" in r["error"] and "no_such_key" in r["error"]
         assert (tmp_path / "out" / r["name"] / "error.txt").exists()
+
+
+def test_report_writes_one_listening_page_for_the_runs_that_finished(tmp_path):
+    from tests.polyaudio_rl.report_fixtures import demo_run
+
+    arms = {name: demo_run(tmp_path / name, n_items=6, steps=2) for name in ("correctness_only", "plus_parsimony")}
+    results = [{**_rec(name, 0.5, 0.6), "run_dir": str(d)} for name, d in arms.items()]
+    results.append({"name": "broken", "config": "b.yaml", "status": "failed", "error": "boom",
+                    "run_dir": str(tmp_path / "broken")})
+    out = tmp_path / "suite"
+    out.mkdir()
+    write_report(out, [r["config"] for r in results], results, [])
+    page = (out / "ablations.html").read_text()
+    assert "correctness_only" in page and "plus_parsimony" in page and "broken" not in page
+    assert page.count("<audio") == sum(2 + i % 2 for i in range(6))  # each held-out item's clips once (fixture: 2 or 3)
+    assert 'href="ablations.md"' in page
