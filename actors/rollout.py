@@ -34,6 +34,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from polyaudio_rl.core.config import Config
+from polyaudio_rl.core.policy_version import PolicyVersion
 from polyaudio_rl.core.procguard import guard_process_tree
 from polyaudio_rl.core.prompts import MultiAudioPrompt
 from actors.rollout_engine import (
@@ -183,7 +184,7 @@ class RolloutPool:
             for i in range(self.num_actors)
         ]
         self.infos = ray.get([a.ready.remote() for a in self.actors], timeout=rc.actor_start_timeout_s)
-        self.version = 0
+        self.policy = PolicyVersion()  # `version` below; the pipelined driver shares this counter and waits on it
         self._weights_ref: Any = None  # the current version's weights, kept for actors that restart
         self._expected: list[float] | None = None
         self.resends = 0  # shards re-sent after their actor died or refused a stale version
@@ -195,6 +196,15 @@ class RolloutPool:
         # Submits and syncs may come from different driver threads (the pipelined GRPO driver): sending a shard and
         # sending a sync are ordered under this lock, so each actor sees them in the pool's version order.
         self._lock = threading.RLock()
+
+    @property
+    def version(self) -> int:
+        """The policy version the actors serve (a rollout call carries it; an actor on another one refuses)."""
+        return self.policy.served
+
+    @version.setter
+    def version(self, version: int) -> None:
+        self.policy.serve(version)
 
     # ------------------------------------------------------------------------------------------------ rollouts
     def submit(self, prompts: Sequence[MultiAudioPrompt], group_ids: Sequence[str] | None = None,

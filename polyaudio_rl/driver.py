@@ -17,12 +17,14 @@ One GRPO step *b* trains on one :class:`RolloutBatch`:
    the driver passes only names and shapes), ``rollout.sync_transport`` — and each loads them as policy version
    v+1, verified against the learner's own log-probs of a fixed probe (a sync that did not take effect raises).
 
-Steps 1–3 run in a *producer* thread, steps 4–5 in the caller's (*consumer*) thread. ``grpo.max_policy_lag`` = k
-bounds how far the producer may run ahead: the batch of step b is sampled from a policy at most k versions older
-than the learner's when it trains on it. k = 0 is the synchronous loop (the batch of step b is generated after step
-b−1's sync — the same data, seeds and versions as a loop without threads); with k ≥ 1, generation and scoring of the
-next batches overlap training, and the rollout side of each sync runs in the background. A group older than k
-versions is dropped and counted (``groups/dropped_stale``; the producer's version gate makes this a safety net).
+Steps 1–3 make a batch as a future (one worker, so batches are made in step order), steps 4–5 run in the caller's
+thread. The trainer keeps the batches of steps up to b + k + 1 in flight, ``grpo.max_policy_lag`` = k: each waits at
+the *version gate* (a condition on the shared :class:`~polyaudio_rl.core.policy_version.PolicyVersion`, woken when
+a sync is sent) until the rollout actors serve a policy at most k versions older than the learner's when it trains
+on that batch. k = 0 is the synchronous loop (the batch of step b is generated after step b−1's sync — the same
+data, seeds and versions as a loop without futures); with k ≥ 1, generation and scoring of the next batches overlap
+training, and the rollout side of each sync (learner half, push, verification) is a future the next sync waits for.
+A group older than k versions is dropped and counted (``groups/dropped_stale``; the gate makes this a safety net).
 A checkpoint is a pipeline barrier: the batch after a checkpoint step is sampled from the checkpoint's own policy,
 so ``--resume`` continues exactly as the uninterrupted run did, whatever k.
 
@@ -31,11 +33,11 @@ Metrics per step (docs/metrics.md) go to ``RUN_DIR/metrics.jsonl``; spans of eve
 """
 from __future__ import annotations
 
-import queue
 import sys
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
@@ -45,6 +47,7 @@ import torch
 from .core import core_algos as ca
 from .core.config import Config
 from .core.batching import TrainItem
+from .core.policy_version import PolicyVersion
 from .core.timeline import Timeline
 from .data_stream import PromptItem, PromptStream
 
@@ -196,7 +199,8 @@ class GRPODriver:
         self.rewards = reward_pool
         self.learner = learner
         self.processor = processor
-        self.version = version
+        self.policy: PolicyVersion = rollout_pool.policy  # the pool's counter: `served` moves when a sync is sent
+        self.policy.trained = version
         self.lag = cfg.grpo.max_policy_lag
         self.probe = make_probe(processor, cfg.rollout.probe_tokens)
         self.timeline = timeline or Timeline()
@@ -206,15 +210,20 @@ class GRPODriver:
         self.init_adapter: str | None = None  # what a learner restarts from when no checkpoint exists yet
         self.model_path: str | None = None
         self.on_scored: Callable[[int, RolloutBatch, list[TrainItem]], Any] | None = None  # e.g. samples.RolloutSampler
+        # one worker each: batches are made one after the other, in step order; one sync runs at a time
+        self._producer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-producer")
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync")
         self._reset_pipeline()
 
+    @property
+    def version(self) -> int:
+        """The learner's policy version (bumped when a sync is sent)."""
+        return self.policy.trained
+
     def _reset_pipeline(self) -> None:
-        self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
-        self._producer: threading.Thread | None = None
-        self._sync_thread: threading.Thread | None = None
-        self._sync_error: BaseException | None = None
-        self._sync_result: dict[str, float] = {}
+        self._batches: dict[int, Future] = {}  # step -> the future of its RolloutBatch, made in step order
+        self._sync_future: Future | None = None  # the background sync in flight: its figures, or its error
         self._first: tuple[int, int] | None = None  # (first step, its learner version) of this pipeline
         self._last_end: float | None = None
         self._prep: list[tuple[int, list[Any]]] = []  # (step, prompts) submitted to rollouts, not yet prefetched
@@ -278,6 +287,8 @@ class GRPODriver:
         """Stop the pipeline, write the timeline (a Chrome trace, when a path is given) and shut every pool down;
         errors are reported, never raised: the run's own error may be on its way up."""
         _quietly(self.close, "pipeline")
+        for pool in (self._producer, self._syncer):
+            pool.shutdown(wait=False, cancel_futures=True)
         if timeline_path is not None:
             self.timeline.write(timeline_path)
         self.stream.close()
@@ -307,26 +318,20 @@ class GRPODriver:
         return {"time/sync_push": time.time() - t, "sync/max_abs_diff": float(max(diffs) if diffs else 0.0)}
 
     def wait_sync(self) -> dict[str, float]:
-        """Wait for a sync running in the background; raise what it raised."""
-        if self._sync_thread is not None:
-            self._sync_thread.join()
-            self._sync_thread = None
-        if self._sync_error is not None:
-            err, self._sync_error = self._sync_error, None
-            raise err
-        return self._sync_result
+        """Wait for the sync running in the background (if any); its figures, or raise what it raised."""
+        fut, self._sync_future = self._sync_future, None
+        return fut.result() if fut is not None else {}
 
     def sync(self, background: bool = False) -> dict[str, float]:
         """New weights to every rollout actor as policy version v+1, verified by the probe. With ``background``
         the step only sends the learner's half (the learner runs it before the next step, which may be sent at
-        once); waiting for it, the push and the verification run in a thread that :meth:`wait_sync` (or the next
-        sync) joins. ``time/sync`` is what the step waited for."""
+        once); waiting for it, the push and the verification run as a future that :meth:`wait_sync` (or the next
+        sync) waits for. ``time/sync`` is what the step waited for."""
         t = time.time()
         prev = self.wait_sync()  # the background sync before this one (its figures are logged with this step)
-        self._sync_result = {}
         version = self.version + 1
         half = self._learner_half(version)
-        self.version = version
+        self.policy.bump()
 
         def learner_half() -> tuple[Any, list[float], float]:
             t0 = time.time()
@@ -341,15 +346,11 @@ class GRPODriver:
             out["time/sync"] = time.time() - t
             return out
 
-        def run() -> None:
-            try:
-                weights, expected, waited = learner_half()
-                self._sync_result = {"time/sync_learner": waited, **self._push(weights, expected, version)}
-            except BaseException as exc:  # noqa: BLE001 - raised in the consumer by wait_sync()
-                self._sync_error = exc
+        def finish() -> dict[str, float]:
+            weights, expected, waited = learner_half()
+            return {"time/sync_learner": waited, **self._push(weights, expected, version)}
 
-        self._sync_thread = threading.Thread(target=run, name=f"sync-v{version}", daemon=True)
-        self._sync_thread.start()
+        self._sync_future = self._syncer.submit(finish)
         return {**prev, "time/sync": time.time() - t, "policy_version": float(version)}
 
     # ------------------------------------------------------------------------------------------------ prefetch
@@ -365,24 +366,32 @@ class GRPODriver:
             self.learner.prefetch(prompts, self.cfg.grpo.group_size)
 
     # ------------------------------------------------------------------------------------------------ producer
-    def _start(self, step: int) -> None:
-        self._first = (step, self.version)
-        self._producer = threading.Thread(target=self._produce, args=(step,), name="rollout-producer", daemon=True)
-        self._producer.start()
+    def _submit_batches(self, step: int) -> None:
+        """Keep the batches the trainer may need next in flight: steps up to ``step + max_policy_lag + 1`` (the
+        last one waits at the version gate for the sync that lets it start), never past ``grpo.steps``."""
+        if self._first is None:
+            self._first = (step, self.version)
+            self._next = step
+        upto = max(step, min(step + self.lag + 1, self.cfg.grpo.steps))
+        while self._next <= upto:
+            self._batches[self._next] = self._producer.submit(self._produce, self._next, self._first)
+            self._next += 1
 
-    def _produce(self, step: int) -> None:
+    def _produce(self, step: int, first: tuple[int, int]) -> RolloutBatch | None:
+        """The batch of ``step`` once the rollout actors serve the oldest policy it may be sampled from (the
+        version gate); None when the pipeline was stopped first. An error stops the batches queued after it."""
+        if self._stop.is_set():
+            return None
         try:
-            while not self._stop.is_set():
-                need = min_sample_version(step, *self._first, self.lag, self.checkpoint_steps())
-                while self.rollout.version < need:  # the pool's version moves when a sync is sent
-                    if self._stop.wait(0.02) or self.stream.closed:
-                        return
-                self._queue.put(self._make_batch(step))
-                step += 1
-        except BaseException as exc:  # noqa: BLE001 - raised in the consumer by step()
-            self._queue.put(exc)
+            need = min_sample_version(step, *first, self.lag, self.checkpoint_steps())
+            if not self.policy.wait_served(need, stop=self._stop.is_set):
+                return None
+            return self._make_batch(step, first_step=first[0])
+        except BaseException:
+            self._stop.set()
+            raise
 
-    def _make_batch(self, step: int) -> RolloutBatch:
+    def _make_batch(self, step: int, first_step: int) -> RolloutBatch:
         from rewards.scorer import Group
 
         g = self.cfg.grpo
@@ -397,7 +406,7 @@ class GRPODriver:
                                      version=job.version, groups=sh.end - sh.start) for sh in job.shards]
         with self._prep_lock:
             self._prep.append((step, [it.prompt for it in items]))
-        if self.lag == 0 or step == self._first[0]:  # the first batch: no step or sync of the learner's to delay
+        if self.lag == 0 or step == first_step:  # the first batch: no step or sync of the learner's to delay
             self._prefetch(step)
         try:
             groups = self.rollout.collect(job)
@@ -415,28 +424,30 @@ class GRPODriver:
                             end_position=items[-1].position + 1 if items else self.stream.position)
 
     def _next_batch(self, step: int) -> RolloutBatch:
-        got = self._queue.get()
-        if isinstance(got, BaseException):
-            raise got
-        if got.step != step:
-            raise RuntimeError(f"the producer made the batch of step {got.step}, the trainer is at step {step}")
-        return got
+        self._submit_batches(step)
+        batch = self._batches.pop(step).result()  # raises what making it raised
+        if batch is None:
+            raise RuntimeError(f"the batch of step {step} was not made: the pipeline was stopped")
+        return batch
 
     def close(self) -> None:
-        """Stop the producer and finish a background sync (call before evaluating or shutting down)."""
+        """Stop making batches and finish a background sync (call before evaluating or shutting down); batches
+        made ahead are dropped (their rows are read again by whoever continues from :attr:`data_position`)."""
         self._stop.set()
-        if self._producer is not None:
-            self._producer.join(timeout=600)
-            self._producer = None
+        self.policy.wake()  # a batch waiting at the version gate gives up
+        for fut in self._batches.values():
+            fut.cancel()
         try:
+            wait(list(self._batches.values()), timeout=600)
             self.wait_sync()
         finally:
+            self._batches.clear()
+            self._first = None
             self._stop = threading.Event()
 
     # ------------------------------------------------------------------------------------------------ step
     def step(self, step: int) -> StepResult:
-        if self._producer is None:
-            self._start(step)
+        """One GRPO step: wait for the step's scored batch, train on its groups, sync the new policy."""
         m: dict[str, Any] = {"phase": "grpo"}
         t0 = time.time()
         start = self._last_end if self._last_end is not None else t0
@@ -445,37 +456,10 @@ class GRPODriver:
         self.timeline.add("trainer", "wait for rollouts", t0, t1, step=step)
         m.update(batch.times)
         m["time/wait_rollout"] = t1 - t0
-        train_items, rewards, lengths, lags, trained = [], [], [], [], []
-        dropped_unscored = dropped_stale = 0
-        for it, grp, gs in zip(batch.items, batch.groups, batch.scores.groups):
-            lag = self.version - grp.policy_version
-            if lag < 0 or lag > self.lag:
-                dropped_stale += 1  # never trained on: sampled more than max_policy_lag versions ago
-                continue
-            if any(t is None for t in gs.total):
-                dropped_unscored += 1  # a partly unscored group has no trustworthy baseline
-                continue
-            lags.append(lag)
-            trained.append(it.sample.id)
-            for c, r in zip(grp.completions, gs.total):
-                train_items.append(TrainItem(it.prompt, list(c.token_ids), old_logprobs=list(c.logprobs),
-                                             group_id=grp.group_id))
-                rewards.append(float(r))
-                lengths.append(len(c.token_ids))
-        m.update(reward_metrics(batch.scores))
-        m.update({"groups/dropped_unscored": float(dropped_unscored), "groups/dropped_stale": float(dropped_stale),
-                  "policy_lag/mean": float(np.mean(lags)) if lags else 0.0,
-                  "policy_lag/max": float(max(lags)) if lags else 0.0})
-        if train_items:
-            train_items, am = group_advantages(train_items, rewards, self.cfg.grpo)
-            m.update(am)
-        if self.on_scored is not None:  # the scored groups with the advantages trained on (the run's samples)
-            self.on_scored(step, batch, train_items)
-        if train_items:
-            with self.timeline.span("learner", "train", step=step):
-                lm = _learner_call(self.learner.train_grpo_step, train_items)
-            m.update({learner_metric_name(k): v for k, v in lm.items()})
-            self.trained_by_step[step] = trained
+        m.update(reward_metrics(batch.scores))  # the step's scored groups: batch.items / .groups / .scores
+        items, rewards, lengths, trained, fm = self._train_inputs(batch)
+        m.update(fm)
+        m.update(self._train(step, batch, items, rewards, trained))
         t2 = time.time()
         self.data_position = batch.end_position
         background = self.lag > 0 and step not in self.checkpoint_steps()
@@ -494,6 +478,49 @@ class GRPODriver:
             "busy/learner": self.timeline.busy_fraction("learner", start, t3),
         })
         return StepResult(step, m, [it.sample.id for it in batch.items])
+
+    def _train_inputs(self, batch: RolloutBatch) -> tuple[list[TrainItem], list[float], list[int], list[str],
+                                                          dict[str, float]]:
+        """The batch's completions that may be trained on — groups within ``max_policy_lag`` versions, fully
+        scored — as (items, rewards, completion lengths, sample ids trained, drop/lag metrics)."""
+        items, rewards, lengths, lags, trained = [], [], [], [], []
+        dropped_unscored = dropped_stale = 0
+        for it, grp, gs in zip(batch.items, batch.groups, batch.scores.groups):
+            lag = self.version - grp.policy_version
+            if lag < 0 or lag > self.lag:
+                dropped_stale += 1  # never trained on: sampled more than max_policy_lag versions ago
+                continue
+            if any(t is None for t in gs.total):
+                dropped_unscored += 1  # a partly unscored group has no trustworthy baseline
+                continue
+            lags.append(lag)
+            trained.append(it.sample.id)
+            for c, r in zip(grp.completions, gs.total):
+                items.append(TrainItem(it.prompt, list(c.token_ids), old_logprobs=list(c.logprobs),
+                                       group_id=grp.group_id))
+                rewards.append(float(r))
+                lengths.append(len(c.token_ids))
+        m = {"groups/dropped_unscored": float(dropped_unscored), "groups/dropped_stale": float(dropped_stale),
+             "policy_lag/mean": float(np.mean(lags)) if lags else 0.0,
+             "policy_lag/max": float(max(lags)) if lags else 0.0}
+        return items, rewards, lengths, trained, m
+
+    def _train(self, step: int, batch: RolloutBatch, items: list[TrainItem], rewards: list[float],
+               trained: list[str]) -> dict[str, Any]:
+        """Advantages (dynamic sampling first), ``on_scored`` (the run's samples), then the learner's updates;
+        returns their metrics."""
+        m: dict[str, Any] = {}
+        if items:
+            items, am = group_advantages(items, rewards, self.cfg.grpo)
+            m.update(am)
+        if self.on_scored is not None:  # the scored groups with the advantages trained on (the run's samples)
+            self.on_scored(step, batch, items)
+        if items:
+            with self.timeline.span("learner", "train", step=step):
+                lm = _learner_call(self.learner.train_grpo_step, items)
+            m.update({learner_metric_name(k): v for k, v in lm.items()})
+            self.trained_by_step[step] = trained
+        return m
 
 
 def evaluate(rollout_pool: Any, prompts: Sequence[Any], answer_tag: bool = False, controls: bool = False,

@@ -1,4 +1,5 @@
-"""The pipelined driver's version gate (pure) — the integration runs are in test_train.py."""
+"""The driver's pure parts: the version gate, advantages (computed here only), reward metrics from BatchScores, the
+shared policy-version counter. The integration runs are in test_train.py and test_chaos.py."""
 from __future__ import annotations
 
 import pytest
@@ -51,3 +52,91 @@ def test_run_dir_inside_rays_working_dir_copy_is_refused(run_dir, cwd, refused):
     assert (why is not None) == refused
     if refused:
         assert "--run-dir" in why and "Ray deletes" in why
+
+
+# -- advantages: computed once, in the driver (the learner takes item.advantage as given) ----------------------------
+def _items(gids):
+    from polyaudio_rl.core.grpo_loss import TrainItem
+
+    return [TrainItem(None, [1], group_id=g) for g in gids]
+
+
+def _grpo(**kw):
+    from types import SimpleNamespace
+
+    base = dict(advantage="drgrpo", eps=1e-6, dynamic_sampling=False, zero_spread_tol=0.0)
+    return SimpleNamespace(**{**base, **kw})
+
+
+# group a: rewards 1, 0, 0, 1 (mean 0.5); group b: 1, 1 (zero spread)
+ADV = [
+    # estimator, dynamic sampling, kept group ids, advantages
+    ("drgrpo", False, list("aaaabb"), [0.5, -0.5, -0.5, 0.5, 0.0, 0.0]),
+    ("drgrpo", True, list("aaaa"), [0.5, -0.5, -0.5, 0.5]),  # group b dropped: no signal
+    # unbiased std of 1, 0, 0, 1 is sqrt(1/3) = 0.57735: 0.5 / 0.57735 = 0.866025
+    ("grpo", True, list("aaaa"), [0.866025, -0.866025, -0.866025, 0.866025]),
+]
+
+
+@pytest.mark.parametrize("estimator, dynamic, kept, adv", ADV)
+def test_group_advantages_table(estimator, dynamic, kept, adv):
+    from polyaudio_rl.driver import group_advantages
+
+    items, m = group_advantages(_items("aaaabb"), [1.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+                                _grpo(advantage=estimator, dynamic_sampling=dynamic))
+    assert [it.group_id for it in items] == kept
+    assert [it.advantage for it in items] == pytest.approx(adv, abs=1e-5)
+    assert m["groups/zero_spread_frac"] == 0.5 and m["learner/reward_mean"] == pytest.approx(4 / 6)
+    assert ("learner/dropped_group_frac" in m) == dynamic
+
+
+def test_group_advantages_of_only_zero_spread_groups_is_nothing_to_train():
+    from polyaudio_rl.driver import group_advantages
+
+    items, m = group_advantages(_items("bb"), [1.0, 1.0], _grpo(dynamic_sampling=True))
+    assert items == [] and m["learner/dropped_group_frac"] == 1.0
+
+
+def test_reward_metrics_come_from_batch_scores():
+    from polyaudio_rl.driver import reward_metrics
+    from rewards.scorer import BatchScores, GroupScores
+
+    groups = [GroupScores("s1", "counting", {"correctness": [1.0, 0.0], "format": [1.0, 1.0]}, [2.0, 1.0], [{}, {}]),
+              GroupScores("s2", "odd_one_out", {"correctness": [1.0, None], "format": [0.0, None]}, [1.0, None],
+                          [{}, {"unscored": "judge down"}])]
+    m = reward_metrics(BatchScores(groups, {"correctness": 1.0, "format": 1.0}))
+    assert m == pytest.approx({"reward/correctness": 2 / 3, "reward/format": 2 / 3, "reward/total": 4 / 3,
+                               "correctness/counting": 0.5, "correctness/odd_one_out": 1.0, "reward/unscored": 1.0})
+
+
+# -- the version gate's counter: waiters block on a condition, woken by a sync or a stop ------------------------------
+def test_policy_version_wakes_a_waiter_when_the_version_is_served():
+    import threading
+
+    from polyaudio_rl.core.policy_version import PolicyVersion
+
+    pv = PolicyVersion(trained=3, served=3)
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(pv.wait_served(4, timeout=30)))
+    waiter.start()
+    assert pv.bump() == 4 and pv.served == 3  # the learner moved on; the actors do not serve it yet
+    pv.serve(4)
+    waiter.join(timeout=30)
+    assert got == [True]
+    assert pv.wait_served(2, timeout=0)  # an older version: at once
+
+
+def test_policy_version_waiter_gives_up_on_stop_or_timeout():
+    import threading
+
+    from polyaudio_rl.core.policy_version import PolicyVersion
+
+    pv, stop = PolicyVersion(), threading.Event()
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(pv.wait_served(1, stop=stop.is_set)))
+    waiter.start()
+    stop.set()
+    pv.wake()
+    waiter.join(timeout=30)
+    assert got == [False] and not waiter.is_alive()
+    assert pv.wait_served(1, timeout=0.01) is False
