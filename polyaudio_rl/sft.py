@@ -6,7 +6,8 @@ Each sample becomes ``prompt (chat template, one audio part per clip) + answer +
 NLL of the answer tokens only (token-mean over the global batch). Data order is a seeded permutation per epoch;
 the position (epoch, index) goes into every checkpoint, so ``--resume`` continues with the next batch exactly.
 Samples that cannot become prompts (bad audio, too many clips, ...) are skipped, counted and reported.
-Writes ``<run_dir>/sft_metrics.jsonl``, ``<run_dir>/sft_loss.png`` and ``<run_dir>/checkpoints/step-NNNNNN``.
+Writes ``<run_dir>/sft_metrics.jsonl`` (through :class:`~polyaudio_rl.core.metrics.MetricsLogger`, so wandb too),
+``<run_dir>/sft_loss.png`` and ``<run_dir>/checkpoints/step-NNNNNN``.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .core.config import Config, ConfigError, load_config
+from .core.config import Config, ConfigError, load_config, to_dict
 from .core.batching import TrainItem
 
 ANSWER_END = "<|im_end|>"
@@ -77,31 +78,57 @@ def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True, 
             ) -> dict[str, Any]:
     """Train; returns {"steps", "last_metrics", "checkpoint", "skipped"}. Ray must be reachable (local by default).
     With a :class:`~polyaudio_rl.console.Console` the progress bar and the closing line go through it."""
-    from tqdm import tqdm
-
     from actors.learner import Learner
 
+    from .core.metrics import MetricsLogger, plot_curves
     from .core.model import load_processor, resolve_path
-    from .core.prompts import PromptError, build_prompt_from_config
 
     run_dir = Path(cfg.run_dir or f"runs/sft-{time.strftime('%Y%m%d-%H%M%S')}")
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     samples = load_train_split(cfg)
     processor = load_processor(resolve_path(cfg.model))
-    per_epoch = -(-len(samples) // cfg.sft.batch_size)
-    total = per_epoch * cfg.sft.epochs
+    total = -(-len(samples) // cfg.sft.batch_size) * cfg.sft.epochs
     if cfg.sft.max_steps:
         total = min(total, cfg.sft.max_steps)
     learner = Learner(cfg, stage="sft", resume_from=resume_from, total_steps=total)  # total: the LR schedule's end
-    pos = learner.client_state.get("data_position", {"epoch": 0, "index": 0})
     skipped: dict[str, str] = dict(learner.client_state.get("skipped", {}))
-    step = learner.step
-    history: list[dict[str, float]] = []
-    ckpt = None
-    metrics_f = (run_dir / "sft_metrics.jsonl").open("a")
-    bar = (console.bar(total, "sft", initial=step) if console is not None and progress
-           else tqdm(total=total, initial=step, desc="sft", disable=not progress))
-    saved_step, position = step, pos
+    logger = MetricsLogger(run_dir, to_dict(cfg), cfg.wandb_mode, filename="sft_metrics.jsonl",
+                           name=f"{run_dir.parent.name}-{run_dir.name}")
+    logger.rewind(learner.step)  # one row per step: rows after the checkpoint are redone (identically) below
+    bar = _progress_bar(total, learner.step, progress, console)
+    try:
+        history, ckpt = _train(cfg, learner, samples, processor, skipped, logger, bar, run_dir)
+    finally:
+        bar.close()
+        logger.close()
+        learner.shutdown()
+    if skipped:
+        print(f"sft: skipped {len(skipped)} bad samples, e.g. {next(iter(skipped.items()))}", file=sys.stderr)
+    if history:
+        plot_curves(logger.path, run_dir / "sft_loss.png", keys=("loss",), title="LoRA SFT (answer-token NLL)",
+                    phase="sft")
+        if console is not None:
+            console.print(f"   sft: {len(history)} steps, answer NLL {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}"
+                          f" ({len(samples)} items; checkpoint {ckpt})")
+    return {"steps": learner.step, "last_metrics": history[-1] if history else {}, "checkpoint": ckpt,
+            "skipped": skipped, "run_dir": str(run_dir)}
+
+
+def _progress_bar(total: int, initial: int, progress: bool, console: Any) -> Any:
+    if console is not None and progress:
+        return console.bar(total, "sft", initial=initial)
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="sft", disable=not progress)
+
+
+def _train(cfg: Config, learner: Any, samples: list[Any], processor: Any, skipped: dict[str, str], logger: Any,
+           bar: Any, run_dir: Path) -> tuple[list[dict[str, float]], str | None]:
+    """The SFT steps from the learner's data position to ``sft.max_steps`` / the last epoch, a checkpoint every
+    ``learner.checkpoint_every`` steps and at the end; returns (metrics per step, last checkpoint)."""
+    pos = learner.client_state.get("data_position", {"epoch": 0, "index": 0})
+    step = saved_step = learner.step
+    position, history, ckpt = pos, [], None
 
     def save(at_step: int, position: dict[str, int]) -> str:
         nonlocal saved_step
@@ -109,65 +136,42 @@ def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True, 
         state = {"data_position": position, "skipped": skipped}
         return learner.save_checkpoint(str(run_dir / "checkpoints" / f"step-{at_step:06d}"), state)
 
-    try:
-        for epoch, index, chunk in batches(len(samples), cfg.sft.batch_size, cfg.seed, pos["epoch"], pos["index"],
-                                           cfg.sft.epochs):
-            if cfg.sft.max_steps and step >= cfg.sft.max_steps:
-                break
-            items = []
-            for k in chunk:
-                s = samples[k]
-                try:
-                    prompt = build_prompt_from_config(s, processor, cfg.data)
-                    items.append(TrainItem(prompt, sft_target_ids(s, processor, cfg.data.answer_tag)))
-                except (PromptError, ValueError) as exc:  # AudioError is a ValueError too
-                    skipped[s.id] = str(exc)
-            if not items:
-                continue
-            m = learner.train_sft_step(items)
-            step = learner.step
-            m.update(epoch=float(epoch), skipped=float(len(skipped)))
-            history.append(m)
-            metrics_f.write(json.dumps(m) + "\n")
-            metrics_f.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}", skipped=len(skipped), refresh=False)
-            position = {"epoch": epoch if index < len(samples) else epoch + 1,
-                        "index": index if index < len(samples) else 0}
-            every = cfg.learner.checkpoint_every
-            if every and step % every == 0:
-                ckpt = save(step, position)
-        if step > saved_step:  # the final state, whatever checkpoint_every says
+    for epoch, index, chunk in batches(len(samples), cfg.sft.batch_size, cfg.seed, pos["epoch"], pos["index"],
+                                       cfg.sft.epochs):
+        if cfg.sft.max_steps and step >= cfg.sft.max_steps:
+            break
+        items = _train_items([samples[k] for k in chunk], processor, cfg, skipped)
+        if not items:
+            continue
+        m = learner.train_sft_step(items)
+        step = learner.step
+        m.update(epoch=float(epoch), skipped=float(len(skipped)))
+        history.append(m)
+        logger.log(step, {"phase": "sft", **{k: v for k, v in m.items() if k != "step"}})
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}", skipped=len(skipped), refresh=False)
+        done = index >= len(samples)  # the epoch is over: the next batch starts the next one
+        position = {"epoch": epoch + 1 if done else epoch, "index": 0 if done else index}
+        every = cfg.learner.checkpoint_every
+        if every and step % every == 0:
             ckpt = save(step, position)
-    finally:
-        bar.close()
-        metrics_f.close()
-        learner.shutdown()
-    if skipped:
-        print(f"sft: skipped {len(skipped)} bad samples, e.g. {next(iter(skipped.items()))}", file=sys.stderr)
-    if history:
-        _plot(history, run_dir / "sft_loss.png")
-        if console is not None:
-            console.print(f"   sft: {len(history)} steps, answer NLL {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}"
-                          f" ({len(samples)} items; checkpoint {ckpt})")
-    return {"steps": step, "last_metrics": history[-1] if history else {}, "checkpoint": ckpt, "skipped": skipped,
-            "run_dir": str(run_dir)}
+    if step > saved_step:  # the final state, whatever checkpoint_every says
+        ckpt = save(step, position)
+    return history, ckpt
 
 
-def _plot(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
+def _train_items(chunk: list[Any], processor: Any, cfg: Config, skipped: dict[str, str]) -> list[TrainItem]:
+    """The batch's samples as SFT items; a sample that cannot become a prompt is recorded in ``skipped``."""
+    from .core.prompts import PromptError, build_prompt_from_config
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker="o")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("answer-token NLL")
-    ax.set_title("LoRA SFT")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    items = []
+    for s in chunk:
+        try:
+            prompt = build_prompt_from_config(s, processor, cfg.data)
+            items.append(TrainItem(prompt, sft_target_ids(s, processor, cfg.data.answer_tag)))
+        except (PromptError, ValueError) as exc:  # AudioError is a ValueError too
+            skipped[s.id] = str(exc)
+    return items
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ LIMIT = 60
 
 # "path::qualified name" -> owner. Only shrinks.
 ALLOWED = {
-    "polyaudio_rl/sft.py::run_sft": "coreA",
 }
 
 

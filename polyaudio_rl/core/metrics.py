@@ -35,16 +35,20 @@ class MetricsLogger:
     rewind is recorded and applied when the run is synced). :meth:`rewind` does the same mid-run, for the JSONL."""
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any] | None = None, wandb_mode: str = "offline",
-                 project: str = "polyaudio-rl", resume_step: int | None = None):
+                 project: str = "polyaudio-rl", resume_step: int | None = None, filename: str = "metrics.jsonl",
+                 name: str | None = None):
+        """``filename``: the JSONL under ``run_dir``; ``name``: the wandb run's name and id (default: the run
+        directory's name — give a stage its own, e.g. ``<run>-sft``, so two stages never share one wandb run)."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.run_dir / "metrics.jsonl"
+        self.path = self.run_dir / filename
         if resume_step is not None:
             cut_rows_after(self.path, resume_step, phases_at_step=("eval_after",))
         self._fh = self.path.open("a")
         self._wandb = None
         if wandb_mode != "disabled":
-            self._wandb = _start_wandb(self.run_dir, project, wandb_mode, config or {}, resume_step)
+            self._wandb = _start_wandb(self.run_dir, project, wandb_mode, config or {}, resume_step,
+                                       name or self.run_dir.name)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         rec = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}
@@ -96,16 +100,17 @@ def cut_rows_after(path: str | Path, step: int, phases_at_step: tuple[str, ...] 
     return len(lines) - len(keep)
 
 
-def _start_wandb(run_dir: Path, project: str, mode: str, config: dict[str, Any], resume_step: int | None) -> Any:
-    """The wandb run of this run directory (its name is the run id), or None when wandb cannot start (optional: a
+def _start_wandb(run_dir: Path, project: str, mode: str, config: dict[str, Any], resume_step: int | None,
+                 name: str) -> Any:
+    """The wandb run ``name`` (also its id) in this run directory, or None when wandb cannot start (optional: a
     run never dies for it, but says so). Resumed: rewound to ``resume_step``; where the wandb server refuses a rewind
     (the feature is in beta), the run is continued instead (``resume="allow"``)."""
     try:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        run_id = run_dir.name.replace("/", "_")
-        common = {"project": project, "dir": str(run_dir), "mode": mode, "config": config, "name": run_dir.name}
+        run_id = name.replace("/", "_")
+        common = {"project": project, "dir": str(run_dir), "mode": mode, "config": config, "name": name}
         if resume_step is not None:
             try:
                 return wandb.init(**common, resume_from=f"{run_id}?_step={max(resume_step, 0)}")
@@ -130,14 +135,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(path: str | Path, out_png: str | Path, keys: tuple[str, ...] = ("reward/total", "reward/correctness", "kl"),
-                title: str = "GRPO") -> Path:
-    """Plot the given keys over steps (one panel each) into ``out_png``."""
+                title: str = "GRPO", phase: str = "grpo") -> Path:
+    """Plot the given keys of the ``phase`` rows (a row without one counts as GRPO) over steps, one panel each,
+    into ``out_png``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [r for r in read_metrics(path) if r.get("phase", "grpo") == "grpo"]
+    recs = [r for r in read_metrics(path) if r.get("phase", "grpo") == phase]
     keys = tuple(k for k in keys if any(r.get(k) is not None for r in recs))
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.2 * max(len(keys), 1), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
