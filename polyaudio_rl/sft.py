@@ -92,9 +92,9 @@ def run_sft(cfg: Config, resume_from: str | None = None, progress: bool = True, 
         total = min(total, cfg.sft.max_steps)
     learner = Learner(cfg, stage="sft", resume_from=resume_from, total_steps=total)  # total: the LR schedule's end
     skipped: dict[str, str] = dict(learner.client_state.get("skipped", {}))
-    logger = MetricsLogger(run_dir, to_dict(cfg), cfg.wandb_mode, filename="sft_metrics.jsonl",
-                           name=f"{run_dir.parent.name}-{run_dir.name}")
-    logger.rewind(learner.step)  # one row per step: rows after the checkpoint are redone (identically) below
+    # resumed: the rows (and wandb steps) logged after the checkpoint are cut; those steps are redone identically
+    logger = MetricsLogger(run_dir, to_dict(cfg), cfg.wandb_mode, resume_step=learner.step if resume_from else None,
+                           filename="sft_metrics.jsonl", name=f"{run_dir.parent.name}-{run_dir.name}")
     bar = _progress_bar(total, learner.step, progress, console)
     try:
         history, ckpt = _train(cfg, learner, samples, processor, skipped, logger, bar, run_dir)
