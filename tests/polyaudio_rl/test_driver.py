@@ -56,7 +56,7 @@ def test_run_dir_inside_rays_working_dir_copy_is_refused(run_dir, cwd, refused):
 
 # -- advantages: computed once, in the driver (the learner takes item.advantage as given) ----------------------------
 def _items(gids):
-    from polyaudio_rl.core.grpo_loss import TrainItem
+    from polyaudio_rl.core.batching import TrainItem
 
     return [TrainItem(None, [1], group_id=g) for g in gids]
 
