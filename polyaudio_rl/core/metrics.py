@@ -55,7 +55,10 @@ class MetricsLogger:
         self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
         self._fh.flush()
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=int(step))
+            try:
+                self._wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=int(step))
+            except Exception as exc:  # noqa: BLE001 - wandb's service died (e.g. with the job's process group)
+                self._drop_wandb(exc)
 
     def rewind(self, step: int) -> int:
         """Drop the JSONL rows of steps after ``step`` (work lost with a dead learner or a stopped run that will be
@@ -66,10 +69,24 @@ class MetricsLogger:
         return dropped
 
     def close(self) -> None:
+        """Close the JSONL and finish the wandb run; a wandb that cannot finish (its service died with the job's
+        process group: ``ConnectionResetError``) is reported, never raised: the checkpoint and the run's clean exit
+        come first, and metrics.jsonl holds every row."""
         self._fh.close()
         if self._wandb is not None:
-            self._wandb.finish()
+            try:
+                self._wandb.finish()
+            except Exception as exc:  # noqa: BLE001
+                self._drop_wandb(exc)
             self._wandb = None
+
+    def _drop_wandb(self, exc: BaseException) -> None:
+        """Stop logging to wandb after it failed (said once on stderr); metrics.jsonl goes on."""
+        import sys
+
+        self._wandb = None
+        print(f"[metrics] wandb stopped ({type(exc).__name__}: {exc}); {self.path} keeps every row "
+              "(sync the offline run later with `wandb sync`)", file=sys.stderr, flush=True)
 
 
 def cut_rows_after(path: str | Path, step: int, phases_at_step: tuple[str, ...] = ()) -> int:
