@@ -28,6 +28,16 @@ def check_built_tasks(cfg: Config, split: str, d: str) -> None:
                           f"point data.{split}_dir elsewhere")
 
 
+def datagen_config(cfg: Config) -> Any:
+    """The datagen configuration a missing split of ``cfg`` is built with (seeded by ``data.seed``, not ``seed``)."""
+    from datagen.config import DatagenConfig
+
+    dcfg = DatagenConfig(preset=cfg.data.preset, seed=cfg.data.seed, tasks=list(cfg.data.tasks),
+                         min_clips=cfg.data.min_clips, max_clips=cfg.data.max_clips)
+    dcfg.validate()
+    return dcfg
+
+
 def ensure_data(cfg: Config, console: Any = None) -> None:
     """Build the train/pref/bench splits with datagen when a directory has no shards and building is allowed."""
     from datagen.build import interrupted
@@ -43,11 +53,8 @@ def ensure_data(cfg: Config, console: Any = None) -> None:
         if not cfg.data.build_if_missing:
             raise FileNotFoundError(f"data.{split}_dir={d!r} has no Parquet shards and data.build_if_missing is false")
         from datagen.build import build, format_report
-        from datagen.config import DatagenConfig
 
-        dcfg = DatagenConfig(preset=cfg.data.preset, seed=cfg.seed, tasks=list(cfg.data.tasks),
-                             min_clips=cfg.data.min_clips, max_clips=cfg.data.max_clips)
-        dcfg.validate()
+        dcfg = datagen_config(cfg)
         quiet = console is not None and console.quiet
         rep = build(dcfg, split, d, progress=not quiet)
         if console is not None:

@@ -48,12 +48,10 @@ def load_train_split(cfg: Config) -> list[Any]:
             raise FileNotFoundError(f"data.train_dir {d!r} has no *.parquet shards; run `python -m datagen build "
                                     f"--split train --out {d}` or set data.build_if_missing=true")
         from datagen.build import build
-        from datagen.config import DatagenConfig
 
-        from .core.config.base import build as build_cfg
+        from .data_setup import datagen_config
 
-        build(build_cfg(DatagenConfig, {"preset": cfg.data.preset, "seed": cfg.seed, "tasks": list(cfg.data.tasks),
-                                        "min_clips": cfg.data.min_clips, "max_clips": cfg.data.max_clips}), "train", d)
+        build(datagen_config(cfg), "train", d)
     samples = read_samples(d)
     if cfg.data.tasks:
         samples = [s for s in samples if s.task in set(cfg.data.tasks)]

@@ -14,6 +14,9 @@ class DataConfig:
     pref_dir: str = cfg_field("artifacts/data/pref", "Directory of the GRPO split's Parquet shards (PolyAudio-Pref).")
     bench_dir: str = cfg_field("artifacts/data/bench", "Directory of the benchmark split (PolyAudio-Bench).")
     build_if_missing: bool = cfg_field(True, "Build the splits with `datagen` when a directory is missing.")
+    seed: int = cfg_field(
+        0, "Seed datagen builds a missing split with. Apart from the run's `seed` so that runs of different seeds "
+        "train and are evaluated on the same data (the per-seed tables in docs/demo.md and docs/ablations.md).")
     preset: str = cfg_field("ci", "datagen preset used when building: ci, small or paper (paper: 110k/50k/2,750).")
     tasks: list[str] = cfg_field([], "Task names to keep (empty: all eleven tasks of Table 2).")
     sample_rate: int = cfg_field(16000, "Sample rate fed to the processor; every supported family's audio front end takes 16 kHz.")
