@@ -96,8 +96,9 @@ class Timeline:
         return covered / (t1 - t0)
 
     def chrome_trace(self) -> dict[str, Any]:
-        """``{"traceEvents": [...]}``: one thread (tid) per lane, complete events ("ph": "X") in microseconds (a
-        span still open ends at the time of writing)."""
+        """``{"traceEvents": [...], "otherData": {"origin_unix_s": ...}}``: one thread (tid) per lane, complete events
+        ("ph": "X") in microseconds since ``origin_unix_s`` (a span still open ends at the time of writing); the
+        origin lets another process place its own wall-clock events (e.g. benchmarks/chaos.py's kills) on the spans."""
         spans = self.spans()
         lanes = sorted({s.lane for s in spans})
         tid = {lane: i + 1 for i, lane in enumerate(lanes)}
@@ -106,7 +107,7 @@ class Timeline:
         ]
         events += [{"name": s.name, "ph": "X", "pid": 1, "tid": tid[s.lane], "ts": (s.start - self.origin) * 1e6,
                     "dur": (s.end - s.start) * 1e6, "args": s.args} for s in spans]
-        return {"traceEvents": events, "displayTimeUnit": "ms"}
+        return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"origin_unix_s": self.origin}}
 
     def write(self, path: str | os.PathLike) -> str:
         tmp = f"{path}.tmp"

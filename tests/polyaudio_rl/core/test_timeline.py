@@ -43,3 +43,12 @@ def test_span_context_is_open_while_it_runs():
         time.sleep(0.01)
     (s,) = tl.spans("learner")
     assert s.end - s.start >= 0.01
+
+
+def test_chrome_trace_carries_its_origin_so_wall_clock_events_can_be_placed():
+    tl = Timeline()
+    tl.add("learner", "train", tl.origin + 2.0, tl.origin + 3.5)
+    trace = tl.chrome_trace()
+    (ev,) = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    start = trace["otherData"]["origin_unix_s"] + ev["ts"] / 1e6
+    assert start == pytest.approx(tl.origin + 2.0) and ev["dur"] == pytest.approx(1.5e6)

@@ -1,0 +1,83 @@
+"""The external chaos harness (``benchmarks/chaos.py``, issue 29 items 4 and 6): its pure parts — where a moment
+is aimed, where it landed, victim kinds by process title, reproducible plans.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _chaos():
+    if "chaos_harness" not in sys.modules:  # dataclasses look their module up in sys.modules
+        spec = importlib.util.spec_from_file_location("chaos_harness", ROOT / "benchmarks" / "chaos.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["chaos_harness"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["chaos_harness"]
+
+
+# ---------------------------------------------------------------------------------------------------- the pure parts
+# a reference: evaluation row at 10 s, step rows at 12 / 14 / 16 s, checkpoint 2 complete at 14.5 s
+REF = [("row", 0, 10.0), ("row", 1, 12.0), ("row", 2, 14.0), ("ckpt", 2, 14.5), ("row", 3, 16.0)]
+SPANS = [("generate", 12.1, 12.4), ("train", 12.5, 13.5), ("sync", 13.6, 13.7), ("sync", 13.7, 13.8)]
+
+
+@pytest.mark.parametrize("phase, step, frac, pace, expected", [
+    ("sync", 2, 0.5, 1.0, 1.7),        # the two sync spans joined: 13.6..13.8, from row 1 (12.0): 1.6 + 0.5 * 0.2
+    ("sync", 2, 0.5, 2.0, 3.4),        # a trial running at half the reference's speed
+    ("train", 2, 0.0, 1.0, 0.5),
+    ("checkpoint", 2, 0.5, 1.0, 0.25),  # from row 2 (the save follows it) to the checkpoint: 0.5 s
+    ("any", 3, 0.25, 1.0, 0.5),         # a quarter of step 3 (14.0..16.0)
+    ("score", 2, 0.5, 1.0, 1.0),        # no score span in step 2: anywhere in the step
+])
+def test_delay_aims_at_the_reference_offset_of_the_phase(phase, step, frac, pace, expected):
+    chaos = _chaos()
+    prof = chaos.Profile.of(REF, SPANS)
+    assert prof.delay(chaos.Action("kill", phase, step, frac), pace) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("trial_rows, step, expected", [
+    ([("row", 0, 0.0), ("row", 1, 4.0)], 2, 2.0),      # step 1 took 4 s against the reference's 2 s
+    ([("row", 1, 0.0), ("row", 2, 20.0)], 3, 4.0),     # capped at 4
+    ([("row", 0, 0.0)], 2, 1.0),                       # unknown yet
+    ([("row", 1, 0.0), ("row", 2, 30.0), ("row", 1, 20.0), ("row", 2, 25.0)], 3, 2.5),  # redone: as it ran last
+])
+def test_pace_is_the_trials_last_step_over_the_reference(trial_rows, step, expected):
+    assert _chaos().Profile.of(REF, SPANS).pace(trial_rows, step) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("t, expected", [
+    (14.2, "checkpoint 2"),
+    (13.65, "sync (step 2 in flight)"),
+    (13.55, "between phases (step 2 in flight)"),
+    (12.2, "generate (step 2 in flight)"),
+])
+def test_landed_names_the_phase_a_moment_fell_in(t, expected):
+    assert _chaos().landed(t, REF, SPANS) == expected
+
+
+def test_victim_kinds_by_process_title():
+    chaos = _chaos()
+    assert chaos.kind_of("ray::LearnerWorker.train_grpo_step") == "learner"
+    assert chaos.kind_of("ray::RolloutActor") == "rollout" and chaos.kind_of("ray::RewardActor") == "reward"
+    assert chaos.kind_of("ray::MapWorker(MapBatches(DecodeStage)).submit") == "data"
+    for title in ("ray::IDLE", "ray::DashboardAgent", "ray::_StatsActor", "/usr/bin/python -m x"):
+        assert chaos.kind_of(title) is None
+
+
+def test_plans_are_reproducible_per_trial_and_cover_every_kind():
+    chaos = _chaos()
+    six = chaos.plans(1, 6, 6, 2)
+    assert chaos.plans(1, 6, 6, 2) == six and chaos.plans(1, 3, 6, 2) == six[:3] and chaos.plans(2, 6, 6, 2) != six
+    assert {p[0].kind for p in six[:4]} == {"learner", "rollout", "reward", "data"}
+    for plan in six:
+        anchors = [a.step if a.phase == "checkpoint" else a.step - 1 for a in plan]
+        assert anchors == sorted(set(anchors)) and all(1 <= a.step <= 6 for a in plan)  # each anchor comes later
+        assert all(a.what == "kill" for a in plan[:-1]) and (plan[-1].what == "kill" or plan[-1].step < 6)
+        assert all(a.step in (2, 4, 6) for a in plan if a.phase == "checkpoint")
