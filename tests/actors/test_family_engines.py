@@ -1,6 +1,6 @@
 """The rollout engines on every family beyond the default one (whose engines tests/actors/test_rollout_engine.py,
 test_rollout_adapter.py and test_special_tokens.py cover): vLLM (PolyAudio's class of the family) and transformers
-give the same greedy tokens on a 3-clip prompt; merged and adapter syncs are verified by the probe; the family's
+give the same greedy tokens on a 3-clip prompt, both with the audio clips expanded to the family's token count; merged and adapter syncs are verified by the probe; the family's
 audio special tokens are never sampled even by a checkpoint edited to prefer them."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from actors.rollout_engine import EngineSpec, HFEngine, VLLMEngine
+from actors.rollout_engine import EngineSpec, HFEngine, VLLMEngine, prompt_token_count
 from actors.weight_sync import WeightSyncer, make_probe, reference_logprobs, sync_tolerance
 from polyaudio_rl.core.model import load_processor
 from polyaudio_rl.core.models import DEFAULT_FAMILY, family_names, family_of_model, get_family
@@ -52,6 +52,8 @@ def test_vllm_and_transformers_agree_and_merged_sync_is_verified(fam):
     try:
         v, h = vllm.generate(prompts, n=1, greedy=True), hf.generate(prompts, n=1, greedy=True)
         assert _tokens(v) == _tokens(h) and len(v[0].completions[0].token_ids) >= 1
+        expanded = [prompt_token_count(p, proc.tokenizer, family) for p in prompts]  # e.g. 375 tokens a Voxtral clip
+        assert [g.num_prompt_tokens for g in v] == [g.num_prompt_tokens for g in h] == expanded
         learner = StandInLearner(path, cfg.model.lora.rank, cfg.model.lora.alpha)
         probe = make_probe(proc, cfg.rollout.probe_tokens)
         syncers = [WeightSyncer(e, probe, "merged", tol) for e in (vllm, hf)]

@@ -1,12 +1,11 @@
 """The voxtral family on its tiny offline checkpoint: the prompt is mistral_common's own encoding (2–5 clips, clip
 order, 375 tokens a clip), the tekken tokenizer's special ids, the Mistral-format weights (names and rotary layout),
-LoRA targets; slow: transformers and vLLM give the same greedy tokens for a 3-clip prompt, and a merged push and an
-adapter reach vLLM (probe log-probs equal transformers' after the change)."""
+LoRA targets, the merged adapter's serving files. Voxtral in vLLM (greedy tokens equal to transformers', merged and
+adapter syncs verified by the probe, audio tokens never sampled) is tests/actors/test_family_engines.py[voxtral]."""
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -163,101 +162,6 @@ def test_lora_targets_are_decoder_projections(vox):
     hit = [n for n in names if re.fullmatch(fam.lora_target_modules, n)]
     assert len(hit) == 7 * 2 and all(n.startswith("model.language_model.layers.") for n in hit)
     assert not [n for n in names if "audio_tower" in n and re.fullmatch(fam.lora_target_modules, n)]
-
-
-# ------------------------------------------------------------------------------------------------ vLLM (slow)
-def _llm(path, **kw):
-    from vllm import LLM
-
-    return LLM(model=path, max_model_len=2048, kv_cache_memory_bytes=256 * 2**20, limit_mm_per_prompt={"audio": 5},
-               enforce_eager=True, seed=0, dtype="float32", **get_family("voxtral").vllm_engine_kwargs(), **kw)
-
-
-def _probe(proc):
-    clips = [tone(1.0, 220.0), tone(2.5, 440.0), tone(0.7, 880.0)]
-    ids = proc(text=[proc.apply_chat_template(build_messages(Q, 3))], audio=clips)["input_ids"][0]
-    return clips, list(ids), proc.tokenizer.encode("The second clip has the higher pitch, Audio 2.")
-
-
-def _hf_logprobs(model, proc, clips, ids, comp):
-    feats = proc.features(clips)[0]
-    with torch.no_grad():
-        lg = model(input_ids=torch.tensor([ids + comp]), input_features=feats).logits[0].float().log_softmax(-1)
-    return np.array([lg[len(ids) - 1 + i, t].item() for i, t in enumerate(comp)])
-
-
-def _vllm_logprobs(llm, clips, ids, comp, lora=None):
-    from vllm import SamplingParams
-
-    inp = {"prompt_token_ids": ids + comp, "multi_modal_data": {"audio": [(c, 16000) for c in clips]}}
-    out = llm.generate([inp], SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0), lora_request=lora,
-                       use_tqdm=False)[0]
-    return np.array([d[t].logprob for d, t in zip(out.prompt_logprobs[-len(comp):], comp)])
-
-
-@pytest.mark.slow
-def test_transformers_and_vllm_agree_and_merged_push_reaches_vllm(vox):
-    from vllm import SamplingParams
-
-    fam, path, proc = vox
-    clips, ids, comp = _probe(proc)
-    model = fam.load_model(path, torch.float32).eval()
-    with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor([ids]), input_features=proc.features(clips)[0],
-                             attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=12,
-                             do_sample=False, eos_token_id=None)
-    hf_tokens = out[0, len(ids):].tolist()
-    llm = _llm(path)
-    inp = {"prompt_token_ids": ids, "multi_modal_data": {"audio": [(c, 16000) for c in clips]}}
-    got = llm.generate([inp], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)[0]
-    assert list(got.outputs[0].token_ids) == hf_tokens
-    assert len(got.prompt_token_ids) == len(ids) and ids.count(24) == 3 * 375
-    base = _hf_logprobs(model, proc, clips, ids, comp)
-    np.testing.assert_allclose(_vllm_logprobs(llm, clips, ids, comp), base, atol=2e-3)
-    torch.manual_seed(1)
-    push = {}
-    with torch.no_grad():  # change every decoder projection and the head, as a merged LoRA push does
-        for n, p in model.named_parameters():
-            h = fam.hub_key(n)
-            if h.startswith("language_model.") and ("proj" in h or "lm_head" in h):
-                p.add_(0.05 * torch.randn_like(p))
-                push[h] = p.detach().clone()
-    changed = _hf_logprobs(model, proc, clips, ids, comp)
-    assert np.abs(changed - base).max() > 0.05
-    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(fam.vllm_weights(push, path).items()),
-                                                 "is_checkpoint_format": True})
-    llm.llm_engine.reset_encoder_cache()
-    llm.reset_prefix_cache()
-    np.testing.assert_allclose(_vllm_logprobs(llm, clips, ids, comp), changed, atol=2e-3)
-    llm.llm_engine.engine_core.shutdown()
-
-
-@pytest.mark.slow
-def test_adapter_reaches_vllms_voxtral(vox, tmp_path):
-    from peft import LoraConfig, get_peft_model
-    from vllm.lora.request import LoRARequest
-
-    from polyaudio_rl.core.weights import write_peft_adapter
-
-    fam, path, proc = vox
-    clips, ids, comp = _probe(proc)
-    model = fam.load_model(path, torch.float32).eval()
-    base = _hf_logprobs(model, proc, clips, ids, comp)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=fam.lora_target_modules))
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for n, p in peft.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0.0, 0.05)
-    tensors = {fam.hub_key(n.replace(".default.", ".").removeprefix("base_model.model.")): p.detach()
-               for n, p in peft.named_parameters() if "lora_" in n}
-    adapted = _hf_logprobs(peft, proc, clips, ids, comp)
-    assert np.abs(adapted - base).max() > 0.05
-    llm = _llm(path, enable_lora=True, max_loras=1, max_lora_rank=8)
-    req = LoRARequest("policy", 1, write_peft_adapter(tensors, str(tmp_path / "adapter"), 8, 16))
-    np.testing.assert_allclose(_vllm_logprobs(llm, clips, ids, comp, req), adapted, atol=2e-3)
-    np.testing.assert_allclose(_vllm_logprobs(llm, clips, ids, comp), base, atol=2e-3)
-    llm.llm_engine.engine_core.shutdown()
 
 
 def test_merged_adapter_checkpoint_has_the_mistral_files(vox, tmp_path):
