@@ -84,3 +84,11 @@ def build_splits(d, sizes: dict[str, int], tasks: list[str], max_clips: int = 3,
         build_split(split, str(d / split), preset="ci", seed=0, workers=2, progress=False, tasks=tasks,
                     max_clips=max_clips, items_per_task={split: n}, **kw)
     return d
+
+
+@pytest.fixture(scope="session")
+def small_task_data(tmp_path_factory):
+    """The small end-to-end runs' data (test_train, test_chaos, test_resume), built once per session and only read:
+    the paper tasks odd_one_out and counting, 4 / 6 / 2 items per task (train / pref / bench), at most 3 clips."""
+    return build_splits(tmp_path_factory.mktemp("small-task-data"), {"train": 4, "pref": 6, "bench": 2},
+                        ["odd_one_out", "counting"])

@@ -1,7 +1,9 @@
 """``--resume`` continues the run that was started (issue 30) and leaves one metrics row per step (issue 29).
 
-A run starts GRPO from an SFT adapter of ANOTHER seed (``--init-adapter``), so that equality with the undisturbed run
-cannot come from SFT reproducing the same adapter; its learner worker dies at step 2, before the first GRPO
+A run starts GRPO from an adapter that no SFT of the run's config produces (``--init-adapter``: the config's LoRA with
+random non-zero B of seed 3, written as a learner checkpoint), so that equality with the undisturbed run cannot come
+from SFT reproducing the same adapter (a real SFT checkpoint as ``--init-adapter`` is tests/polyaudio_rl/test_demo.py's
+flipped-sign control); its learner worker dies at step 2, before the first GRPO
 checkpoint, and the run ends with an error. ``--resume`` must then: name the original config in its header, run no
 SFT, train from that adapter (its step rows and final adapter equal the undisturbed run's from the same adapter),
 leave exactly one metrics row per (phase, step), and, once the adapter has changed or is gone, refuse with an error
@@ -14,12 +16,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from safetensors.torch import load_file, save_file
 
-from polyaudio_rl import sft, train
-from tests.conftest import build_splits
+from polyaudio_rl import train
 
 pytestmark = pytest.mark.slow
 
@@ -54,21 +54,37 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
 
 
+def _foreign_adapter(tiny_ckpt: str, config: Path, out: Path) -> Path:
+    """A learner checkpoint (adapter + checksummed trainer_state.json) of the config's LoRA with B ~ N(0, 0.05),
+    seed 3: an init adapter the runs' own SFT (seed 0) cannot reproduce."""
+    from polyaudio_rl.core.checkpoint import ADAPTER_DIR, FORMAT_VERSION, write_state
+    from polyaudio_rl.core.config import load_config
+    from polyaudio_rl.core.model import add_lora, load_model
+
+    torch.manual_seed(3)
+    peft = add_lora(load_model(tiny_ckpt), load_config(str(config), []).model.lora)
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.05)
+    lora = {n: p.detach().clone() for n, p in peft.named_parameters() if "lora_" in n}
+    peft.save_pretrained(str(out / ADAPTER_DIR), state_dict=lora, safe_serialization=True)
+    write_state(out, {"format_version": FORMAT_VERSION, "step": 0, "trainable": sorted(lora), "client_state": {},
+                      "meta": {"made_by": "tests/polyaudio_rl/test_resume.py"}})
+    return out
+
+
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys() and a
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_resume_of_an_init_adapter_run_trains_from_that_adapter_and_refuses_a_changed_one(tiny_ckpt, tmp_path,
-                                                                                         capsys):
-    data = build_splits(tmp_path / "data", {"train": 4, "pref": 6, "bench": 2}, ["odd_one_out", "counting"])
+def test_resume_of_an_init_adapter_run_trains_from_that_adapter_and_refuses_a_changed_one(tiny_ckpt, small_task_data,
+                                                                                         tmp_path, capsys):
+    data = small_task_data
     config = tmp_path / "my_experiment.yaml"  # a config name of its own: the header must show it, not the default
     shutil.copy(ROOT / "configs" / "tiny_cpu.yaml", config)
-    # an SFT adapter of seed 3 (the runs below have seed 0): one SFT step
-    assert sft.main(["--config", str(config), *_common(tiny_ckpt, data, seed=3, run_dir=tmp_path / "sft3")]) == 0
-    ray.shutdown()
-    adapter = tmp_path / "adapters" / "seed3"
-    shutil.copytree(sorted((tmp_path / "sft3" / "checkpoints").glob("step-*"))[-1], adapter)
+    adapter = _foreign_adapter(tiny_ckpt, config, tmp_path / "adapters" / "seed3")  # the runs below have seed 0
 
     calm, run = tmp_path / "calm", tmp_path / "run"
     start = ["--config", str(config), "--init-adapter", str(adapter), "--quiet"]
