@@ -1,6 +1,8 @@
 """One short end-to-end run per model family beyond the default one (whose run is tests/polyaudio_rl/test_demo.py):
-`python -m polyaudio_rl.train --config configs/demo.yaml model.path=<tiny of F> grpo.steps=4 eval.max_items=8` ends
-rc 0 with summary.json and the served-adapter bench (stage 4), the family read from the checkpoint alone."""
+`python -m polyaudio_rl.train --config configs/demo.yaml model.path=<tiny of F>` with the demo's stages and settings
+(SFT, GRPO at policy lag 1 with TIS, held-out evaluation, serve + bench) on a smaller scale (2 SFT steps, 2 GRPO steps
+of 3 prompts x 4, 8 held-out items) ends rc 0 with summary.json and the served-adapter bench (stage 4), the family
+read from the checkpoint alone; step 2 trains on rollouts sampled one policy version behind (lag 1)."""
 from __future__ import annotations
 
 import json
@@ -30,11 +32,13 @@ def test_short_demo_run_with_serve_bench(family, tiny_ckpt_of, starter_data, tmp
     d, run = starter_data, tmp_path / "run"
     rc = train.main(["--config", str(DEMO), "--run-dir", str(run), "--quiet", f"model.path={tiny_ckpt_of(family)}",
                      f"data.train_dir={d / 'train'}", f"data.pref_dir={d / 'pref'}", f"data.bench_dir={d / 'bench'}",
-                     "data.build_if_missing=false", "wandb_mode=disabled", "grpo.steps=4", "eval.max_items=8"])
+                     "data.build_if_missing=false", "wandb_mode=disabled", "grpo.steps=2",
+                     "grpo.prompts_per_step=3", "grpo.group_size=4", "sft.max_steps=2", "eval.max_items=8"])
     assert rc == 0
     s = json.loads((run / "summary.json").read_text())
     assert s["eval_after"]["n"] == 8
     bench = s["bench"]
     assert bench["overall"]["scored"] >= 8 and bench["overall"]["failed"] == 0
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len([r for r in rows if r.get("phase") == "grpo"]) == 4
+    grpo = [r for r in rows if r.get("phase") == "grpo"]
+    assert [r["policy_lag/max"] for r in grpo] == [0.0, 1.0]  # step 2 trained on rollouts of the version before
