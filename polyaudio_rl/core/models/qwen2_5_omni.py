@@ -24,7 +24,8 @@
 
 The tiny checkpoint (:meth:`Qwen25OmniFamily.write_tiny`) is the full-checkpoint layout with the thinker only
 (``enable_audio_output`` false): audio d_model 64, 2 layers; vision depth 1, hidden 32; text hidden 128, 2 heads
-with 1 KV head (head_dim 64: vLLM-CPU's attention needs it), 2 layers, intermediate 256.
+with 1 KV head (head_dim 64: vLLM-CPU's attention needs it), 2 layers, intermediate 256; the audio convolutions
+drawn at std ``AUDIO_CONV_STD`` (:func:`.base.scale_audio_convs`: otherwise the random encoder cannot hear).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_dir
-from .base import ModelFamily, ModelParts
+from .base import ModelFamily, ModelParts, scale_audio_convs
 from .qwen2_audio import LM_HEAD_STD, _corpus
 from .whisper_encoder import use_length_aware_features
 
@@ -136,6 +137,7 @@ def write_tiny(out: str | Path, seed: int = 0, **sizes: int) -> Path:
         model = Qwen2_5OmniThinkerForConditionalGeneration(config.thinker_config).eval()
         with torch.no_grad():  # see the qwen2_audio family: lets the tiny model put real mass on a token
             model.lm_head.weight.normal_(0.0, LM_HEAD_STD)
+            scale_audio_convs(model.audio_tower)
         state = {hub_key(k): v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(tmp)

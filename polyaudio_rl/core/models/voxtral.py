@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import ModelFamily, ModelParts
+from .base import ModelFamily, ModelParts, scale_audio_convs
 from .voxtral_format import (AUDIO_ID, BEGIN_AUDIO_ID, CHUNK_SECONDS, SAMPLING_RATE, TOKENS_PER_CLIP, tekken_dict,
                              to_mistral_weights, train_merges, write_mistral_files)
 
@@ -228,6 +228,7 @@ def _random_model(config: Any, seed: int) -> Any:
         model.lm_head.weight.normal_(0.0, LM_HEAD_STD)
         pos = model.model.audio_tower.embed_positions.weight
         pos.copy_(sinusoids(*pos.shape))  # vLLM computes these sinusoids itself and ignores stored ones
+        scale_audio_convs(model.model.audio_tower)  # else the sinusoids drown the clip's features: a deaf model
     return model
 
 

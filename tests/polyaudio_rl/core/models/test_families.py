@@ -110,6 +110,31 @@ def test_lora_targets_the_language_model_only(fam):
     assert not [n for n, p in peft.named_parameters() if p.requires_grad and "lora_" not in n]
 
 
+def test_the_tiny_model_hears_its_clips(fam):
+    """The audio embeddings the language model receives move with the clips: tones vs the same clips silent differ by
+    at least a fifth of their norm at the audio positions (the tiny Qwen2-Audio ~0.5; a tiny encoder whose
+    convolutions are drowned by its sinusoid positions ~0.06, and no demo learns on it)."""
+    from polyaudio_rl.core.model import load_model
+    from polyaudio_rl.core.models import parts_of
+    from polyaudio_rl.core.prompts import MultiAudioPrompt
+
+    family, path, proc = fam
+    model = load_model(path)
+    seen = []
+    hook = parts_of(model).language_model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw["inputs_embeds"]), with_kwargs=True)
+    p = build_prompt(make_sample("hear", (1.0, 1.5)), proc, system_prompt=None)
+    silent = MultiAudioPrompt(p.sample_id, p.text, [np.zeros_like(a) for a in p.audios], p.sample)
+    batches = [processor_inputs([q], proc) for q in (p, silent)]
+    with torch.no_grad():
+        for b in batches:
+            model(**b)
+    hook.remove()
+    audio = batches[0]["input_ids"] == proc.tokenizer.convert_tokens_to_ids(family.audio_placeholder)
+    heard, quiet = seen[0][audio], seen[1][audio]
+    assert ((heard - quiet).norm(dim=-1) / heard.norm(dim=-1)).mean() > 0.2
+
+
 def test_list_families_and_the_cli(tmp_path, capsys):
     from polyaudio_rl.core.tiny import main
 
