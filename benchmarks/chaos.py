@@ -21,8 +21,8 @@ moments, from outside the driver, and check that every run still ends where the 
    kill landed is read from the trial's own ``timeline.json`` and checkpoint times: on a loaded machine a moment aimed
    at a sync may land beside it, so both the aim and the landing are recorded.
 
-Writes OUT/chaos.json (``{"trials": [{"victims", "moments", "ok", "max_abs_diff", "recoveries", ...}]}``) and
-OUT/chaos.png (each trial's timeline: steps, checkpoints, kills); prints a line per trial, a table and a summary
+Writes OUT/chaos.json (``{"trials": [{"victims", "moments", "ok", "max_abs_diff", "recoveries", ...}]}``),
+OUT/chaos.png (each trial's timeline: steps, checkpoints, kills) and OUT/chaos.md (the table for the docs); prints a line per trial, a table and a summary
 line. Each run's console output: OUT/<run>/train.log. Processes a driver leaves behind are killed and counted.
 """
 from __future__ import annotations
@@ -312,7 +312,8 @@ def kill_worker(driver_pid: int, act: Action) -> dict[str, Any]:
     if proc is None:
         return {"fired": False, "error": f"{title} (pid {pid}) exited before the kill"}
     proc.send_signal(signal.SIGKILL)
-    return {"fired": True, "kind": kind, "pid": pid, "title": title, "alive_kinds": sorted({w[0] for w in workers})}
+    return {"fired": True, "kind": kind, "wanted": act.kind, "pid": pid, "title": title,
+            "alive_kinds": sorted({w[0] for w in workers})}
 
 
 def execute(watcher: Watcher, proc: subprocess.Popen, actions: list[Action], profile: Profile,
@@ -598,6 +599,31 @@ def summary_line(trials: list[dict[str, Any]], lag: int, seed: int) -> str:
             + f"; {hot} kill(s) landed in a checkpoint or a sync")
 
 
+def markdown(report: dict[str, Any], commit: str) -> str:
+    """The result as a Markdown table for docs/reliability.md: one row per trial, with date and commit."""
+    head = (f"`--trials {len(report['trials'])} --seed {report['seed']} --lag {report['lag']}`, "
+            f"{time.strftime('%Y-%m-%d', time.gmtime())}, commit {commit}: **{report['summary']}**\n\n"
+            "| trial | ok | victims | moments (aimed at → landed in) | max abs diff | recoveries | error |\n"
+            "|---|---|---|---|---|---|---|\n")
+    rows = []
+    for t in report["trials"]:
+        acts = [a for a in t["timeline"][0]["actions"] if a.get("fired")]
+        vic = ", ".join(("SIGTERM driver" if a["kind"] == "driver" else f"{a['kind']} (pid {a['pid']})") for a in acts)
+        mom = "; ".join(f"{m['aim']} → {m['landed']} ({m['t_s']:.1f} s)" for m in t["moments"])
+        diff = "–" if t["max_abs_diff"] is None else f"{t['max_abs_diff']:.1e}"
+        err = " / ".join(e.replace("|", "\\|")[:160] for e in t["errors"])
+        rows.append(f"| {t['trial'] + 1} | {'yes' if t['ok'] else '**no**'} | {vic} | {mom} | {diff} | "
+                    f"{t['recoveries']} | {err} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 COLORS = {"learner": "#d62728", "rollout": "#1f77b4", "reward": "#2ca02c", "data": "#9467bd", "driver": "#000000"}
 
 
@@ -695,11 +721,13 @@ def main(argv: list[str] | None = None) -> int:
     report = {"seed": a.seed, "lag": a.lag, "steps": a.steps, "checkpoint_every": a.checkpoint_every,
               "config": a.config, "overrides": setup.overrides, "start": setup.start, "summary": line,
               "reference": {"wall_s": ref["wall_s"], "timeline": ref["timeline"]}, "trials": trials}
+    report["commit"] = git_commit()
     (setup.out / "chaos.json").write_text(json.dumps(report, indent=1, default=str))
+    (setup.out / "chaos.md").write_text(markdown(report, report["commit"]))
     plot(trials, ref, setup.out / "chaos.png", line)
     print(table(trials))
     print(line)
-    print(f"  {setup.out / 'chaos.json'}, {setup.out / 'chaos.png'}")
+    print(f"  {setup.out / 'chaos.json'}, {setup.out / 'chaos.png'}, {setup.out / 'chaos.md'}")
     return 1 if a.check and not all(t["ok"] for t in trials) else 0
 
 
