@@ -22,8 +22,8 @@ moments, from outside the driver, and check that every run still ends where the 
    at a sync may land beside it, so both the aim and the landing are recorded.
 
 Writes OUT/chaos.json (``{"trials": [{"victims", "moments", "ok", "max_abs_diff", "recoveries", ...}]}``),
-OUT/chaos.png (each trial's timeline: steps, checkpoints, kills) and OUT/chaos.md (the table for the docs); prints a line per trial, a table and a summary
-line. Each run's console output: OUT/<run>/train.log. Processes a driver leaves behind are killed and counted.
+OUT/chaos.png (each trial's timeline: steps, checkpoints, kills) and OUT/chaos.md (the table for the docs); prints a
+line per trial, a table and a summary line. Each run's console output: OUT/<run>/train.log. Processes a driver leaves behind are killed and counted.
 """
 from __future__ import annotations
 
@@ -144,7 +144,8 @@ def ray_workers(driver_pid: int) -> list[tuple[str, int, str, float]]:
 class Watcher(threading.Thread):
     """Follows a running driver from outside: when each metrics row appears (``("row", step, t)``; ``step`` 0 is the
     held-out evaluation before GRPO; a row cut by a rewind and logged again appears again), when each checkpoint is
-    complete (``("ckpt", step, t)``), and every process the driver started (to clean up what it leaves behind)."""
+    complete (``("ckpt", step, t)``) or being written (``"ckpt_tmp"``: its temporary directory), and every process
+    the driver started (to clean up what it leaves behind)."""
 
     def __init__(self, run_dir: Path, proc: subprocess.Popen):
         super().__init__(daemon=True)
@@ -175,7 +176,11 @@ class Watcher(threading.Thread):
                 present.add(("row", int(r["step"]) if r["phase"] == "grpo" else 0))
         ckdir = self.run_dir / "grpo" / "checkpoints"
         if ckdir.is_dir():
-            present |= {("ckpt", int(p.name[5:])) for p in ckdir.glob("step-*") if p.name[5:].isdigit()}
+            for p in ckdir.glob("step-*"):
+                if p.name[5:].isdigit():
+                    present.add(("ckpt", int(p.name[5:])))
+                elif p.name[5:11].isdigit() and p.name[11:].startswith(".tmp-"):  # being written (atomic_dir)
+                    present.add(("ckpt_tmp", int(p.name[5:11])))
         return present
 
     def _poll_files(self) -> None:
@@ -196,16 +201,19 @@ class Watcher(threading.Thread):
         except psutil.Error:
             pass
 
-    def wait_event(self, what: str, step: int, after: float) -> float | None:
-        """The time of the first ``(what, step)`` event after ``after``; None once the driver has exited."""
+    def wait_event(self, what: str, step: int, after: float, timeout_s: float = float("inf")) -> float | None:
+        """The time of the first ``(what, step)`` event after ``after``; None once the driver has exited (or after
+        ``timeout_s``)."""
+        deadline = time.time() + timeout_s
         with self._cond:
-            while True:
+            while time.time() < deadline:
                 for w, s, t in self.events:
                     if w == what and s == step and t > after:
                         return t
                 if self.finished:
                     return None
-                self._cond.wait(0.1)
+                self._cond.wait(0.05)
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------- phases
@@ -238,20 +246,23 @@ class Profile:
     rows: dict[int, float]
     ckpts: dict[int, float]
     spans: list[tuple[str, float, float]]
+    ckpt_tmps: dict[int, float] = field(default_factory=dict)  # when each checkpoint's temporary directory appeared
 
     @classmethod
     def of(cls, events: list[tuple[str, int, float]], spans: list[tuple[str, float, float]]) -> "Profile":
-        rows, ckpts = {}, {}
+        seen: dict[str, dict[int, float]] = {"row": {}, "ckpt": {}, "ckpt_tmp": {}}
         for what, step, t in events:
-            (rows if what == "row" else ckpts).setdefault(step, t)
-        return cls(rows, ckpts, spans)
+            seen[what].setdefault(step, t)
+        return cls(seen["row"], seen["ckpt"], spans, seen["ckpt_tmp"])
 
-    def delay(self, act: Action, pace: float = 1.0) -> float:
+    def delay(self, act: Action, pace: float = 1.0, from_tmp: bool = False) -> float:
         """Seconds from the action's anchor row to its moment: the reference's offset of the phase aimed at (its
         spans starting in the step, joined) plus ``frac`` of its length, the whole step for ``any``; times ``pace``
-        (how much slower the trial runs than the reference did)."""
-        if act.phase == "checkpoint":
-            return pace * act.frac * max(self.ckpts.get(act.step, 0.0) - self.rows[act.step], 0.0)
+        (how much slower the trial runs than the reference did). ``from_tmp``: a checkpoint's moment counts from
+        its temporary directory's appearance."""
+        if act.phase == "checkpoint":  # from its temporary directory (or, not seen, its step's row) to its end
+            start = self.ckpt_tmps.get(act.step, self.rows[act.step]) if from_tmp else self.rows[act.step]
+            return pace * act.frac * max(self.ckpts.get(act.step, 0.0) - start, 0.0)
         a, b = self.rows.get(act.step - 1), self.rows.get(act.step)
         if a is None or b is None:
             return 0.0
@@ -260,6 +271,10 @@ class Profile:
             s, e = min(h[0] for h in hits), max(h[1] for h in hits)
             return pace * ((s - a) + act.frac * (e - s))
         return pace * act.frac * (b - a)
+
+    def ckpt_span(self, step: int) -> float:
+        """Seconds from the step's row to its checkpoint's completion in the reference."""
+        return max(self.ckpts.get(step, 0.0) - self.rows.get(step, 0.0), 0.0)
 
     def pace(self, events: list[tuple[str, int, float]], step: int) -> float:
         """The trial's last step before ``step`` over the reference's same step (1 when unknown), within [0.25, 4]:
@@ -301,9 +316,14 @@ def _alive(pid: int, created: float) -> Any:
         return None
 
 
-def kill_worker(driver_pid: int, act: Action) -> dict[str, Any]:
-    """SIGKILL one live Ray worker of the driver of kind ``act.kind`` (another kind when none is alive)."""
+def kill_worker(driver_pid: int, act: Action, wait_s: float = 5.0) -> dict[str, Any]:
+    """SIGKILL one live Ray worker of the driver of kind ``act.kind`` (waiting up to ``wait_s`` for one to be alive,
+    e.g. an actor being restarted; then another kind)."""
+    deadline = time.time() + wait_s
     workers = ray_workers(driver_pid)
+    while not any(w[0] == act.kind for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+        workers = ray_workers(driver_pid)
     cands = [w for w in workers if w[0] == act.kind] or workers
     if not cands:
         return {"fired": False, "error": "no Ray worker alive"}
@@ -328,9 +348,14 @@ def execute(watcher: Watcher, proc: subprocess.Popen, actions: list[Action], pro
         if anchor is None:
             rec["error"] = "the driver exited before the moment"
             return
+        tmp = None
+        if act.phase == "checkpoint":  # the save follows the row: anchor on its temporary directory when seen
+            tmp = watcher.wait_event("ckpt_tmp", act.step, anchor - 0.05,
+                                     timeout_s=2.0 + 2 * profile.ckpt_span(act.step))
         with watcher._cond:
             events = list(watcher.events)
-        time.sleep(max(0.0, anchor + profile.delay(act, profile.pace(events, act.step)) - time.time()))
+        delay = profile.delay(act, profile.pace(events, act.step), from_tmp=tmp is not None)
+        time.sleep(max(0.0, (tmp or anchor) + delay - time.time()))
         if proc.poll() is not None:
             rec["error"] = "the driver exited before the moment"
             return
@@ -558,7 +583,7 @@ def plans(seed: int, trials: int, steps: int, every: int) -> list[list[Action]]:
     """Each trial's plan, from its own generator seeded by (seed, trial): trial i is the same in any invocation. The
     first victims' kinds take turns in an order shuffled by the seed, so any four trials kill each kind once."""
     ckpt_steps = [s for s in range(1, steps + 1) if (every and s % every == 0) or s == steps]
-    first = 1  # step 1's anchor: the row of the held-out evaluation before GRPO
+    first = 2  # from step 2 on, the trial's own pace (its step 1 against the reference's) scales the moments
     kinds = random.Random(seed).sample(sorted(KIND_WEIGHTS), len(KIND_WEIGHTS))
     return [draw_plan(random.Random(seed * 1000 + i), steps, ckpt_steps, first, kinds[i % len(kinds)])
             for i in range(trials)]
