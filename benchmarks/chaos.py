@@ -290,19 +290,21 @@ class Profile:
         return min(max(ratio, 0.25), 4.0)
 
 
-def landed(t: float, events: list[tuple[str, int, float]], spans: list[tuple[str, float, float]]) -> str:
-    """Where a moment fell in the run it hit: a checkpoint being written, the phases whose spans contain it, and
-    the step in flight (the step after the last row logged before it)."""
-    rows = [(s, tr) for w, s, tr in events if w == "row" and tr <= t]
-    last = max(rows, key=lambda r: r[1])[0] if rows else 0
+def landed(t: float, events: list[tuple[str, int, float]], spans: list[tuple[str, float, float]],
+           ckpt_steps: Any = ()) -> str:
+    """Where a moment fell in the run it hit: a checkpoint being written (from its step's row, which the save
+    follows, to its completion; "never completed" when it did not), the phases whose spans contain it, and the step
+    in flight (the step after the last row logged before it)."""
+    rows = [(tr, s) for w, s, tr in events if w == "row" and tr <= t]
+    last_t, last = max(rows) if rows else (0.0, 0)
     parts = []
-    for w, k, tc in events:
-        starts = [tr for w2, s2, tr in events if w2 == "row" and s2 == k and tr <= tc]
-        if w == "ckpt" and starts and max(starts) <= t <= tc:
-            parts.append(f"checkpoint {k}")
+    if last in ckpt_steps:
+        done = [tc for w, k, tc in events if w == "ckpt" and k == last and tc >= last_t]
+        if not done or t <= min(done):
+            parts.append(f"checkpoint {last}" + ("" if done else " (never completed)"))
     parts += sorted({ph for ph, s, e in spans if s <= t <= e})
     where = "+".join(parts) if parts else "between phases"
-    return f"{where} (step {last + 1} in flight)" if not parts or not parts[0].startswith("checkpoint") else where
+    return where if parts and parts[0].startswith("checkpoint") else f"{where} (step {last + 1} in flight)"
 
 
 # ---------------------------------------------------------------------------------------------------- acting
@@ -442,6 +444,11 @@ class Setup:
     start: list[str]  # ["--init-adapter", CKPT] or ["--skip-sft"]
     steps: int
     timeout_s: float
+    every: int = 0
+
+    @property
+    def ckpt_steps(self) -> list[int]:
+        return [s for s in range(1, self.steps + 1) if (self.every and s % self.every == 0) or s == self.steps]
 
     def cmd(self, run_dir: Path) -> list[str]:
         return [sys.executable, "-m", "polyaudio_rl.train", "--config", self.config, "--quiet", "--run-dir",
@@ -531,14 +538,14 @@ def judge(setup: Setup, ref: dict[str, Any], run_dir: Path, segs: list[Segment],
             "wall_s": sum(s.wall_s for s in segs)}
 
 
-def trial_record(i: int, plan: list[Action], run_dir: Path, segs: list[Segment], verdict: dict[str, Any]
-                 ) -> dict[str, Any]:
+def trial_record(i: int, plan: list[Action], run_dir: Path, segs: list[Segment], verdict: dict[str, Any],
+                 ckpt_steps: list[int]) -> dict[str, Any]:
     """chaos.json's entry of a trial: victims and moments (aimed at, landed in) of what fired, and the verdict."""
     first = segs[0]
     spans = timeline_spans(run_dir, "timeline.first.json")
     fired = [a for a in first.actions if a["fired"]]
     victims = [f"{a['kind']}:{a['pid']}" for a in fired]
-    moments = [{"aim": a["aim"], "landed": landed(a["t"], first.events, spans), "t_s": round(a["t"] - first.start, 2),
+    moments = [{"aim": a["aim"], "landed": landed(a["t"], first.events, spans, ckpt_steps), "t_s": round(a["t"] - first.start, 2),
                 "title": a["title"]} for a in fired]
     missed = [{"aim": a["aim"], "why": a.get("error", "")} for a in first.actions if not a["fired"]]
     return {"trial": i, "plan": [asdict(a) for a in plan], "victims": victims, "moments": moments,
@@ -576,7 +583,7 @@ def make_setup(a: argparse.Namespace) -> Setup:
         start = ["--skip-sft"]
     else:
         start = ["--init-adapter", a.init_adapter or sft_adapter(out, a.config, a.set, a.timeout)]
-    return Setup(out, a.config, overrides, start, a.steps, a.timeout)
+    return Setup(out, a.config, overrides, start, a.steps, a.timeout, a.checkpoint_every)
 
 
 def plans(seed: int, trials: int, steps: int, every: int) -> list[list[Action]]:
@@ -720,11 +727,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--only", default="", help="run only these trials (1-based, comma-separated): a reproduction")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per process before it is killed")
     ap.add_argument("--check", action="store_true", help="exit 1 unless every trial is ok (CI)")
+    ap.add_argument("--report-only", action="store_true", help="rebuild OUT's report from its chaos.json")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.report_only:
+        return report_only(Path(a.out))
     if a.eval_items < 1:
         raise SystemExit("--eval-items must be >= 1 (eval.max_items 0 means the default, 32)")
     setup = make_setup(a)
@@ -739,21 +749,43 @@ def main(argv: list[str] | None = None) -> int:
     for i in chosen:
         run_dir = setup.out / f"trial-{i + 1:02d}"
         segs, sums = run_trial(setup, run_dir, all_plans[i], profile)
-        t = trial_record(i, all_plans[i], run_dir, segs, judge(setup, ref, run_dir, segs, sums))
+        t = trial_record(i, all_plans[i], run_dir, segs, judge(setup, ref, run_dir, segs, sums),
+                         setup.ckpt_steps)
         trials.append(t)
         print("  " + progress_line(t, a.trials), flush=True)
-    line = summary_line(trials, a.lag, a.seed)
     report = {"seed": a.seed, "lag": a.lag, "steps": a.steps, "checkpoint_every": a.checkpoint_every,
-              "config": a.config, "overrides": setup.overrides, "start": setup.start, "summary": line,
+              "config": a.config, "overrides": setup.overrides, "start": setup.start, "commit": git_commit(),
               "reference": {"wall_s": ref["wall_s"], "timeline": ref["timeline"]}, "trials": trials}
-    report["commit"] = git_commit()
-    (setup.out / "chaos.json").write_text(json.dumps(report, indent=1, default=str))
-    (setup.out / "chaos.md").write_text(markdown(report, report["commit"]))
-    plot(trials, ref, setup.out / "chaos.png", line)
-    print(table(trials))
-    print(line)
-    print(f"  {setup.out / 'chaos.json'}, {setup.out / 'chaos.png'}, {setup.out / 'chaos.md'}")
+    write_report(setup.out, report)
     return 1 if a.check and not all(t["ok"] for t in trials) else 0
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """chaos.json, chaos.md, chaos.png; the table and the summary line on the console."""
+    report["summary"] = summary_line(report["trials"], report["lag"], report["seed"])
+    (out / "chaos.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "chaos.md").write_text(markdown(report, report["commit"]))
+    plot(report["trials"], report["reference"], out / "chaos.png", report["summary"])
+    print(table(report["trials"]))
+    print(report["summary"])
+    print(f"  {out / 'chaos.json'}, {out / 'chaos.png'}, {out / 'chaos.md'}")
+
+
+def report_only(out: Path) -> int:
+    """Rebuild the report of a finished invocation from its chaos.json and its trials' timelines (where each
+    moment landed is derived data)."""
+    report = json.loads((out / "chaos.json").read_text())
+    every, steps = report["checkpoint_every"], report["steps"]
+    ckpt_steps = [s for s in range(1, steps + 1) if (every and s % every == 0) or s == steps]
+    for t in report["trials"]:
+        first = t["timeline"][0]
+        spans = timeline_spans(Path(t["run_dir"]), "timeline.first.json")
+        events = [tuple(e) for e in first["events"]]
+        fired = [a for a in first["actions"] if a.get("fired")]
+        for m, a in zip(t["moments"], fired):
+            m["landed"] = landed(a["t"], events, spans, ckpt_steps)
+    write_report(out, report)
+    return 0
 
 
 if __name__ == "__main__":

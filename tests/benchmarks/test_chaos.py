@@ -100,14 +100,16 @@ def test_pace_is_the_trials_last_step_over_the_reference(trial_rows, step, expec
     assert _chaos().Profile.of(REF, SPANS).pace(trial_rows, step) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("t, expected", [
-    (14.2, "checkpoint 2"),
-    (13.65, "sync (step 2 in flight)"),
-    (13.55, "between phases (step 2 in flight)"),
-    (12.2, "generate (step 2 in flight)"),
+@pytest.mark.parametrize("t, events, expected", [
+    (14.2, REF, "checkpoint 2"),
+    (14.2, REF[:3], "checkpoint 2 (never completed)"),  # the run died before checkpoint 2 was complete
+    (14.7, REF, "between phases (step 3 in flight)"),
+    (13.65, REF, "sync (step 2 in flight)"),
+    (13.55, REF, "between phases (step 2 in flight)"),
+    (12.2, REF, "generate (step 2 in flight)"),
 ])
-def test_landed_names_the_phase_a_moment_fell_in(t, expected):
-    assert _chaos().landed(t, REF, SPANS) == expected
+def test_landed_names_the_phase_a_moment_fell_in(t, events, expected):
+    assert _chaos().landed(t, events, SPANS, ckpt_steps=(2, 3)) == expected
 
 
 def test_victim_kinds_by_process_title():
