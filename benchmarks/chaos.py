@@ -23,7 +23,8 @@ moments, from outside the driver, and check that every run still ends where the 
 
 Writes OUT/chaos.json (``{"trials": [{"victims", "moments", "ok", "max_abs_diff", "recoveries", ...}]}``),
 OUT/chaos.png (each trial's timeline: steps, checkpoints, kills) and OUT/chaos.md (the table for the docs); prints a
-line per trial, a table and a summary line. Each run's console output: OUT/<run>/train.log. Processes a driver leaves behind are killed and counted.
+line per trial, a table and a summary line (``--report-only`` rebuilds them from chaos.json). Each run's console
+output: OUT/<run>/train.log. Processes a driver leaves behind are killed and counted.
 """
 from __future__ import annotations
 
@@ -538,6 +539,11 @@ def judge(setup: Setup, ref: dict[str, Any], run_dir: Path, segs: list[Segment],
             "wall_s": sum(s.wall_s for s in segs)}
 
 
+def grpo_start(events: list[tuple[str, int, float]], default: float) -> float:
+    """When GRPO started in a run: its held-out evaluation's row (step 0)."""
+    return next((t for w, s, t in events if w == "row" and s == 0), default)
+
+
 def trial_record(i: int, plan: list[Action], run_dir: Path, segs: list[Segment], verdict: dict[str, Any],
                  ckpt_steps: list[int]) -> dict[str, Any]:
     """chaos.json's entry of a trial: victims and moments (aimed at, landed in) of what fired, and the verdict."""
@@ -545,8 +551,9 @@ def trial_record(i: int, plan: list[Action], run_dir: Path, segs: list[Segment],
     spans = timeline_spans(run_dir, "timeline.first.json")
     fired = [a for a in first.actions if a["fired"]]
     victims = [f"{a['kind']}:{a['pid']}" for a in fired]
-    moments = [{"aim": a["aim"], "landed": landed(a["t"], first.events, spans, ckpt_steps), "t_s": round(a["t"] - first.start, 2),
-                "title": a["title"]} for a in fired]
+    t0 = grpo_start(first.events, first.start)
+    moments = [{"aim": a["aim"], "landed": landed(a["t"], first.events, spans, ckpt_steps),
+                "t_s": round(a["t"] - t0, 2), "title": a["title"]} for a in fired]
     missed = [{"aim": a["aim"], "why": a.get("error", "")} for a in first.actions if not a["fired"]]
     return {"trial": i, "plan": [asdict(a) for a in plan], "victims": victims, "moments": moments,
             "not_fired": missed, **verdict, "run_dir": str(run_dir),
@@ -641,7 +648,7 @@ def markdown(report: dict[str, Any], commit: str) -> str:
     for t in report["trials"]:
         acts = [a for a in t["timeline"][0]["actions"] if a.get("fired")]
         vic = ", ".join(("SIGTERM driver" if a["kind"] == "driver" else f"{a['kind']} (pid {a['pid']})") for a in acts)
-        mom = "; ".join(f"{m['aim']} → {m['landed']} ({m['t_s']:.1f} s)" for m in t["moments"])
+        mom = "; ".join(f"{m['aim']} → {m['landed']} ({m['t_s']:.1f} s into GRPO)" for m in t["moments"])
         diff = "–" if t["max_abs_diff"] is None else f"{t['max_abs_diff']:.1e}"
         err = " / ".join(e.replace("|", "\\|")[:160] for e in t["errors"])
         rows.append(f"| {t['trial'] + 1} | {'yes' if t['ok'] else '**no**'} | {vic} | {mom} | {diff} | "
@@ -664,7 +671,7 @@ def _plot_segments(ax: Any, y: float, segs: list[dict[str, Any]], moments: list[
     rows as ticks, checkpoints as triangles, kills and SIGTERMs as markers labelled with where they landed. Returns
     the row's last time."""
     first = segs[0]
-    t0 = next((t for w, s, t in first["events"] if w == "row" and s == 0), first["start"])
+    t0 = grpo_start(first["events"], first["start"])
     labels = iter(m["landed"] for m in moments)
     for seg in segs:
         ax.barh(y, seg["wall_s"], left=seg["start"] - t0, height=0.5, color="#eeeeee", edgecolor="#999999")
@@ -738,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.eval_items < 1:
         raise SystemExit("--eval-items must be >= 1 (eval.max_items 0 means the default, 32)")
     setup = make_setup(a)
+    commit = git_commit()  # the code every run of this invocation runs
     all_plans = plans(a.seed, a.trials, a.steps, a.checkpoint_every)
     chosen = [int(x) - 1 for x in a.only.split(",") if x] or list(range(a.trials))
     print(f"chaos: {len(chosen)} trial(s), seed {a.seed}, lag {a.lag}, {a.steps} GRPO steps, checkpoint every "
@@ -754,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         trials.append(t)
         print("  " + progress_line(t, a.trials), flush=True)
     report = {"seed": a.seed, "lag": a.lag, "steps": a.steps, "checkpoint_every": a.checkpoint_every,
-              "config": a.config, "overrides": setup.overrides, "start": setup.start, "commit": git_commit(),
+              "config": a.config, "overrides": setup.overrides, "start": setup.start, "commit": commit,
               "reference": {"wall_s": ref["wall_s"], "timeline": ref["timeline"]}, "trials": trials}
     write_report(setup.out, report)
     return 1 if a.check and not all(t["ok"] for t in trials) else 0
@@ -784,6 +792,7 @@ def report_only(out: Path) -> int:
         fired = [a for a in first["actions"] if a.get("fired")]
         for m, a in zip(t["moments"], fired):
             m["landed"] = landed(a["t"], events, spans, ckpt_steps)
+            m["t_s"] = round(a["t"] - grpo_start(events, first["start"]), 2)
     write_report(out, report)
     return 0
 
