@@ -15,11 +15,16 @@ Driver-side API (:class:`RolloutPool`)::
 * Batches are split contiguously over the actors; a prompt's G completions always come from one engine call, so a
   group is never split. Groups come back in the order of the prompts.
 * Faults: actors have ``max_restarts``. When an actor dies with a batch in flight, the pool waits for Ray to restart
-  it, pushes the current weights to it again (kept in the object store since the last :meth:`sync`, verified
-  against the same fingerprint), and re-sends that shard — once per death, never to two actors, so nothing is lost or
-  duplicated. Every rollout call carries the pool's policy version; an actor on another version (restarted, or
-  after a failed sync) refuses it, so no group is produced by a stale policy.
-* A sync to an actor that is down, or whose fingerprint does not match, raises :class:`SyncError` naming it.
+  it, pushes it the weights of the version that batch was submitted at (the pool keeps the weights of the last
+  ``grpo.max_policy_lag`` + 1 versions in the object store, each verified against its own fingerprint), and
+  re-sends that shard — once per death, never to two actors, so nothing is lost or duplicated. A pipelined driver
+  may have synced a newer policy meanwhile; the shard is still sampled by the policy that sampled the rest of its
+  batch (same version tag, same behaviour log-probs, as if the actor had not died), and the actor is brought to the
+  pool's current version right after. Every rollout call carries its policy version; an actor on another version
+  (restarted, or after a failed sync) refuses it, so no group is produced by another policy than its tag says.
+* A sync that an actor's death swallowed is pushed again once Ray has restarted the actor (object-store and driver
+  transports). A sync to an actor that stays down, or whose fingerprint does not match, raises :class:`SyncError`
+  naming it.
 """
 from __future__ import annotations
 
@@ -89,8 +94,9 @@ class RolloutActor:
         self.stats["tokens"] += sum(g.num_tokens for g in groups)
         return groups
 
-    def sync(self, weights: dict, version: int, expected: list[float] | None = None) -> SyncResult:
-        res = self.syncer.sync(weights, version, expected)
+    def sync(self, weights: dict, version: int, expected: list[float] | None = None, rewind: bool = False
+             ) -> SyncResult:
+        res = self.syncer.sync(weights, version, expected, rewind=rewind)
         self.stats["syncs"] += 1
         return res
 
@@ -130,7 +136,8 @@ class _Shard:
     sends: int = 0
     sent_at: float = 0.0  # time.time() of the last send and of its result (a span on the actor's timeline lane)
     done_at: float = 0.0
-    version: int = -1  # the policy version it is sampled from: the job's, or newer after its actor restarted
+    version: int = -1  # the policy version it is sampled from: the job's (also when re-sent after its actor
+    # restarted), or the pool's newer one where the job's weights are no longer kept (collective transport)
 
 
 @dataclass
@@ -185,11 +192,13 @@ class RolloutPool:
         ]
         self.infos = ray.get([a.ready.remote() for a in self.actors], timeout=rc.actor_start_timeout_s)
         self.policy = PolicyVersion()  # `version` below; the pipelined driver shares this counter and waits on it
-        self._weights_ref: Any = None  # the current version's weights, kept for actors that restart
-        self._expected: list[float] | None = None
+        # version -> (weights ref, probe log-probs): the versions a batch in flight may carry, for actors that restart
+        self._kept: dict[int, tuple[Any, list[float] | None]] = {}
+        self.keep_versions = cfg.grpo.max_policy_lag + 1
         self.resends = 0  # shards re-sent after their actor died or refused a stale version
         self.resend_causes: dict[str, int] = {}
-        self.recoveries = 0  # restarted actors brought back to the current version
+        self.recoveries = 0  # restarted actors brought back to a version (their shard's, then the current one)
+        self.rewinds = 0  # of which to a version older than the pool's (a re-sent shard of a pipelined batch)
         self._sender: Any = None  # collective transport: learner rank 0's handle (rank 0 of the weight group)
         self._group_members: tuple | None = None  # (sender id, actor pids) the weight group was built for
         self.group_builds = 0
@@ -248,17 +257,18 @@ class RolloutPool:
             try:
                 results[i] = ray.get(ready[0])
                 shard.done_at = time.time()
+                if shard.sends > 1 and shard.version < self.version:  # re-sent at an older version: move it on
+                    with self._lock:
+                        self._recover(shard.actor, self.version)
                 continue
             except (RayActorError, StaleVersionError) as exc:
                 cause = exc
             if shard.sends > self.rc.max_resends:
                 ids = job.group_ids[shard.start:shard.end]
                 raise RolloutError(f"rollout actor {shard.actor} failed {shard.sends} times on groups {ids}: {cause}")
-            # A restarted actor can only be brought to the pool's current policy: with a pipelined driver that may be
-            # newer than the job's (its weights are the only ones kept); the groups then carry the newer version.
+            # Re-sent at its own version: a pipelined driver may have synced a newer policy since it was sent
             with self._lock:
-                shard.version = self.version
-                self._recover(shard.actor, shard.version)
+                shard.version = self._recover(shard.actor, shard.version)
             self.resends += 1
             why = "StaleVersionError" if isinstance(cause, StaleVersionError) else type(cause).__name__
             self.resend_causes[why] = self.resend_causes.get(why, 0) + 1
@@ -284,14 +294,15 @@ class RolloutPool:
                 raise RolloutError(f"group {g.group_id}: {len(g.completions)} completions of policy version "
                                    f"{g.policy_version}, expected {job.n} of version {job.version} or newer")
 
-    def _recover(self, i: int, version: int) -> None:
-        """Wait until actor ``i`` answers again (Ray restarts it), then bring it to ``version``."""
+    def _wait_ready(self, i: int) -> dict[str, Any]:
+        """Actor ``i``'s info once it answers again (Ray restarts a dead one; its engine takes a while to start)."""
         deadline = time.monotonic() + self.rc.actor_start_timeout_s
         failures = 0
         while True:
             try:
                 info = ray.get(self.actors[i].ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
-                break
+                self.infos[i] = info
+                return info
             except (RayActorError, GetTimeoutError) as exc:
                 # ActorUnavailableError: Ray is restarting it (engine start takes a while) — keep waiting. Other
                 # errors right after a death are normal until Ray registers it; many of them mean it stays dead.
@@ -301,20 +312,46 @@ class RolloutPool:
                     raise RolloutError(f"rollout actor {i} is down and did not come back "
                                        f"(rollout.max_restarts={self.rc.max_restarts}): {exc}") from exc
                 time.sleep(0.5)
-        self.infos[i] = info
-        if info["version"] != version:
-            if self._weights_ref is None and self._sender is not None and version == self.version:
-                # collective transport: it missed the broadcast; learner rank 0 still holds this version
-                self._weights_ref = ray.get(self._sender.prepared_weights_ref.remote(version))[0]
-            if self._weights_ref is None or version != self.version:
-                raise RolloutError(f"rollout actor {i} restarted at version {info['version']} and the pool has no "
-                                   f"weights for version {version}")
-            try:
-                ray.get(self.actors[i].sync.remote(self._weights_ref, version, self._expected),
-                        timeout=self.rc.actor_start_timeout_s)
-            except RayActorError as exc:
-                raise SyncError(f"rollout actor {i} died again while being re-synced to version {version}") from exc
-            self.recoveries += 1
+
+    def _weights_of(self, version: int) -> tuple[Any, list[float] | None] | None:
+        """(weights ref, probe log-probs) of a kept ``version``, or None when its weights are not at hand."""
+        ref, expected = self._kept.get(version, (None, None))
+        if ref is None and self._sender is not None and version == self.version:
+            # collective transport: the actor missed the broadcast; learner rank 0 still holds this version
+            ref = ray.get(self._sender.prepared_weights_ref.remote(version))[0]
+            self._kept[version] = (ref, expected)
+        return (ref, expected) if ref is not None else None
+
+    def _recover(self, i: int, version: int) -> int:
+        """Wait until actor ``i`` answers again, then bring it to ``version`` — a shard's own version, older than the
+        pool's when a pipelined driver synced meanwhile (the actor is rewound to it), or the pool's current one where
+        that version's weights are no longer kept. Returns the version it serves."""
+        info = self._wait_ready(i)
+        if info["version"] == version:
+            return version
+        weights = self._weights_of(version)
+        if weights is None and version != self.version:  # not kept (collective transport): the newest policy
+            version, weights = self.version, self._weights_of(self.version)
+            if info["version"] == version:
+                return version
+        if weights is None:
+            raise RolloutError(f"rollout actor {i} restarted at version {info['version']} and the pool has no "
+                               f"weights for version {version}")
+        ref, expected = weights
+        try:
+            ray.get(self.actors[i].sync.remote(ref, version, expected, rewind=version <= info["version"]),
+                    timeout=self.rc.actor_start_timeout_s)
+        except RayActorError as exc:
+            raise SyncError(f"rollout actor {i} died again while being re-synced to version {version}") from exc
+        self.recoveries += 1
+        self.rewinds += version < self.version
+        return version
+
+    def _keep(self, version: int, ref: Any, expected: list[float] | None) -> None:
+        """Keep ``version``'s weights for actors that restart; drop those older than ``keep_versions`` versions."""
+        self._kept[version] = (ref, expected)
+        for v in [v for v in self._kept if v <= version - self.keep_versions]:
+            del self._kept[v]
 
     # ------------------------------------------------------------------------------------------------ weights
     def sync(self, weights: dict[str, Any] | Any, version: int, expected: Sequence[float] | None = None
@@ -328,27 +365,48 @@ class RolloutPool:
         expected = list(expected) if expected is not None else None
         with self._lock:
             # From here the pool's policy is `version`: an actor that misses it refuses rollouts until re-synced.
-            self.version, self._weights_ref, self._expected = version, ref, expected
+            self.version = version
+            self._keep(version, ref, expected)
             refs = [a.sync.remote(ref, version, expected) for a in self.actors]
-        results, errors = self._sync_results(refs)
+        results, errors, down = self._sync_results(refs)
+        for i, why in down.items():  # its process died: once Ray has restarted it, this version is pushed again
+            try:
+                with self._lock:
+                    results.append(self._resync(i, version))
+            except (RolloutError, SyncError, RayActorError, GetTimeoutError):
+                errors.append(why)  # it stays down
         if errors:
             raise SyncError(f"sync of policy version {version} failed on {len(errors)} of {len(self.actors)} "
                             "rollout actors:\n  " + "\n  ".join(errors))
-        return results
+        return sorted(results, key=lambda r: r.actor)
 
-    def _sync_results(self, refs: list[Any]) -> tuple[list[SyncResult], list[str]]:
-        """Each actor's SyncResult, or a line saying why it has none (down, failed verification, no answer)."""
-        results, errors = [], []
+    def _resync(self, i: int, version: int) -> SyncResult:
+        """Push ``version`` (its kept weights) to actor ``i`` again once Ray has restarted it: a sync lost with the
+        actor's process is not an error while the actor comes back (``rollout.max_restarts``)."""
+        self._wait_ready(i)
+        ref, expected = self._weights_of(version) or (None, None)
+        if ref is None:
+            raise RolloutError(f"rollout actor {i}: no weights kept for version {version}")
+        # rewind: another path (a re-sent shard) may have brought the restarted actor to this version already
+        res = ray.get(self.actors[i].sync.remote(ref, version, expected, rewind=True),
+                      timeout=self.rc.actor_start_timeout_s)
+        self.recoveries += 1
+        return res
+
+    def _sync_results(self, refs: list[Any]) -> tuple[list[SyncResult], list[str], dict[int, str]]:
+        """Each actor's SyncResult, or a line saying why it has none (failed verification, no answer), or — for an
+        actor whose process died (Ray may be restarting it) — the line in ``down``."""
+        results, errors, down = [], [], {}
         for i, r in enumerate(refs):
             try:
                 results.append(ray.get(r, timeout=self.rc.actor_start_timeout_s))
             except RayActorError as exc:
-                errors.append(f"rollout actor {i} is down ({type(exc).__name__}): {str(exc).splitlines()[0]}")
+                down[i] = f"rollout actor {i} is down ({type(exc).__name__}): {str(exc).splitlines()[0]}"
             except SyncError as exc:
                 errors.append(str(exc).splitlines()[-1])
             except GetTimeoutError:
                 errors.append(f"rollout actor {i} did not answer within {self.rc.actor_start_timeout_s:g} s")
-        return results, errors
+        return results, errors, down
 
     def _ensure_group(self, sender: Any) -> None:
         """(Re)build the weight-broadcast group when its members changed (first sync, a restarted actor or learner)."""
@@ -377,7 +435,8 @@ class RolloutPool:
         with self._lock:
             self._ensure_group(sender)
             self._sender = sender
-            self.version, self._weights_ref, self._expected = version, None, expected
+            self.version = version
+            self._keep(version, None, expected)  # the weights stay on learner rank 0 (fetched when needed)
             send = sender.send_weights.remote(version)
             refs = [a.receive_and_sync.remote(meta, version, expected) for a in self.actors]
         errors = []
@@ -385,8 +444,8 @@ class RolloutPool:
             ray.get(send, timeout=self.rc.actor_start_timeout_s)
         except Exception as exc:  # noqa: BLE001 - reported with the actors' errors below
             errors.append(f"learner rank 0 could not broadcast: {str(exc).splitlines()[0]}")
-        results, more = self._sync_results(refs)
-        errors += more
+        results, more, down = self._sync_results(refs)
+        errors += more + list(down.values())  # the broadcast group is rebuilt with the restarted actor next time
         if errors:
             self._group_members = None  # rebuilt at the next sync
             raise SyncError(f"collective sync of policy version {version} failed:\n  " + "\n  ".join(errors))

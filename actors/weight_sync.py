@@ -153,11 +153,14 @@ class WeightSyncer:
         self.check(fp, expected, fp.version)
         return fp
 
-    def sync(self, weights: dict[str, torch.Tensor], version: int, expected: Sequence[float] | None = None) -> SyncResult:
-        """Load ``weights`` as policy ``version`` (> the current one), fingerprint, verify."""
+    def sync(self, weights: dict[str, torch.Tensor], version: int, expected: Sequence[float] | None = None,
+             rewind: bool = False) -> SyncResult:
+        """Load ``weights`` as policy ``version`` (> the current one), fingerprint, verify. ``rewind`` allows an
+        older version: a restarted actor regenerating a shard of a batch tagged with a version the pool has moved
+        past (:meth:`actors.rollout.RolloutPool.collect`)."""
         if not isinstance(weights, dict) or not weights:
             raise SyncError(f"{self._who()}: sync of version {version} got no weights")
-        if version <= self.engine.version:
+        if version <= self.engine.version and not rewind:
             raise SyncError(f"{self._who()}: version {version} is not newer than the loaded {self.engine.version}")
         before = self._last_fp if self._last_fp is not None else self.fingerprint()
         digest = weights_digest(weights)

