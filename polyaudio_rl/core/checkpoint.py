@@ -317,6 +317,15 @@ def load_adapter_weights(path: str | Path, peft_model: Any) -> None:
                 params[name].copy_(value)
 
 
+def restore_scheduler(scheduler: Any, state: dict[str, Any]) -> None:
+    """Load an LR scheduler's state and put its current learning rate into the optimizer's param groups: a torch
+    scheduler's ``load_state_dict`` restores its step count but leaves the optimizer at the LR it was built with (step
+    0's), so with a decaying ``lr_schedule`` the first update after a restore would run at the wrong LR."""
+    scheduler.load_state_dict(state)
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+        group["lr"] = lr
+
+
 def restore_training_state(path: str | Path, engine: Any, peft_model: Any, rank: int) -> dict[str, Any]:
     """After ``deepspeed.initialize`` (collective): fp32 masters, AdamW moments and step, scheduler, RNG.
 
@@ -366,7 +375,7 @@ def restore_training_state(path: str | Path, engine: Any, peft_model: Any, rank:
             if f"{name}::{mk}" in moments:
                 safe_set_full_optimizer_state(p, moments[f"{name}::{mk}"], mk)
     if state["scheduler"] is not None and engine.lr_scheduler is not None:
-        engine.lr_scheduler.load_state_dict(state["scheduler"])
+        restore_scheduler(engine.lr_scheduler, state["scheduler"])
     engine.global_steps = int(state["step"])
     rng = load_file(str(path / "rng.safetensors"))
     _set_rng_state(

@@ -194,3 +194,29 @@ def test_a_valid_checkpoint_loads_its_adapter(run, peft_model, tiny_ckpt):
     assert set(got) == set(saved)
     for k in saved:
         torch.testing.assert_close(got[k], saved[k])
+
+
+@pytest.mark.parametrize("schedule, warmup, steps, lr", [
+    ("linear", 0, 4, 5e-4 * (1 - 5 / 12)),  # step 4 (0-based) of 12 reads the schedule at 5: 1 - 5/12
+    ("linear", 0, 11, 0.0),  # the last step: decayed to 0
+    ("constant", 2, 1, 5e-4 * 2 / 3),  # warm-up of 2: step 1 at (1 + 1) / (2 + 1)
+    ("constant", 0, 4, 5e-4),
+])
+def test_restored_scheduler_puts_its_learning_rate_into_the_optimizer(schedule, warmup, steps, lr):
+    """A resumed (or restarted) learner's first update runs at the LR the uninterrupted run would use there, not at
+    step 0's (torch's load_state_dict alone leaves the optimizer at the LR it was built with)."""
+    from actors.lr_schedule import lr_lambda
+
+    def fresh():
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, schedule, 12))
+
+    opt, sched = fresh()
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr, abs=1e-12)
+    opt2, sched2 = fresh()
+    ck.restore_scheduler(sched2, sched.state_dict())
+    assert opt2.param_groups[0]["lr"] == pytest.approx(lr, abs=1e-12)
+    assert sched2.last_epoch == sched.last_epoch
