@@ -753,7 +753,10 @@ def main(argv: list[str] | None = None) -> int:
     profile, ref = run_reference(setup)
     ref["timeline"] = [asdict(ref.pop("segment"))]
     print(f"  reference: {a.steps} steps in {ref['wall_s']:.0f} s ({setup.out / 'reference'})", flush=True)
-    trials = []
+    trials: list[dict[str, Any]] = []
+    report = {"seed": a.seed, "lag": a.lag, "steps": a.steps, "checkpoint_every": a.checkpoint_every,
+              "config": a.config, "overrides": setup.overrides, "start": setup.start, "commit": commit,
+              "reference": {"wall_s": ref["wall_s"], "timeline": ref["timeline"]}, "trials": trials}
     for i in chosen:
         run_dir = setup.out / f"trial-{i + 1:02d}"
         segs, sums = run_trial(setup, run_dir, all_plans[i], profile)
@@ -761,16 +764,17 @@ def main(argv: list[str] | None = None) -> int:
                          setup.ckpt_steps)
         trials.append(t)
         print("  " + progress_line(t, a.trials), flush=True)
-    report = {"seed": a.seed, "lag": a.lag, "steps": a.steps, "checkpoint_every": a.checkpoint_every,
-              "config": a.config, "overrides": setup.overrides, "start": setup.start, "commit": commit,
-              "reference": {"wall_s": ref["wall_s"], "timeline": ref["timeline"]}, "trials": trials}
+        # the trials so far, should the invocation be stopped (--report-only reports them)
+        (setup.out / "chaos.json").write_text(json.dumps({**report, "partial": True}, indent=1, default=str))
     write_report(setup.out, report)
     return 1 if a.check and not all(t["ok"] for t in trials) else 0
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
     """chaos.json, chaos.md, chaos.png; the table and the summary line on the console."""
-    report["summary"] = summary_line(report["trials"], report["lag"], report["seed"])
+    stopped = report.pop("partial", False)
+    report["summary"] = summary_line(report["trials"], report["lag"], report["seed"]) + (
+        " (the invocation was stopped before its other trials)" if stopped else "")
     (out / "chaos.json").write_text(json.dumps(report, indent=1, default=str))
     (out / "chaos.md").write_text(markdown(report, report["commit"]))
     plot(report["trials"], report["reference"], out / "chaos.png", report["summary"])
