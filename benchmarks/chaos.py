@@ -374,12 +374,10 @@ def execute(watcher: Watcher, proc: subprocess.Popen, actions: list[Action], pro
 def reap(seen: dict[int, float], grace_s: float = 10.0) -> int:
     """Kill what a finished driver left alive (after ``grace_s`` for its own reaper); returns how many."""
     deadline = time.time() + grace_s
-    left = []
-    while time.time() < deadline:
-        left = [p for pid, created in seen.items() if (p := _alive(pid, created)) is not None]
-        if not left:
-            return 0
+    left = [p for pid, created in seen.items() if (p := _alive(pid, created)) is not None]
+    while left and time.time() < deadline:
         time.sleep(0.5)
+        left = [p for pid, created in seen.items() if (p := _alive(pid, created)) is not None]
     for p in left:
         try:
             p.kill()
@@ -427,6 +425,11 @@ def run_segment(cmd: list[str], run_dir: Path, log: Path, timeout_s: float, acti
         proc.kill()
         proc.wait()
         rc = None
+    except BaseException:  # the harness is stopped (Ctrl-C, SIGTERM): the run goes with it
+        proc.kill()
+        watcher._poll_procs()
+        reap(watcher.seen_pids, grace_s=0.0)
+        raise
     watcher.join(10)
     if actor.is_alive():
         actor.join(5)
@@ -738,8 +741,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def _stop(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    old = signal.signal(signal.SIGTERM, _stop)  # `timeout` and job stops end the run in flight too
+    try:
+        return run(a)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run(a: argparse.Namespace) -> int:
+    """Reference, then the trials; the report."""
     if a.report_only:
         return report_only(Path(a.out))
     if a.eval_items < 1:
