@@ -792,7 +792,7 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     report["summary"] = summary_line(report["trials"], report["lag"], report["seed"]) + (
         " (the invocation was stopped before its other trials)" if stopped else "")
     (out / "chaos.json").write_text(json.dumps(report, indent=1, default=str))
-    (out / "chaos.md").write_text(markdown(report, report["commit"]))
+    (out / "chaos.md").write_text(markdown(report, report.get("commit", "unknown")))
     plot(report["trials"], report["reference"], out / "chaos.png", report["summary"])
     print(table(report["trials"]))
     print(report["summary"])
