@@ -195,6 +195,7 @@ class RolloutPool:
         # version -> (weights ref, probe log-probs): the versions a batch in flight may carry, for actors that restart
         self._kept: dict[int, tuple[Any, list[float] | None]] = {}
         self.keep_versions = cfg.grpo.max_policy_lag + 1
+        self._down: BaseException | None = None  # the first death seen by the sync in progress (its error's cause)
         self.resends = 0  # shards re-sent after their actor died or refused a stale version
         self.resend_causes: dict[str, int] = {}
         self.recoveries = 0  # restarted actors brought back to a version (their shard's, then the current one)
@@ -265,7 +266,8 @@ class RolloutPool:
                 cause = exc
             if shard.sends > self.rc.max_resends:
                 ids = job.group_ids[shard.start:shard.end]
-                raise RolloutError(f"rollout actor {shard.actor} failed {shard.sends} times on groups {ids}: {cause}")
+                raise RolloutError(f"rollout actor {shard.actor} failed {shard.sends} times on groups {ids}: "
+                                   f"{cause}") from cause
             # Re-sent at its own version: a pipelined driver may have synced a newer policy since it was sent
             with self._lock:
                 shard.version = self._recover(shard.actor, shard.version)
@@ -368,6 +370,7 @@ class RolloutPool:
             self.version = version
             self._keep(version, ref, expected)
             refs = [a.sync.remote(ref, version, expected) for a in self.actors]
+        self._down = None
         results, errors, down = self._sync_results(refs)
         for i, why in down.items():  # its process died: once Ray has restarted it, this version is pushed again
             try:
@@ -377,7 +380,7 @@ class RolloutPool:
                 errors.append(why)  # it stays down
         if errors:
             raise SyncError(f"sync of policy version {version} failed on {len(errors)} of {len(self.actors)} "
-                            "rollout actors:\n  " + "\n  ".join(errors))
+                            "rollout actors:\n  " + "\n  ".join(errors)) from self._down
         return sorted(results, key=lambda r: r.actor)
 
     def _resync(self, i: int, version: int) -> SyncResult:
@@ -401,6 +404,7 @@ class RolloutPool:
             try:
                 results.append(ray.get(r, timeout=self.rc.actor_start_timeout_s))
             except RayActorError as exc:
+                self._down = self._down or exc  # the cause of a SyncError: a process died
                 down[i] = f"rollout actor {i} is down ({type(exc).__name__}): {str(exc).splitlines()[0]}"
             except SyncError as exc:
                 errors.append(str(exc).splitlines()[-1])
@@ -439,32 +443,35 @@ class RolloutPool:
             self._keep(version, None, expected)  # the weights stay on learner rank 0 (fetched when needed)
             send = sender.send_weights.remote(version)
             refs = [a.receive_and_sync.remote(meta, version, expected) for a in self.actors]
-        errors = []
+        errors, self._down = [], None
         try:
             ray.get(send, timeout=self.rc.actor_start_timeout_s)
         except Exception as exc:  # noqa: BLE001 - reported with the actors' errors below
+            self._down = exc if isinstance(exc, RayActorError) else None
             errors.append(f"learner rank 0 could not broadcast: {str(exc).splitlines()[0]}")
         results, more, down = self._sync_results(refs)
         errors += more + list(down.values())  # the broadcast group is rebuilt with the restarted actor next time
         if errors:
             self._group_members = None  # rebuilt at the next sync
-            raise SyncError(f"collective sync of policy version {version} failed:\n  " + "\n  ".join(errors))
+            raise SyncError(f"collective sync of policy version {version} failed:\n  " + "\n  ".join(errors)
+                            ) from self._down
         return results
 
     def verify(self, expected: Sequence[float]) -> list[Fingerprint]:
         """Every actor recomputes its probe fingerprint; raises :class:`SyncError` unless all match ``expected``."""
         refs = [a.verify.remote(list(expected), self.version) for a in self.actors]
-        fps, errors = [], []
+        fps, errors, down = [], [], None
         for i, r in enumerate(refs):
             try:
                 fps.append(ray.get(r))
             except RayActorError as exc:
+                down = down or exc
                 errors.append(f"rollout actor {i} is down ({type(exc).__name__})")
             except SyncError as exc:
                 errors.append(str(exc).splitlines()[-1])
         if errors:
             raise SyncError(f"policy version {self.version} is not in effect on {len(errors)} of "
-                            f"{len(self.actors)} rollout actors:\n  " + "\n  ".join(errors))
+                            f"{len(self.actors)} rollout actors:\n  " + "\n  ".join(errors)) from down
         return fps
 
     def fingerprints(self) -> list[Fingerprint]:

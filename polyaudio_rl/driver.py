@@ -47,22 +47,10 @@ import torch
 from .core import core_algos as ca
 from .core.config import Config
 from .core.batching import TrainItem
+from .core.deaths import WorkerDied, actor_id_of, dies_as
 from .core.policy_version import PolicyVersion
 from .core.timeline import Timeline
 from .data_stream import PromptItem, PromptStream
-
-
-class LearnerFailure(RuntimeError):
-    """A learner worker died during a step; the run restarts the learner from its last checkpoint."""
-
-
-def _learner_call(fn, *args):
-    import ray
-
-    try:
-        return fn(*args)
-    except ray.exceptions.RayActorError as exc:
-        raise LearnerFailure(f"a learner worker died: {str(exc).splitlines()[0]}") from exc
 
 
 def _quietly(fn: Callable[[], Any], what: str) -> None:
@@ -147,7 +135,7 @@ def min_sample_version(batch_step: int, first_step: int, first_version: int, max
 
 class GRPODriver:
     """Owns the stream, the rollout and reward pools and the learner for one GRPO run: builds them
-    (:meth:`build`), runs the steps, replaces the learner after a worker died (:meth:`restart_learner`), saves
+    (:meth:`build`), runs the steps, rebuilds from the newest checkpoint after a process died (:meth:`recover`), saves
     checkpoints and shuts everything down (:meth:`shutdown`). ``version`` is the run's policy version: the learner's
     policy, bumped when a sync is sent; the rollout pool serves it once the sync has reached the actors."""
 
@@ -206,7 +194,8 @@ class GRPODriver:
         self.timeline = timeline or Timeline()
         self.trained_by_step: dict[int, list[str]] = {}  # sample ids whose update is in the current weights
         self.data_position = stream.position  # the resume point: rows of every trained batch
-        self.learner_restarts = 0
+        self.learner_restarts = 0  # recoveries after a death (each rebuilds the learner from a checkpoint)
+        self.recoveries: list[dict[str, Any]] = []  # what died, in which phase, rebuilt from which checkpoint
         self.init_adapter: str | None = None  # what a learner restarts from when no checkpoint exists yet
         self.model_path: str | None = None
         self.on_scored: Callable[[int, RolloutBatch, list[TrainItem]], Any] | None = None  # e.g. samples.RolloutSampler
@@ -250,18 +239,36 @@ class GRPODriver:
         self.trained_by_step = {s: ids for s, ids in self.trained_by_step.items() if s <= step}
         self._reset_pipeline()
 
-    def restart_learner(self, failure: BaseException, checkpoint: str | None) -> int:
-        """Replace the learner after ``failure`` (a dead worker) with one restored from ``checkpoint`` (or the
-        initial adapter), rewind the prompt stream to its data position and re-sync the rollout actors; raises
-        ``failure`` once ``learner.max_restarts`` restarts are used up. Returns the step the new learner is at."""
+    def name(self, death: WorkerDied) -> WorkerDied:
+        """``death`` under the name of the actor its Ray exception names (e.g. "learner worker 0" for a death seen
+        while pushing a collective sync to the rollout actors), when it is one of this run's."""
+        aid = actor_id_of(death.cause)
+        if not aid:
+            return death
+        for kind, handles in (("learner worker", getattr(self.learner, "workers", [])),
+                              ("rollout actor", getattr(self.rollout, "actors", [])),
+                              ("reward actor", getattr(self.rewards, "actors", []))):
+            for i, h in enumerate(handles):
+                if getattr(h, "_actor_id", None) is not None and h._actor_id.hex() == aid:
+                    return death.named(f"{kind} {i}")
+        return death
+
+    def recover(self, death: WorkerDied, checkpoint: str | None) -> int:
+        """After ``death`` (a process of any pool died, in any phase): a new learner restored from ``checkpoint`` (or
+        the initial adapter), a new reward pool if a reward actor died (Ray restarts a rollout actor itself), the
+        prompt stream rewound to the checkpoint's data position and the rollout actors re-synced. Returns the step
+        the new learner is at; the steps after it are redone exactly as the undisturbed run did them."""
         from actors.learner import Learner
 
-        if self.learner_restarts >= self.cfg.learner.max_restarts:
-            raise failure
         self.learner_restarts += 1
-        print(f"[train] {failure}; restarting the learner from {checkpoint or 'its initial adapter'} "
+        self.recoveries.append({"what": death.what, "phase": death.phase, "error": type(death.cause).__name__,
+                                "checkpoint": checkpoint})
+        print(f"[train] {death}; rebuilding from {checkpoint or 'the initial adapter'} "
               f"({self.learner_restarts}/{self.cfg.learner.max_restarts})", file=sys.stderr)
+        _quietly(self.close, "pipeline")
         self.learner.shutdown()
+        if death.what.startswith("reward actor"):
+            self._new_reward_pool()
         learner = Learner(self.cfg, stage="grpo", resume_from=checkpoint,
                           init_adapter=None if checkpoint else self.init_adapter,
                           total_steps=self.optimizer_steps(self.cfg))
@@ -269,19 +276,29 @@ class GRPODriver:
         stream = PromptStream(self.cfg.data.pref_dir, self.model_path, self.cfg.data, seed=self.cfg.seed,
                               position=int((learner.client_state or {}).get("data_position", 0)))
         self.restore(learner, stream, learner.step)
-        self.sync()
+        with dies_as("learner worker", "weight sync after a recovery"):
+            self.sync()
         return learner.step
+
+    def _new_reward_pool(self) -> None:
+        from rewards.actor import RewardPool
+
+        replaced = self.rewards.replaced + 1
+        _quietly(self.rewards.shutdown, "reward pool shutdown")
+        self.rewards = RewardPool(self.cfg.reward, answer_tag=self.cfg.data.answer_tag)
+        self.rewards.replaced = replaced
 
     def save_checkpoint(self, path: str, step: int) -> None:
         """The learner's checkpoint at ``step`` with what an exact resume needs: data position and policy version."""
-        self.learner.save_checkpoint(path, {"data_position": self.data_position, "version": self.version,
-                                            "step": step})
+        with dies_as("learner worker", "checkpoint"):
+            self.learner.save_checkpoint(path, {"data_position": self.data_position, "version": self.version,
+                                                "step": step})
 
     def summary(self) -> dict[str, Any]:
         """The run's accounting for summary.json: what was trained, retried and replaced."""
         return {"bad_rows": self.stream.bad, "trained_ids": self.trained_ids, "policy_version": self.version,
                 "rollout_resends": self.rollout.resends, "learner_restarts": self.learner_restarts,
-                "reward_actor_replacements": self.rewards.replaced}
+                "recoveries": self.recoveries, "reward_actor_replacements": self.rewards.replaced}
 
     def shutdown(self, timeline_path: Any = None) -> None:
         """Stop the pipeline, write the timeline (a Chrome trace, when a path is given) and shut every pool down;
@@ -304,12 +321,18 @@ class GRPODriver:
         extra copy through this process, kept to compare transports) — and the probe's log-probs under them."""
         item = TrainItem(self.probe.prompt, list(self.probe.completion_ids))
         rc = self.cfg.rollout
-        wait = _learner_call(self.learner.submit_sync_half, rc.sync_transport, rc.sync_mode, version, item)
-        return lambda: _learner_call(wait)
+        with dies_as("learner worker", "weight sync"):
+            wait = self.learner.submit_sync_half(rc.sync_transport, rc.sync_mode, version, item)
+
+        def result() -> tuple[Any, list[float]]:
+            with dies_as("learner worker", "weight sync"):
+                return wait()
+
+        return result
 
     def _push(self, weights: Any, expected: list[float], version: int) -> dict[str, float]:
         t = time.time()
-        with self.timeline.span("sync", "push+verify", version=version):
+        with self.timeline.span("sync", "push+verify", version=version), dies_as("rollout actor", "weight sync"):
             if self.cfg.rollout.sync_transport == "collective":  # learner rank 0 broadcasts `version` to the actors
                 results = self.rollout.sync_collective(self.learner.sender, weights, version, expected)
             else:
@@ -362,8 +385,9 @@ class GRPODriver:
         with self._prep_lock:
             ready = [p for p in self._prep if p[0] <= upto]
             self._prep = [p for p in self._prep if p[0] > upto]
-        for _, prompts in ready:
-            self.learner.prefetch(prompts, self.cfg.grpo.group_size)
+        with dies_as("learner worker", "prefetch"):
+            for _, prompts in ready:
+                self.learner.prefetch(prompts, self.cfg.grpo.group_size)
 
     # ------------------------------------------------------------------------------------------------ producer
     def _submit_batches(self, step: int) -> None:
@@ -396,11 +420,13 @@ class GRPODriver:
 
         g = self.cfg.grpo
         t0 = time.time()
-        items: list[PromptItem] = self.stream.take(g.prompts_per_step)
+        with dies_as("data stream worker", "data"):
+            items: list[PromptItem] = self.stream.take(g.prompts_per_step)
         t1 = time.time()
         self.timeline.add("data", "take (wait)", t0, t1, step=step)
         gids = [f"{step}:{it.position}:{it.sample.id}" for it in items]
-        job = self.rollout.submit([it.prompt for it in items], gids, g.group_size)
+        with dies_as("rollout actor", "rollout"):
+            job = self.rollout.submit([it.prompt for it in items], gids, g.group_size)
         # open spans: a step that ends while these still run counts them as busy (busy/rollout)
         spans = [self.timeline.begin(f"rollout/actor-{sh.actor}", "generate", sh.sent_at, step=step,
                                      version=job.version, groups=sh.end - sh.start) for sh in job.shards]
@@ -409,13 +435,14 @@ class GRPODriver:
         if self.lag == 0 or step == first_step:  # the first batch: no step or sync of the learner's to delay
             self._prefetch(step)
         try:
-            groups = self.rollout.collect(job)
+            with dies_as("rollout actor", "rollout"):
+                groups = self.rollout.collect(job)
         finally:
             t2 = time.time()
             for tok, sh in zip(spans, job.shards):  # where and when each shard last ran (resent: another actor)
                 self.timeline.end(tok, sh.done_at or t2, lane=f"rollout/actor-{sh.actor}", start=sh.sent_at)
         texts = [[c.text for c in grp.completions] for grp in groups]
-        with self.timeline.span("reward", "score", step=step):
+        with self.timeline.span("reward", "score", step=step), dies_as("reward actor", "reward scoring"):
             scores = self.rewards.score_batch([Group(it.sample, tx) for it, tx in zip(items, texts)])
         scores.check(self.cfg.reward.max_unscored_fraction)
         t3 = time.time()
@@ -516,8 +543,8 @@ class GRPODriver:
         if self.on_scored is not None:  # the scored groups with the advantages trained on (the run's samples)
             self.on_scored(step, batch, items)
         if items:
-            with self.timeline.span("learner", "train", step=step):
-                lm = _learner_call(self.learner.train_grpo_step, items)
+            with self.timeline.span("learner", "train", step=step), dies_as("learner worker", "train step"):
+                lm = self.learner.train_grpo_step(items)
             m.update({learner_metric_name(k): v for k, v in lm.items()})
             self.trained_by_step[step] = trained
         return m

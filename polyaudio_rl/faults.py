@@ -8,7 +8,8 @@
 Each fault fires once, at the start of its step, before the step draws its data; the run's own recovery paths then
 handle it exactly as they would a real failure: Ray restarts a killed rollout actor and the pool re-syncs it and
 re-sends its shard; the reward pool replaces a killed reward actor and rescores its shard; a killed learner worker
-surfaces as ``LearnerFailure`` and the driver restarts the learner from the newest valid checkpoint; a judge outage
+surfaces as :class:`~polyaudio_rl.core.deaths.WorkerDied` and the driver rebuilds from the newest valid checkpoint (as
+it does for a process killed from outside at any moment: checkpoint, sync, prefetch, evaluation); a judge outage
 (connections refused) runs the judge client's retries; SIGTERM is the preemption path (finish the step, checkpoint,
 print ``--resume``, exit 0). A step passed already (resumed past it, or redone after a learner restart) does not
 fire its fault again. ``fired`` lists what fired, with the step; the run's summary keeps it.

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .core.config import Config, to_dict
+from .core.deaths import RunAborted, WorkerDied, dies_as, give_up_message
 from .faults import FaultInjector
 from .preemption import StopRequest
 
@@ -64,8 +65,9 @@ def held_out_stage(driver: Any, prompts: list[Any], logger: Any, step: int, phas
     from .driver import evaluate
     from .samples import record_heldout
 
-    res = evaluate(driver.rollout, prompts, driver.cfg.data.answer_tag, controls=phase == "eval_after",
-                   seed=driver.cfg.seed)
+    with dies_as("rollout actor", "held-out evaluation"):
+        res = evaluate(driver.rollout, prompts, driver.cfg.data.answer_tag, controls=phase == "eval_after",
+                       seed=driver.cfg.seed)
     record_heldout(logger.run_dir, "after_sft" if phase == "eval_before" else "after_grpo", prompts, res.pop("items"))
     logger.log(step, {"phase": phase, **log_fields(res)})
     when = "before GRPO:" if phase == "eval_before" else "after GRPO: "
@@ -98,18 +100,28 @@ def grpo_stage(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str
         console.quiet_loggers()  # vllm / ray.data / wandb configured their own console handlers on import
     say = console.print if console is not None else print
     summary: dict[str, Any] = {"rollout_actors": driver.rollout.stats()}  # pid, node id, engine per actor
+    rec = Recovery(driver, run_dir, logger)
     try:
-        driver.sync()  # the rollout actors start from the learner's policy (SFT adapter or resumed state)
+        # the rollout actors start from the learner's policy (SFT adapter or resumed state)
+        rec.retry(driver.sync, driver.learner.step, redo=False)
         prompts = held_out_prompts(cfg, driver.processor, cfg.eval.max_items or 32)
         if prompts:
             summary["chance"] = chance_level([p.sample for p in prompts])
         if prompts and not resume:
-            summary["eval_before"] = held_out_stage(driver, prompts, logger, driver.learner.step, "eval_before", say,
-                                                    summary["chance"])
-        _train(cfg, run_dir, driver, logger, summary, say, progress, console, on_checkpoint)
-        driver.close()  # the producer is done and the last (background) sync verified before evaluating
-        if prompts and "preempted" not in summary:
-            summary["eval_after"] = held_out_stage(driver, prompts, logger, cfg.grpo.steps, "eval_after", say)
+            summary["eval_before"] = rec.retry(lambda: held_out_stage(
+                driver, prompts, logger, driver.learner.step, "eval_before", say, summary["chance"]), driver.learner.step)
+        faults = FaultInjector(cfg.faults, start_step=driver.learner.step)
+        while True:
+            _train(cfg, run_dir, driver, logger, summary, say, progress, console, on_checkpoint, faults, rec)
+            try:
+                driver.close()  # the producer is done and the last (background) sync verified before evaluating
+                if prompts and "preempted" not in summary:
+                    summary["eval_after"] = held_out_stage(driver, prompts, logger, cfg.grpo.steps, "eval_after", say)
+                break
+            except WorkerDied as death:  # steps lost with it (none when the last checkpoint is the last step) redone
+                if "preempted" in summary:  # stopping: the checkpoint of the last step trained is written
+                    break
+                rec.recover(death, cfg.grpo.steps)
         summary.update(driver.summary())
     finally:
         logger.close()
@@ -119,36 +131,66 @@ def grpo_stage(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str
     return summary
 
 
-def _train(cfg: Config, run_dir: Path, driver: Any, logger: Any, summary: dict[str, Any], say: Callable[[str], Any],
-           progress: bool, console: Any, on_checkpoint: Callable[[], Any] | None) -> None:
-    """The GRPO steps from the learner's step to ``grpo.steps``: faults (when asked for), a learner restart after a
-    dead worker, metrics, checkpoints; SIGTERM/SIGINT finish the step in flight, checkpoint and stop."""
-    from .driver import LearnerFailure
+class Recovery:
+    """What the GRPO stage does when a process died (:class:`~polyaudio_rl.core.deaths.WorkerDied`, any pool, any
+    phase): rebuild from the newest valid GRPO checkpoint (:meth:`GRPODriver.recover`) and cut the metrics rows of
+    the steps that will be redone, up to ``learner.max_restarts`` times; past that, :class:`RunAborted` with a message
+    naming what died, where, and the ``--resume`` command."""
 
+    def __init__(self, driver: Any, run_dir: Path, logger: Any):
+        self.driver, self.run_dir, self.logger = driver, run_dir, logger
+
+    def recover(self, death: WorkerDied, step: int) -> int:
+        """Rebuild after ``death`` seen at GRPO step ``step`` (a death during the rebuild counts as one more);
+        returns the step the rebuilt learner is at."""
+        d, cfg = self.driver, self.driver.cfg
+        while True:
+            death = d.name(death)
+            ckpt = latest_checkpoint(self.run_dir, "grpo")
+            if d.learner_restarts >= cfg.learner.max_restarts:
+                raise RunAborted(give_up_message(death, step, d.learner_restarts, cfg.learner.max_restarts, ckpt,
+                                                 str(cfg.run_dir or self.run_dir))) from death
+            try:
+                at = d.recover(death, ckpt)
+            except WorkerDied as again:
+                death = again
+                continue
+            self.logger.rewind(at)
+            return at
+
+    def retry(self, fn: Callable[[], Any], step: int, redo: bool = True) -> Any:
+        """``fn()``, again after each recovery from a death (``redo=False``: the recovery itself did its work)."""
+        while True:
+            try:
+                return fn()
+            except WorkerDied as death:
+                self.recover(death, step)
+                if not redo:
+                    return None
+
+
+def _train(cfg: Config, run_dir: Path, driver: Any, logger: Any, summary: dict[str, Any], say: Callable[[str], Any],
+           progress: bool, console: Any, on_checkpoint: Callable[[], Any] | None, faults: FaultInjector,
+           rec: Recovery) -> None:
+    """The GRPO steps from the learner's step to ``grpo.steps``: faults (when asked for), a rebuild after a process
+    died (``rec``), metrics, checkpoints; SIGTERM/SIGINT finish the step in flight, checkpoint and stop."""
     start = driver.learner.step
     bar = _progress_bar(cfg.grpo.steps, start, progress, console)
-    faults = FaultInjector(cfg.faults, start_step=start)
     step = start + 1
     with StopRequest() as stop:
         while step <= cfg.grpo.steps:
             try:
                 faults.before_step(step, driver.rollout, driver.rewards, driver.learner)  # cfg.faults: off by default
                 res = driver.step(step)
-            except LearnerFailure as exc:
-                step = driver.restart_learner(exc, latest_checkpoint(run_dir, "grpo"))
-                logger.rewind(step)
-                step += 1
+                logger.log(step, res.metrics)
+                _checkpoint(cfg, run_dir, driver, step, stop.requested, on_checkpoint)
+            except WorkerDied as death:
+                step = rec.recover(death, step) + 1
                 continue
-            logger.log(step, res.metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{res.metrics.get('reward/total', float('nan')):.3f}",
                             kl=f"{res.metrics.get('kl', float('nan')):.4f}",
                             acc=f"{res.metrics.get('reward/correctness', float('nan')):.3f}", refresh=False)
-            every = cfg.learner.checkpoint_every
-            if (every and step % every == 0) or step == cfg.grpo.steps or stop.requested:
-                driver.save_checkpoint(str(run_dir / "grpo" / "checkpoints" / f"step-{step:06d}"), step)
-                if on_checkpoint is not None:
-                    on_checkpoint()
             if stop.requested and step < cfg.grpo.steps:
                 summary["preempted"] = {"signal": stop.signal, "after_step": step}
                 say(f"[train] stopped by {stop.signal} after GRPO step {step}/{cfg.grpo.steps} (checkpoint written). "
@@ -158,6 +200,17 @@ def _train(cfg: Config, run_dir: Path, driver: Any, logger: Any, summary: dict[s
     bar.close()
     if faults.fired:
         summary["faults"] = faults.fired
+
+
+def _checkpoint(cfg: Config, run_dir: Path, driver: Any, step: int, stopping: bool,
+                on_checkpoint: Callable[[], Any] | None) -> None:
+    """The checkpoint of ``step`` when it is due (every ``learner.checkpoint_every``, the last step, or a stop
+    requested), then ``on_checkpoint`` (the mirror to the run directory's URI)."""
+    every = cfg.learner.checkpoint_every
+    if (every and step % every == 0) or step == cfg.grpo.steps or stopping:
+        driver.save_checkpoint(str(run_dir / "grpo" / "checkpoints" / f"step-{step:06d}"), step)
+        if on_checkpoint is not None:
+            on_checkpoint()
 
 
 def _progress_bar(total: int, initial: int, progress: bool, console: Any) -> Any:

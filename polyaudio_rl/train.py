@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import yaml
 
 from .core.cluster import ResourceError, check_resources, connect_ray
 from .core.config import Config, ConfigError, load_config, to_dict
+from .core.deaths import RunAborted
 from .run_manifest import ManifestError, follow_manifest, mark_stage, read_manifest, start_manifest
 from .storage import RunStorage
 
@@ -124,6 +126,10 @@ def _main(cfg: Config, run_dir: Path, storage: RunStorage, a: argparse.Namespace
             return 2
         try:
             return _run(cfg, run_dir, a, con, on_checkpoint=storage.push)
+        except RunAborted as exc:  # a death past learner.max_restarts: what died, where, the --resume command
+            con.log("error", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            print(f"error: {exc}\n  (traceback and component logs in {con.dir}/)", file=sys.stderr)
+            return 1
         except Exception as exc:  # noqa: BLE001 - the full traceback and where the component logs are
             con.error(exc)
             return 1
