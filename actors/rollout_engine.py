@@ -37,7 +37,8 @@ from typing import Any, Sequence
 import torch
 
 from polyaudio_rl.core.audio import TARGET_SR
-from polyaudio_rl.core.models import ModelFamily, all_special_tokens, audio_special_ids, family_of
+from polyaudio_rl.core.models import ModelFamily, audio_special_ids, family_of
+from polyaudio_rl.core.models.token_block import vllm_block, vllm_suppression
 from polyaudio_rl.core.prompts import MultiAudioPrompt, audio_placeholder, processor_inputs
 from polyaudio_rl.core.registry import Registry
 from polyaudio_rl.core.weights import (
@@ -271,20 +272,6 @@ def _eos_ids(model_path: str, tokenizer: Any) -> set[int]:
     return ids
 
 
-def vllm_suppression(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], dict[int, float]]:
-    """How vLLM's sampler blocks ``ids``: as ``bad_words`` (vLLM tokenises each word; one that is exactly one token
-    gets a -inf logit at every step) when the token's text encodes to that id alone, else (a token the tokenizer
-    cannot produce from text) with vLLM's strongest ``logit_bias``, -100."""
-    words, bias = [], {}
-    for i in ids:
-        text = tokenizer.convert_ids_to_tokens([int(i)])[0]  # a list: vLLM's Mistral tokenizer takes lists only
-        if text in all_special_tokens() and list(tokenizer.encode(text, add_special_tokens=False)) == [int(i)]:
-            words.append(text)
-        else:
-            bias[int(i)] = -100.0
-    return words, bias
-
-
 # ------------------------------------------------------------------------------------------------ vLLM
 class VLLMEngine(RolloutEngine):
     """vLLM ``LLM`` in this process. On CPU the KV cache is sized by ``rollout.kv_cache_memory_gb``; on GPUs by
@@ -327,12 +314,13 @@ class VLLMEngine(RolloutEngine):
         kwargs.update(spec.extra)
         self.llm = LLM(**kwargs)
         self.eos = _eos_ids(self.model_path, self.tokenizer)
-        # vLLM tokenises bad words with its own tokenizer: ask that one which ids a word can block
-        self._bad_words, bias = vllm_suppression(self.llm.get_tokenizer(), self.suppress_ids)
-        # an id no word can block: a logit_bias (at most -100 in vLLM) loses to a large enough logit, so sample from
-        # every other id instead (an exact -inf mask)
+        # vLLM tokenises bad words with its own tokenizer: ask that one which ids a word can block; an id no word can
+        # block: a logit_bias (at most -100 in vLLM) loses to a large enough logit, so sample from every other id
+        # instead (an exact -inf mask)
         vocab = self.llm.llm_engine.model_config.get_vocab_size()
-        self._allowed = [i for i in range(vocab) if i not in bias] if bias else None
+        block = vllm_block(self.llm.get_tokenizer(), self.suppress_ids, vocab)
+        self._bad_words = list(block.bad_words)
+        self._allowed = list(block.allowed_token_ids) if block.allowed_token_ids is not None else None
         self._lora = None  # the active LoRARequest
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._lora_next_id = 1

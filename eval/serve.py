@@ -14,9 +14,10 @@ public ``OpenAiIngress``, in front of them; it checks every chat request *before
 * more than ``serve.max_clips`` audio parts, a clip over ``serve.max_clip_seconds``, bad base64, a format other than
   WAV/FLAC, undecodable or non-finite audio, a remote ``audio_url`` → 400 naming the part (:mod:`eval.validate`);
 * valid audio parts are re-encoded as 16 kHz mono WAV, in order, so vLLM never resamples;
-* requests to the policy get its model family's audio placeholder tokens blocked (``bad_words`` / ``logit_bias``
-  -100, as in the rollout engines; :func:`suppressed`): an answer is text, whatever the client's own ``logit_bias``
-  asks.
+* requests to the policy get its model family's audio special tokens blocked exactly as the rollout engines block
+  them (:meth:`~polyaudio_rl.core.models.ModelFamily.vllm_token_block`: single-token ``bad_words``, and
+  ``allowed_token_ids`` — every other id — for a token no text encodes to, such as Voxtral's ``[AUDIO]``;
+  :func:`suppressed`): an answer is text, whatever the client's ``logit_bias`` or ``allowed_token_ids`` ask.
 
 Fit for a shared cluster:
 
@@ -32,9 +33,15 @@ Fit for a shared cluster:
   ``backpressure_config``), never a crash or a hang.
 * **no orphans** — each engine replica runs :func:`polyaudio_rl.core.procguard.guard_process_tree`: it dies with
   its raylet, and every process vLLM starts under it (EngineCore, workers) dies with its parent, SIGKILL included.
-  Ray's raylet subreaper also reaps the children of a killed replica. ``eval.serve`` shuts Serve and Ray down on
-  exit; the first SIGINT/SIGTERM stops it (bounded by ``serve.shutdown_timeout_s``, whatever Serve is doing), a
-  second one exits at once (the local Ray processes fate-share with it).
+  Ray's raylet subreaper also reaps the children of a killed replica.
+* **one signal stops it, at any moment** — start-up (Ray's start, an adapter merge, the wait for the deployments)
+  runs in a thread, so the first SIGINT/SIGTERM is acted on at once, start-up included: Serve (only once it
+  serves: nothing to drain before) and Ray get ``serve.shutdown_timeout_s`` in all, then whatever is left of this
+  process's own tree is SIGKILLed; exit status 0 when nothing is left behind. A second signal exits at once (the
+  local Ray processes fate-share with it; the :func:`~polyaudio_rl.core.procguard.start_reaper` reaper ends the rest).
+* **readiness** — ``/health`` (no key) and ``/v1/models`` answer 200 only once every model deployment has answered
+  a one-token completion (:class:`Readiness`), and 503 naming the models not ready before that (or after a failed
+  re-check); ``eval.serve`` prints "ready" and :func:`start` returns only then.
 
 vLLM itself would truncate a long clip silently and may fail deep inside a replica on odd audio; here such requests
 never get that far. The policy is served from a checkpoint path or hub id; ``--adapter`` merges a trained PEFT
@@ -59,9 +66,34 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from polyaudio_rl.core.config import ServeConfig
 
-from .validate import RequestError, normalize_audio_parts
+class StopSignal:
+    """The first SIGINT/SIGTERM sets :attr:`event` (whatever the process is doing: start-up runs in a thread and the
+    main thread only waits); a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum = 0
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        if self.event.is_set():
+            print("eval.serve: second signal, exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        self.event.set()
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT explicitly: a background job inherits it ignored
+            signal.signal(sig, self)
+
+
+STOP = StopSignal()
+if __name__ == "__main__":  # python -m eval.serve: a signal during the imports below is kept, not a traceback
+    STOP.install()
+
+from polyaudio_rl.core.config import ServeConfig  # noqa: E402
+
+from .validate import RequestError, normalize_audio_parts  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_NAME = "polyaudio-eval"
@@ -112,17 +144,20 @@ def check_bind(host: str, api_key: str | None, insecure: bool = False) -> None:
 
 
 class AuthMiddleware:
-    """Pure ASGI middleware, outermost on the ingress app: ``GET /health`` answers at once; without the bearer key
-    (when ``digest`` is set) every other request gets 401 before anything else runs (the body is never read)."""
+    """Pure ASGI middleware, outermost on the ingress app: ``GET /health`` answers without a key (``ready()``'s
+    status and body: 200 only when every model deployment has answered a completion); without the bearer key (when
+    ``digest`` is set) every other request gets 401 before anything else runs (the body is never read)."""
 
-    def __init__(self, app: Any, digest: bytes | None):
+    def __init__(self, app: Any, digest: bytes | None, ready: Any = None):
         self.app = app
         self.digest = digest
+        self.ready = ready
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") == "http":
             if scope.get("path") in HEALTH_PATHS and scope.get("method") in ("GET", "HEAD"):
-                return await _send_json(send, 200, {"status": "ok"})
+                status, body = await self.ready() if self.ready else (200, {"status": "ok"})
+                return await _send_json(send, status, body)
             if not authorized(scope.get("headers"), self.digest):
                 return await _send_json(
                     send, 401, _error_body("missing or invalid API key: send 'Authorization: Bearer <key>'", 401,
@@ -139,6 +174,53 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list
 
 
 # -- the ingress --------------------------------------------------------------------------------------------------
+class Readiness:
+    """Whether every model deployment can answer a completion, as ``/health`` and ``/v1/models`` report it.
+
+    A model is ready once ``probe(model)`` (a one-token completion through its deployment) has succeeded; a success
+    older than ``ttl_s`` is re-checked in the background while the model stays ready, a failed or timed-out probe
+    (``timeout_s``) makes it not ready until the next success. :meth:`check` never waits on a probe: it starts the
+    ones due and answers from what is known, so a replica still starting gives 503 at once, not a hung request."""
+
+    def __init__(self, models: list[str], probe: Any, ttl_s: float = 10.0, timeout_s: float = 30.0,
+                 clock: Any = time.monotonic):
+        self.models, self.probe, self.ttl_s, self.timeout_s, self.clock = list(models), probe, ttl_s, timeout_s, clock
+        self.ok_at: dict[str, float | None] = {m: None for m in self.models}
+        self.error: dict[str, str] = {}
+        self.tasks: dict[str, asyncio.Task] = {}
+
+    async def _run(self, model: str) -> None:
+        try:
+            await asyncio.wait_for(self.probe(model), self.timeout_s)
+            self.ok_at[model], _ = self.clock(), self.error.pop(model, None)
+        except asyncio.TimeoutError:
+            self.ok_at[model] = None
+            self.error[model] = f"no completion within {self.timeout_s:g} s (its replicas are starting or stuck)"
+        except Exception as exc:  # noqa: BLE001 - any failure of the deployment means not ready
+            self.ok_at[model] = None
+            self.error[model] = f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            self.tasks.pop(model, None)
+
+    async def check(self) -> tuple[int, dict[str, Any]]:
+        """(200, ``{"status": "ok"}``) when every model is ready, else (503, a body naming the models not ready
+        and why)."""
+        now = self.clock()
+        for m in self.models:
+            ok = self.ok_at[m]
+            if (ok is None or now - ok > self.ttl_s) and m not in self.tasks:
+                self.tasks[m] = asyncio.ensure_future(self._run(m))
+        await asyncio.sleep(0)  # a probe that can finish at once (an error) does
+        waiting = {m: self.error.get(m, "waiting for its first completion (its replicas are starting)")
+                   for m in self.models if self.ok_at[m] is None}
+        if not waiting:
+            return 200, {"status": "ok"}
+        detail = "; ".join(f"{m!r}: {why}" for m, why in waiting.items())
+        return 503, {"status": "not ready", "not_ready": sorted(waiting),
+                     "error": {"message": f"not ready: a model cannot answer a completion yet ({detail})",
+                               "type": "service_unavailable", "param": None, "code": 503}}
+
+
 def _error_body(message: str, status: int, kind: str = "invalid_request_error") -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
@@ -245,6 +327,36 @@ def parse_chat_request(data: bytes, request_cls: Any, served: list[str]) -> Any:
     return body
 
 
+def _readiness_mixin() -> type:
+    """The ingress's readiness: a one-token completion per model (:class:`Readiness`) and ``/v1/models`` gated on
+    it (imported lazily: Ray's request types pull in vLLM)."""
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest
+    from starlette.responses import JSONResponse, Response
+
+    class ReadinessMixin:
+        async def _probe(self, model: str) -> None:
+            """One one-token completion through ``model``'s deployment; raises unless it answers."""
+            body = ChatCompletionRequest(model=model, max_tokens=1, messages=[{"role": "user", "content": "ready?"}])
+            gen = self._get_response(body=body, call_method="chat")  # type: ignore[attr-defined]
+            try:
+                first = await gen.__anext__()
+            finally:
+                await gen.aclose()
+            err = getattr(first[0] if isinstance(first, list) else first, "error", None)
+            if err is not None:
+                raise RuntimeError(getattr(err, "message", str(err)))
+
+        async def models(self) -> Any:
+            """``/v1/models``: the served models once every one can answer a completion, else 503 saying which not."""
+            status, body = await self.readiness.check()  # type: ignore[attr-defined]
+            if status != 200:
+                return JSONResponse(body, status_code=status)
+            return JSONResponse((await super().models()).model_dump())  # type: ignore[misc]
+
+    ReadinessMixin.models.__annotations__ = {"return": Response}  # FastAPI reads the route's return type here
+    return ReadinessMixin
+
+
 def _ingress_class() -> type:
     """``OpenAiIngress`` + body limit and audio validation on chat requests (imported lazily: it pulls in vLLM)."""
     from fastapi import Request
@@ -252,7 +364,7 @@ def _ingress_class() -> type:
     from ray.serve.llm.openai_api_models import ChatCompletionRequest
     from starlette.responses import JSONResponse, Response
 
-    class PolyAudioIngress(OpenAiIngress):
+    class PolyAudioIngress(_readiness_mixin(), OpenAiIngress):
         """OpenAI ingress that bounds, validates and normalises chat requests before calling the model deployments.
 
         ``chat`` takes the raw request (FastAPI would read and parse any body before a check could run): the body is
@@ -262,19 +374,20 @@ def _ingress_class() -> type:
 
         def __init__(self, llm_deployments: Any, model_cards: Any, *, max_clips: int = 5,
                      max_clip_seconds: float = 30.0, max_body_bytes: int = 64 * 2**20,
-                     api_key_sha256: bytes | None = None, suppress: dict[str, dict[str, Any]] | None = None,
-                     **kwargs: Any):
+                     api_key_sha256: bytes | None = None, suppress: dict[str, Any] | None = None,
+                     ready_ttl_s: float = 10.0, ready_probe_timeout_s: float = 30.0, **kwargs: Any):
             super().__init__(llm_deployments, model_cards, **kwargs)
             self.suppress = suppress or {}
             self.max_clips = max_clips
             self.max_clip_seconds = max_clip_seconds
             self.max_body_bytes = int(max_body_bytes)
             self.api_key_sha256 = api_key_sha256
+            self.readiness = Readiness(sorted(self._model_cards), self._probe, ready_ttl_s, ready_probe_timeout_s)
 
         def _set_asgi_app(self, app: Any) -> None:
             """Serve hands the replica its FastAPI app here (before it starts): the key check goes outermost."""
             if not getattr(app, "_polyaudio_auth", False):
-                app.add_middleware(AuthMiddleware, digest=self.api_key_sha256)
+                app.add_middleware(AuthMiddleware, digest=self.api_key_sha256, ready=self.readiness.check)
                 app._polyaudio_auth = True
             super()._set_asgi_app(app)
 
@@ -289,12 +402,12 @@ def _ingress_class() -> type:
             try:
                 body = parse_chat_request(data, ChatCompletionRequest, served)
                 await asyncio.to_thread(normalize_audio_parts, body.messages, self.max_clips, self.max_clip_seconds)
+                block = self.suppress.get(body.model or served[0])
+                if block is not None:
+                    body.bad_words, body.allowed_token_ids = suppressed(block, body.bad_words, body.allowed_token_ids)
             except RequestError as exc:
                 kind = getattr(exc, "kind", "invalid_request_error")
                 return JSONResponse(_error_body(str(exc), exc.status, kind), status_code=exc.status)
-            block = self.suppress.get(body.model or served[0])
-            if block:
-                body.bad_words, body.logit_bias = suppressed(body.bad_words, body.logit_bias, block)
             return await super().chat(body, request)
 
     # FastAPI reads the route's parameters from these (this module uses postponed annotations).
@@ -302,25 +415,27 @@ def _ingress_class() -> type:
     return PolyAudioIngress
 
 
-def suppressed(bad_words: list[str] | None, logit_bias: dict[str, float] | None,
-               block: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
-    """A request's ``bad_words`` / ``logit_bias`` with the model's audio placeholder tokens blocked on top: the policy
-    must never answer with one (a served answer is text; the rollout engines block the same tokens). The block wins
-    over what the client asked for the same token."""
-    words = list(dict.fromkeys([*(bad_words or []), *block.get("bad_words", [])]))
-    return words, {**(logit_bias or {}), **{str(k): float(v) for k, v in block.get("logit_bias", {}).items()}}
+def suppressed(block: Any, bad_words: list[str] | None,
+               allowed_token_ids: list[int] | None) -> tuple[list[str], list[int] | None]:
+    """A request's ``bad_words`` / ``allowed_token_ids`` with the model's audio special tokens blocked on top
+    (``block``: a :class:`~polyaudio_rl.core.models.token_block.TokenBlock`): the policy must never answer with one
+    (a served answer is text; the rollout engines block the same tokens the same way). The block wins over what the
+    client asked; a client's allowed list that only holds blocked ids raises :class:`RequestError` (400)."""
+    try:
+        return block.request_params(bad_words, allowed_token_ids)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
 
 
-def audio_token_block(model_path: str) -> dict[str, Any]:
-    """How vLLM blocks this checkpoint's audio placeholder tokens (:func:`actors.rollout_engine.vllm_suppression`)."""
-    from transformers import AutoTokenizer
+def audio_token_block(model_path: str) -> Any:
+    """How vLLM blocks this checkpoint's audio special tokens, asked of its model family
+    (:meth:`polyaudio_rl.core.models.ModelFamily.vllm_token_block`: single-token ``bad_words``, and
+    ``allowed_token_ids`` when a token cannot be a bad word — ``logit_bias`` stops at -100, which a large logit
+    beats)."""
+    from polyaudio_rl.core.model import load_processor
+    from polyaudio_rl.core.models import family_of
 
-    from actors.rollout_engine import vllm_suppression
-    from polyaudio_rl.core.models import audio_special_ids
-
-    tok = AutoTokenizer.from_pretrained(model_path)
-    words, bias = vllm_suppression(tok, audio_special_ids(tok))
-    return {"bad_words": words, "logit_bias": {str(k): v for k, v in bias.items()}}
+    return family_of(model_path).vllm_token_block(model_path, load_processor(model_path).tokenizer)
 
 
 def _server_class() -> type:
@@ -399,7 +514,8 @@ def build_app(cfg: ServeConfig, policy_path: str, judge_path: str, api_key: str 
         "ingress_cls_config": {"ingress_cls": _ingress_class(), "ingress_extra_kwargs": {
             "max_clips": cfg.max_clips, "max_clip_seconds": cfg.max_clip_seconds,
             "max_body_bytes": int(cfg.max_body_mb * 2**20), "api_key_sha256": key_digest(api_key),
-            "suppress": {cfg.policy_model_id: audio_token_block(policy_path)}}},
+            "suppress": {cfg.policy_model_id: audio_token_block(policy_path)},
+            "ready_ttl_s": cfg.ready_ttl_s, "ready_probe_timeout_s": cfg.ready_probe_timeout_s}},
         "ingress_deployment_config": ingress_deployment_config(cfg),
     })
 
@@ -437,8 +553,10 @@ def _raylet_subreaper() -> Iterator[None]:
 
 
 def start(cfg: ServeConfig, policy: str, judge: str, *, ray_address: str = "", num_cpus: int = 0,
-          adapter: str | None = None, api_key: str | None = None, insecure: bool = False) -> str:
-    """Start Ray (unless running), Serve on ``cfg.host:cfg.port`` and the app; returns the ``/v1`` base URL.
+          adapter: str | None = None, api_key: str | None = None, insecure: bool = False,
+          ready_timeout_s: float = 1800.0, stop_event: threading.Event | None = None) -> str:
+    """Start Ray (unless running), Serve on ``cfg.host:cfg.port`` and the app, and wait until ``/health`` says every
+    deployment answers a completion (:func:`wait_ready`); returns the ``/v1`` base URL.
     With ``api_key`` every route but ``/health`` needs ``Authorization: Bearer <api_key>``; a non-loopback host
     without one raises :class:`BindRefused` unless ``insecure``."""
     import ray
@@ -456,16 +574,58 @@ def start(cfg: ServeConfig, policy: str, judge: str, *, ray_address: str = "", n
         print(f"merging adapter {adapter} into {policy} ...", flush=True)
         policy = merge_adapter(policy, adapter, cfg.merged_dir or None)
         print(f"serving the merged policy from {policy}", flush=True)
+    _check_stop(stop_event)
     if not ray.is_initialized():
+        print("starting Ray ...", flush=True)
         kw: dict[str, Any] = {"runtime_env": runtime_env(), "include_dashboard": False}
         if ray_address:
             ray.init(address=ray_address, **kw)
         else:
             with _raylet_subreaper():
                 ray.init(address="local", num_cpus=num_cpus or max(6, os.cpu_count() or 1), **kw)
+    _check_stop(stop_event)
+    print("starting the Serve deployments ...", flush=True)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    _check_stop(stop_event)
     serve.run(build_app(cfg, policy, judge, api_key), name=APP_NAME, route_prefix="/", blocking=False)
+    print("waiting until every deployment answers a completion ...", flush=True)
+    if not wait_ready(cfg.host, cfg.port, ready_timeout_s, stop_event):
+        raise StartInterrupted("stop asked for while waiting for the deployments")
     return f"http://{cfg.host}:{cfg.port}/v1"
+
+
+class StartInterrupted(RuntimeError):
+    """Start-up given up between two of its steps: a stop was asked for."""
+
+
+def _check_stop(stop_event: threading.Event | None) -> None:
+    if stop_event is not None and stop_event.is_set():
+        raise StartInterrupted("stop asked for during start-up")
+
+
+def wait_ready(host: str, port: int, timeout_s: float, stop_event: threading.Event | None = None) -> bool:
+    """Poll ``GET /health`` until it answers 200 (every deployment answered a completion): True; False when
+    ``stop_event`` is set first; TimeoutError (with the last answer) after ``timeout_s``."""
+    import urllib.error
+    import urllib.request
+
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = "127.0.0.1"
+    url = f"http://{host if ':' not in host or host.startswith('[') else f'[{host}]'}:{port}/health"
+    deadline, last = time.monotonic() + timeout_s, "no answer"
+    while time.monotonic() < deadline:
+        if stop_event is not None and stop_event.is_set():
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return True
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}"
+        except OSError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not say ready within {timeout_s:g} s; last answer: {last}")
 
 
 def _bounded(fn: Any, timeout_s: float, what: str) -> bool:
@@ -481,18 +641,42 @@ def _bounded(fn: Any, timeout_s: float, what: str) -> bool:
             done.set()
 
     threading.Thread(target=run, name=what, daemon=True).start()
-    return done.wait(timeout_s)
+    return done.wait(max(0.1, timeout_s))
 
 
-def stop(timeout_s: float = 30.0) -> bool:
-    """Shut Serve and (a local) Ray down, each bounded by ``timeout_s``; False when one of them did not finish
-    (``serve.shutdown`` can wait on a replica Serve is restarting): the caller may then exit hard, which the local
-    Ray processes (and, through them, the engines) do not survive."""
+def stop(timeout_s: float = 30.0, *, serve_first: bool = True) -> bool:
+    """Shut Serve and (a local) Ray down within ``timeout_s`` in all (Serve gets half of it); False when one of them
+    did not finish (``serve.shutdown`` can wait on a replica Serve is starting or restarting). ``serve_first=False``
+    skips Serve's graceful stop (nothing to drain during start-up: the local Ray's shutdown ends every replica)."""
     import ray
     from ray import serve
 
-    ok = _bounded(serve.shutdown, timeout_s, "serve shutdown")
-    return _bounded(ray.shutdown, timeout_s, "ray shutdown") and ok
+    deadline = time.monotonic() + timeout_s
+    ok = _bounded(serve.shutdown, timeout_s / 2, "serve shutdown") if serve_first else True
+    return _bounded(ray.shutdown, deadline - time.monotonic(), "ray shutdown") and ok
+
+
+def kill_leftovers(keep: set[int], timeout_s: float = 3.0) -> list[str]:
+    """SIGKILL every process below this one but ``keep``, again until two scans find none (start-up may have been
+    spawning), at most ``timeout_s``; returns what is still alive then ("pid cmdline"). Quick on purpose: during
+    start-up Ray's core worker in this process aborts it a few seconds after its Ray processes are gone."""
+    import psutil
+
+    me, deadline, empty = psutil.Process(), time.monotonic() + timeout_s, 0
+    left: list[Any] = []
+    while time.monotonic() < deadline and empty < 2:
+        left = [p for p in me.children(recursive=True) if p.pid not in keep]
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(left, timeout=0.3)
+        empty = 0 if left else empty + 1
+    out = []
+    for p in (q for q in me.children(recursive=True) if q.pid not in keep):
+        with contextlib.suppress(psutil.Error):
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{p.pid} {' '.join(p.cmdline())[:100]}")
+    return out
 
 
 def resolve_api_key(cli_key: str | None, env_name: str) -> str | None:
@@ -500,7 +684,7 @@ def resolve_api_key(cli_key: str | None, env_name: str) -> str | None:
     return cli_key or (os.environ.get(env_name, "") if env_name else "") or None
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, Any, str | None]:
     from polyaudio_rl.core.config import load_config
 
     ap = argparse.ArgumentParser(description="Ray Serve OpenAI-compatible endpoints for the policy and the judge.")
@@ -527,36 +711,87 @@ def main(argv: list[str] | None = None) -> None:
     except BindRefused as exc:
         print(f"eval.serve: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USAGE)
+    return args, cfg, api_key
 
-    stopping: list[int] = []
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        if stopping:  # the second signal: no more waiting
-            print("eval.serve: second signal, exiting now", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
-        stopping.append(signum)
+def _serve_until_signal(args: argparse.Namespace, cfg: Any, api_key: str | None) -> tuple[bool, Any]:
+    """Start-up in a thread (Ray's start, a merge, Serve's deployment wait: none of it delays a signal), then serve
+    until SIGINT/SIGTERM. Returns (start-up finished, its error unless a signal came first).
 
-    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT explicitly: a background job inherits it ignored
-        signal.signal(sig, on_signal)
+    The start-up thread lives until the stop: the local Ray's GCS and raylet are started with a parent-death signal,
+    which the kernel sends when the *thread* that started them ends."""
+    outcome: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def starter() -> None:
+        try:
+            outcome["url"] = start(cfg.serve, args.policy, args.judge, ray_address=cfg.ray_address,
+                                   num_cpus=cfg.ray_num_cpus, adapter=args.adapter, api_key=api_key,
+                                   insecure=args.insecure, stop_event=STOP.event)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            outcome["error"] = exc
+            STOP.event.set()  # failed or interrupted: the main thread stops what was started
+            return
+        ready.set()
+        STOP.event.wait()
+
+    threading.Thread(target=starter, name="eval.serve start-up", daemon=True).start()
+    while not ready.is_set() and not STOP.event.wait(0.2):
+        pass
+    if ready.is_set():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # Ray's start-up made this process auto-reap its children
+        print(f"serving {cfg.serve.policy_model_id!r} (policy) and {cfg.serve.judge_model_id!r} (judge) at "
+              f"{outcome['url']}{' (API key required)' if api_key else ''}; ready; Ctrl-C stops", flush=True)
+        STOP.event.wait()
+    return ready.is_set(), None if STOP.signum else outcome.get("error")
+
+
+def _shutdown(cfg: Any, started: bool, keep: set[int]) -> list[str]:
+    """Stop what this process started; returns what could not be ended. Once serving, Serve and Ray shut down
+    within ``serve.shutdown_timeout_s``. During start-up the start-up thread is still inside Ray (its start, or
+    Serve's deployment wait): a ``ray.shutdown`` under it makes Ray's core worker end the process (exit 1) at the
+    thread's next call, so Ray is not shut down but its processes are ended (only an external cluster's Serve app is
+    deleted, and Ray's auto-start is off). Either way, whatever is left of this process's own tree (the local Ray, its
+    replicas, their engines, what start-up was still spawning) is SIGKILLed."""
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+    hook = sys.modules.get("ray._private.auto_init_hook")
+    if hook is not None:
+        hook.enable_auto_connect = False
     clean = True
+    if started:
+        clean = stop(cfg.serve.shutdown_timeout_s)
+    elif cfg.ray_address and sys.modules.get("ray") is not None:
+        from ray import serve
+
+        clean = _bounded(serve.shutdown, cfg.serve.shutdown_timeout_s, "serve shutdown")
+    if not clean:
+        print(f"eval.serve: Serve/Ray did not shut down within {cfg.serve.shutdown_timeout_s:g} s; ending what is "
+              "left of its processes", file=sys.stderr, flush=True)
+    return kill_leftovers(keep)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line: serve until the first SIGINT/SIGTERM (start-up included), then stop (:func:`_shutdown`,
+    within ``serve.shutdown_timeout_s`` plus a few seconds) and exit 0 when nothing is left behind; 1 when start-up
+    failed or a process could not be ended."""
+    args, cfg, api_key = _parse(argv)
+    STOP.install()
     from polyaudio_rl.core.procguard import start_reaper
 
-    start_reaper()  # whatever ends this process (SIGKILL too), nothing it started outlives it
-    try:
-        url = start(cfg.serve, args.policy, args.judge, ray_address=cfg.ray_address, num_cpus=cfg.ray_num_cpus,
-                    adapter=args.adapter, api_key=api_key, insecure=args.insecure)
-        print(f"serving {cfg.serve.policy_model_id!r} (policy) and {cfg.serve.judge_model_id!r} (judge) at {url}"
-              f"{' (API key required)' if api_key else ''}; Ctrl-C stops", flush=True)
-        while not stopping:
-            time.sleep(0.2)
-    finally:
-        print("stopping Serve and Ray ...", flush=True)
-        clean = stop(cfg.serve.shutdown_timeout_s)
-    if not clean:  # a hung shutdown: exit anyway; the local Ray processes fate-share with this one
-        print(f"eval.serve: shutdown did not finish within {cfg.serve.shutdown_timeout_s:g} s; exiting",
-              file=sys.stderr, flush=True)
-        os._exit(1)
-    sys.exit(0)
+    reaper = start_reaper()  # whatever ends this process (SIGKILL too), nothing it started outlives it
+    started, error = _serve_until_signal(args, cfg, api_key)
+    if error is not None:
+        print(f"eval.serve: start-up failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    why = f"signal {STOP.signum}" if STOP.signum else "start-up failed"
+    print(f"stopping Serve and Ray ({why}{'' if started else ', during start-up'}) ...", flush=True)
+    t0 = time.monotonic()
+    left = _shutdown(cfg, started, {reaper.pid} if reaper else set())
+    if left:
+        print(f"eval.serve: could not end: {left}", file=sys.stderr, flush=True)
+    print(f"stopped in {time.monotonic() - t0:.1f} s", flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if left or error is not None else 0)  # no interpreter teardown: Ray's atexit hooks could block
 
 
 if __name__ == "__main__":

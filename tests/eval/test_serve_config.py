@@ -80,3 +80,57 @@ def test_a_good_chat_body_is_parsed_and_a_schema_error_is_fastapis():
     with pytest.raises(RequestValidationError):
         parse_chat_request(b'{"model": "polyaudio", "messages": [], "temperature": "hot"}', ChatCompletionRequest,
                            ["polyaudio"])
+
+
+def test_readiness_is_200_only_once_every_model_answered_and_503_names_the_others():
+    """:class:`eval.serve.Readiness` with stand-in probes and a hand-driven clock: 503 naming the models not yet
+    answered (a probe in flight, a failed one with its reason), 200 once all answered; a success older than the TTL
+    is re-checked in the background (still ready meanwhile) and a failed re-check makes the model not ready."""
+    from eval.serve import Readiness
+
+    now = [0.0]
+    gates = {"judge": asyncio.Event(), "policy": asyncio.Event()}
+    fail: dict[str, str] = {}
+    calls: list[str] = []
+
+    async def probe(model):
+        calls.append(model)
+        if model in fail:
+            raise RuntimeError(fail[model])
+        await gates[model].wait()
+
+    async def scenario():
+        r = Readiness(["judge", "policy"], probe, ttl_s=10.0, timeout_s=5.0, clock=lambda: now[0])
+        status, body = await r.check()
+        assert status == 503 and body["not_ready"] == ["judge", "policy"] and "starting" in body["error"]["message"]
+        gates["judge"].set()
+        await asyncio.sleep(0.01)
+        status, body = await r.check()
+        assert (status, body["not_ready"]) == (503, ["policy"]) and calls == ["judge", "policy"]  # none started twice
+        gates["policy"].set()
+        await asyncio.sleep(0.01)
+        assert await r.check() == (200, {"status": "ok"})
+        now[0] = 11.0  # stale: re-checked, ready meanwhile
+        fail["policy"] = "engine died"
+        assert (await r.check())[0] == 200
+        await asyncio.sleep(0.01)
+        status, body = await r.check()
+        assert status == 503 and body["not_ready"] == ["policy"] and "RuntimeError: engine died" in body["error"]["message"]
+
+    asyncio.run(scenario())
+
+
+def test_readiness_probe_timeout_is_not_ready_with_the_reason():
+    from eval.serve import Readiness
+
+    async def hangs(model):
+        await asyncio.sleep(60)
+
+    async def scenario():
+        r = Readiness(["m"], hangs, ttl_s=10.0, timeout_s=0.05)
+        assert (await r.check())[0] == 503
+        await asyncio.sleep(0.2)
+        status, body = await r.check()
+        assert status == 503 and "no completion within 0.05 s" in body["error"]["message"]
+
+    asyncio.run(scenario())

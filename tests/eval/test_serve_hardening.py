@@ -288,10 +288,12 @@ def test_starting_serve_in_process_leaves_child_exit_statuses_intact(url):
 
 def test_the_policy_never_answers_with_an_audio_placeholder_token(url, tiny_ckpt):
     """A client's logit_bias +100 on <|AUDIO|> makes the (unguarded) judge emit it; the policy's ingress blocks the
-    audio placeholder tokens on top of whatever the client asks (bad_words / logit_bias, as the rollout engines)."""
+    audio placeholder tokens on top of whatever the client asks (bad_words / allowed_token_ids, as the rollout
+    engines)."""
     from transformers import AutoTokenizer
 
     from eval.serve import suppressed
+    from polyaudio_rl.core.models.token_block import TokenBlock
 
     tok = AutoTokenizer.from_pretrained(tiny_ckpt)
     audio = tok.convert_tokens_to_ids("<|AUDIO|>")
@@ -305,7 +307,7 @@ def test_the_policy_never_answers_with_an_audio_placeholder_token(url, tiny_ckpt
     assert "<|AUDIO|>" in tokens("judge")  # the control: the bias works on a model without the block
     got = tokens("polyaudio")
     assert got and not {"<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"} & set(got), got
-    # the merge itself (table): the block wins over the client's value for the same token, the rest is kept
-    assert suppressed(["foo"], {"7": 5.0, "9": 1.0}, {"bad_words": ["<|AUDIO|>"], "logit_bias": {9: -100}}) == (
-        ["foo", "<|AUDIO|>"], {"7": 5.0, "9": -100.0})
-    assert suppressed(None, None, {"bad_words": [], "logit_bias": {}}) == ([], {})
+    # the merge itself (table; more in tests/polyaudio_rl/core/models/test_token_block.py): the block goes on top
+    block = TokenBlock(blocked=(9,), bad_words=("<|AUDIO|>",), allowed_token_ids=(1, 2, 3))
+    assert suppressed(block, ["foo"], None) == (["foo", "<|AUDIO|>"], [1, 2, 3])
+    assert suppressed(block, None, [2, 9]) == (["<|AUDIO|>"], [2])

@@ -45,7 +45,13 @@ class ServeConfig:
     backpressure_status: int = cfg_field(503, "HTTP status of a request refused for back-pressure: 503 or 429.")
     retry_after_s: float = cfg_field(2.0, "Retry-After (seconds) sent with a back-pressure refusal; 0: no header.")
     shutdown_timeout_s: float = cfg_field(
-        30.0, "eval.serve waits this long for Serve and Ray to shut down after SIGINT/SIGTERM, then exits anyway.")
+        10.0, "After SIGINT/SIGTERM (start-up included) eval.serve gives Serve and Ray this long in all to shut down, "
+        "then SIGKILLs what is left of its own processes and exits (the 15 s stop bound needs it at most ~12).")
+    ready_ttl_s: float = cfg_field(
+        10.0, "/health and /v1/models say ready when every model answered a one-token completion; a success older "
+        "than this is re-checked in the background.")
+    ready_probe_timeout_s: float = cfg_field(
+        30.0, "A readiness completion not answered within this long makes its model not ready (503) until one is.")
     max_body_mb: float = cfg_field(64.0, "Largest request body accepted (MB); larger gets HTTP 413.")
     max_clips: int = cfg_field(5, "Most audio parts in one chat request (paper: 2-5 clips); more gets HTTP 400.")
     max_clip_seconds: float = cfg_field(
@@ -75,5 +81,7 @@ class ServeConfig:
         if self.backpressure_status not in (429, 503) or self.retry_after_s < 0 or self.shutdown_timeout_s <= 0:
             raise ValueError("serve.backpressure_status must be 429 or 503, serve.retry_after_s >= 0, "
                              "serve.shutdown_timeout_s > 0")
+        if self.ready_ttl_s <= 0 or self.ready_probe_timeout_s <= 0:
+            raise ValueError("serve.ready_ttl_s and serve.ready_probe_timeout_s must be > 0")
         if self.policy_model_id == self.judge_model_id:
             raise ValueError(f"serve.policy_model_id and serve.judge_model_id are both {self.policy_model_id!r}")

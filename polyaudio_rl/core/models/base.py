@@ -133,6 +133,18 @@ class ModelFamily(abc.ABC):
         """Further vLLM engine arguments this family's checkpoints need (rollout engines and the served policy)."""
         return {}
 
+    def vllm_token_block(self, path: str, tokenizer: Any) -> Any:
+        """How a vLLM engine of this family serving ``path`` blocks the audio special tokens (every family's,
+        :func:`polyaudio_rl.core.models.audio_special_ids` of the checkpoint's ``tokenizer``): a
+        :class:`~polyaudio_rl.core.models.token_block.TokenBlock` whose ``bad_words`` / ``allowed_token_ids`` a
+        request carries, worked out with vLLM's own tokenizer and vocabulary size for this family's engine
+        arguments (the served policy; the rollout engines ask their live engine the same way)."""
+        from . import audio_special_ids
+        from .token_block import checkpoint_block
+
+        return checkpoint_block(path, audio_special_ids(tokenizer),
+                                {"hf_overrides": self.vllm_hf_overrides(), **self.vllm_engine_kwargs()})
+
     def vllm_prompt_ids(self, prompt: Any, tokenizer: Any) -> list[int]:
         """``prompt``'s token ids as vLLM takes them in a token prompt: one placeholder per clip, which vLLM's
         processor expands."""
