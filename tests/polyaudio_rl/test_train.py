@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from safetensors.torch import load_file
 
 from polyaudio_rl import train
 from polyaudio_rl.samples import read_jsonl
@@ -152,15 +153,28 @@ def _grpo_rows(run_dir: Path) -> dict[int, dict]:
 
 def test_policy_lag_one_overlaps_stays_bounded_and_resumes_exactly(tiny_ckpt, data, tmp_path):
     """grpo.max_policy_lag=1: batches are sampled one version behind (never more), a checkpoint is a barrier, and
-    4 steps in one go == 2 steps + ``--resume`` to 4, as with the synchronous loop."""
+    4 steps in one go == 4 steps stopped by SIGTERM after step 2 + ``--resume``, as with the synchronous loop — also
+    when the resumed part loses its rollout actor (step 3: Ray restarts it, the pool re-sends its shard at the shard's
+    own version or pushes the lost sync again) and its learner worker (step 4: the learner restarts from the step-2
+    checkpoint and redoes steps 3 and 4), with a decaying LR (each restore resumes the schedule where it was): the
+    same rows and, within 1e-4, the same final adapter (issue 30)."""
     common = ["--quiet", "--skip-sft"]
     first = [*TINY, *common]
     extra = {"learner.checkpoint_every": 2, "eval.max_items": 1, "grpo.max_policy_lag": 1,
-             "grpo.is_correction": "tis", "logging.rollout_sample_every": 1}
+             "grpo.is_correction": "tis", "logging.rollout_sample_every": 1,
+             "grpo.steps": 4, "grpo.inner_epochs": 2, "grpo.lr_schedule": "linear",  # 8 updates, LR 7/8 .. 0
+             "grpo.lr": 4e-3}  # steps 3-4 move the adapter well beyond the final comparison's 1e-4 tolerance
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert train.main(["--run-dir", str(whole), *first, *overrides(tiny_ckpt, data, **extra, **{"grpo.steps": 4})]) == 0
-    assert train.main(["--run-dir", str(split), *first, *overrides(tiny_ckpt, data, **extra, **{"grpo.steps": 2})]) == 0
-    assert train.main(["--resume", str(split), *common, "grpo.steps=4"]) == 0
+    assert train.main(["--run-dir", str(whole), *first, *overrides(tiny_ckpt, data, **extra)]) == 0
+    stop = {"faults.sigterm_at_step": 2}  # a checkpoint step: the stop adds no pipeline barrier
+    assert train.main(["--run-dir", str(split), *first, *overrides(tiny_ckpt, data, **extra, **stop)]) == 0
+    assert json.loads((split / "summary.json").read_text())["preempted"]["after_step"] == 2
+    faults = ["faults.kill_rollout_actor_at_step=3", "faults.kill_learner_worker_at_step=4"]
+    assert train.main(["--resume", str(split), *common, *faults]) == 0
+    resumed = json.loads((split / "summary.json").read_text())
+    assert [(f["fault"], f["step"]) for f in resumed["faults"]] == [("kill_rollout_actor", 3),
+                                                                     ("kill_learner_worker", 4)]
+    assert resumed["learner_restarts"] == 1
     a, b = _grpo_rows(whole), _grpo_rows(split)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     # the version gate: step 1 from the first policy, 2 one behind, 3 from the step-2 checkpoint's policy, 4 behind
@@ -173,6 +187,12 @@ def test_policy_lag_one_overlaps_stays_bounded_and_resumes_exactly(tiny_ckpt, da
             assert b[step][key] == a[step][key], (step, key, a[step][key], b[step][key])
         for key in ("loss", "kl", "grad_norm"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-7), (step, key)
+    # the same final adapter; and steps 3-4 moved it (the comparison is not between two untouched adapters)
+    final = [load_file(str(d / "grpo" / "checkpoints" / f"step-{n:06d}" / "adapter" / "adapter_model.safetensors"))
+             for d, n in ((whole, 4), (split, 4), (whole, 2))]
+    assert final[0].keys() == final[1].keys() and final[0]
+    assert max(float((final[0][k] - final[1][k]).abs().max()) for k in final[0]) <= 1e-4
+    assert max(float((final[0][k] - final[2][k]).abs().max()) for k in final[0]) > 1e-3
     # rollout samples (polyaudio_rl.samples): every step kept once, the resumed steps as the uninterrupted run's
     ra, rb = (read_jsonl(d / "samples" / "rollouts.jsonl") for d in (whole, split))
     assert [r["step"] for r in ra] == [r["step"] for r in rb] == [1, 1, 2, 2, 3, 3, 4, 4]
