@@ -25,7 +25,6 @@ import torch
 from safetensors.torch import load_file
 
 from polyaudio_rl import train
-from tests.conftest import build_splits
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +69,8 @@ def _adapter(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return build_splits(tmp_path_factory.mktemp("data"), {"train": 4, "pref": 6, "bench": 2}, ["odd_one_out", "counting"])
+def data(small_task_data) -> Path:
+    return small_task_data  # odd_one_out and counting at 4 / 6 / 2 items per task, built once per session (conftest)
 
 
 @pytest.fixture(scope="module")

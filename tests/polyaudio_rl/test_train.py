@@ -21,7 +21,6 @@ from safetensors.torch import load_file
 
 from polyaudio_rl import train
 from polyaudio_rl.samples import read_jsonl
-from tests.conftest import build_splits
 from tests.http_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +32,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_splits(tmp_path_factory.mktemp("data"), {"train": 4, "pref": 6, "bench": 2}, TASKS)
+def data(small_task_data):
+    return small_task_data  # TASKS at 4 / 6 / 2 items per task, built once per session (conftest)
 
 
 def overrides(tiny_ckpt, data, **extra):
