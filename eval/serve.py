@@ -741,6 +741,7 @@ def _serve_until_signal(args: argparse.Namespace, cfg: Any, api_key: str | None)
         pass
     if ready.is_set():
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # Ray's start-up made this process auto-reap its children
+        STOP.install()  # Ray's core worker put its own SIGTERM handler in place (it aborts the process ~3 s later)
         print(f"serving {cfg.serve.policy_model_id!r} (policy) and {cfg.serve.judge_model_id!r} (judge) at "
               f"{outcome['url']}{' (API key required)' if api_key else ''}; ready; Ctrl-C stops", flush=True)
         STOP.event.wait()

@@ -211,3 +211,11 @@ def test_the_served_voxtral_policy_never_produces_its_audio_tokens(voxtral_serve
     assert sum(t in special for t in judge) > len(judge) // 2, judge  # the control: the checkpoint wants them
     policy = tokens("polyaudio")
     assert len(policy) == 4 * 8 and not special & set(policy), policy
+
+
+def test_one_sigterm_once_serving_stops_it_within_15s_with_rc_0_and_no_orphans(voxtral_serve):
+    """Last in the module: it stops the module's app (a served process's SIGTERM, as ``kill`` or a pod's stop)."""
+    proc, log, watch = voxtral_serve["proc"], voxtral_serve["log"], voxtral_serve["watch"]
+    assert proc.poll() is None and "ready; Ctrl-C stops" in log.read_text(), log.read_text()[-3000:]
+    text = stop_and_check(proc, watch, log, signal.SIGTERM)
+    assert "during start-up" not in text, text[-3000:]
