@@ -4,22 +4,11 @@ is aimed, where it landed, victim kinds by process title, reproducible plans. Tw
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.harness import chaos_module
 
-
-def _chaos():
-    if "chaos_harness" not in sys.modules:  # dataclasses look their module up in sys.modules
-        spec = importlib.util.spec_from_file_location("chaos_harness", ROOT / "benchmarks" / "chaos.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["chaos_harness"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["chaos_harness"]
+_chaos = chaos_module
 
 
 # ---------------------------------------------------------------------------------------------------- the pure parts

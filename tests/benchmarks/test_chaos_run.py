@@ -11,14 +11,13 @@ Ray, the HF rollout engine, DeepSpeed on gloo.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.benchmarks.harness import chaos_module
 from tests.conftest import build_splits
 
 pytestmark = pytest.mark.slow
@@ -30,13 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SEED, TRIALS = 27, "1,2"
 
 
-def _chaos():
-    if "chaos_harness" not in sys.modules:  # dataclasses look their module up in sys.modules
-        spec = importlib.util.spec_from_file_location("chaos_harness", ROOT / "benchmarks" / "chaos.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["chaos_harness"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["chaos_harness"]
+_chaos = chaos_module
 
 
 def test_two_chaos_trials_end_where_the_reference_ends(tiny_ckpt, tmp_path, capsys):
