@@ -55,6 +55,18 @@ def _writes_to_fd2(stream: Any) -> bool:
         return False
 
 
+def _no_transformers_console_handler() -> None:
+    """transformers adds its own stderr handler to its ``transformers`` logger the first time it logs (lazily, after
+    :meth:`Console.quiet_loggers` may already have run): its warnings would then reach the console as well as
+    ``transformers.log`` (e.g. a Qwen2.5-Omni checkpoint's config check of the unused talker's token ids on every
+    load). Making transformers configure that handler now and take it away again keeps it off for good."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # noqa: PERF203 - transformers is a dependency; nothing to quiet without it
+        return
+    hf_logging.disable_default_handler()
+
+
 class Console:
     """One per run. ``print`` goes to the console and to ``logs/console.log``; ``log(component, text)`` only to the
     component's file (and to the console when verbose)."""
@@ -145,6 +157,7 @@ class Console:
         """(Re)point known library loggers at their files; libraries that configure their own console handlers on
         import (ray, ray.data, vllm) lose them, so call this again after importing them."""
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _no_transformers_console_handler()
         for name, comp in LOGGER_FILES.items():
             lg = logging.getLogger(name)
             for h in list(lg.handlers):
