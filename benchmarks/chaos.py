@@ -153,6 +153,7 @@ class Watcher(threading.Thread):
         self.run_dir, self.proc = run_dir, proc
         self.events: list[tuple[str, int, float]] = []
         self.seen_pids: dict[int, float] = {}
+        self.kind_seen: dict[str, float] = {}  # victim kind -> when a process of it was last seen alive
         self._present = self._scan()  # what a resumed run starts with is not news
         self._cond = threading.Condition()
         self.finished = False
@@ -197,10 +198,18 @@ class Watcher(threading.Thread):
         import psutil
 
         try:
-            for p in psutil.Process(self.proc.pid).children(recursive=True):
-                self.seen_pids.setdefault(p.pid, p.create_time())
+            kids = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.Error:
-            pass
+            return
+        now = time.time()
+        for p in kids:
+            try:
+                self.seen_pids.setdefault(p.pid, p.create_time())
+                kind = kind_of(" ".join(p.cmdline()))
+            except psutil.Error:
+                continue
+            if kind:
+                self.kind_seen[kind] = now
 
     def wait_event(self, what: str, step: int, after: float, timeout_s: float = float("inf")) -> float | None:
         """The time of the first ``(what, step)`` event after ``after``; None once the driver has exited (or after
@@ -319,10 +328,13 @@ def _alive(pid: int, created: float) -> Any:
         return None
 
 
-def kill_worker(driver_pid: int, act: Action, wait_s: float = 5.0) -> dict[str, Any]:
-    """SIGKILL one live Ray worker of the driver of kind ``act.kind`` (waiting up to ``wait_s`` for one to be alive,
-    e.g. an actor being restarted; then another kind)."""
-    deadline = time.time() + wait_s
+def kill_worker(driver_pid: int, act: Action, wait_s: float = 5.0, last_seen: float | None = None
+                ) -> dict[str, Any]:
+    """SIGKILL one live Ray worker of the driver of kind ``act.kind`` — when none is alive but one was within the
+    last ``wait_s`` (``last_seen``: e.g. an actor being restarted), waiting up to ``wait_s`` for it; otherwise, or
+    then, another kind at once. ``t``: when the signal was sent (the moment that landed)."""
+    recent = last_seen is not None and time.time() - last_seen < wait_s
+    deadline = time.time() + (wait_s if recent else 0.0)
     workers = ray_workers(driver_pid)
     while not any(w[0] == act.kind for w in workers) and time.time() < deadline:
         time.sleep(0.1)
@@ -334,8 +346,9 @@ def kill_worker(driver_pid: int, act: Action, wait_s: float = 5.0) -> dict[str, 
     proc = _alive(pid, created)
     if proc is None:
         return {"fired": False, "error": f"{title} (pid {pid}) exited before the kill"}
+    t = time.time()
     proc.send_signal(signal.SIGKILL)
-    return {"fired": True, "kind": kind, "wanted": act.kind, "pid": pid, "title": title,
+    return {"fired": True, "t": t, "kind": kind, "wanted": act.kind, "pid": pid, "title": title,
             "alive_kinds": sorted({w[0] for w in workers})}
 
 
@@ -362,9 +375,9 @@ def execute(watcher: Watcher, proc: subprocess.Popen, actions: list[Action], pro
         if proc.poll() is not None:
             rec["error"] = "the driver exited before the moment"
             return
-        rec["t"] = time.time()
-        if act.what == "kill":
-            rec.update(kill_worker(proc.pid, act))
+        rec["t"] = rec["aimed_t"] = time.time()
+        if act.what == "kill":  # its "t" becomes the kill's own (after a wait for the kind drawn)
+            rec.update(kill_worker(proc.pid, act, last_seen=watcher.kind_seen.get(act.kind)))
         else:
             os.kill(proc.pid, signal.SIGTERM)
             rec.update({"fired": True, "kind": "driver", "pid": proc.pid, "title": "SIGTERM to the driver"})
@@ -483,18 +496,29 @@ def _summary(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def run_reference(setup: Setup) -> tuple[Profile, dict[str, Any]]:
-    """The undisturbed run: its profile (when each phase happened) and what the trials must match."""
+def run_reference(setup: Setup, commit: str, reuse: bool = False) -> tuple[Profile, dict[str, Any]]:
+    """The undisturbed run: its profile (when each phase happened) and what the trials must match. ``reuse``: the
+    one an earlier invocation ran into OUT/reference with the same command (``reference.json``), when there is one."""
     run_dir = setup.out / "reference"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    seg = run_segment(setup.cmd(run_dir), run_dir, run_dir / "train.log", setup.timeout_s)
-    if seg.rc != 0:
-        raise SystemExit(f"the reference run failed (rc {seg.rc}): {seg.error}; see {run_dir / 'train.log'}")
+    saved = run_dir / "reference.json"
+    cmd = setup.cmd(run_dir)[1:]  # not the interpreter's path
+    if reuse and saved.is_file():
+        rec = json.loads(saved.read_text())
+        if rec["cmd"] != cmd:
+            raise SystemExit(f"--reuse-reference: {saved} was run as {rec['cmd']}, not {cmd}; drop the flag")
+        seg = Segment(**{**rec["segment"], "events": [tuple(e) for e in rec["segment"]["events"]]})
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        seg = run_segment(setup.cmd(run_dir), run_dir, run_dir / "train.log", setup.timeout_s)
+        if seg.rc != 0:
+            raise SystemExit(f"the reference run failed (rc {seg.rc}): {seg.error}; see {run_dir / 'train.log'}")
+        rec = {"cmd": cmd, "commit": commit, "segment": asdict(seg)}
     ref = {"adapter": adapter(run_dir, setup.steps), "ids": _summary(run_dir).get("trained_ids", []),
-           "wall_s": seg.wall_s, "segment": seg}
+           "wall_s": seg.wall_s, "segment": seg, "commit": rec["commit"], "reused": saved.is_file() and reuse}
     if not ref["adapter"] or not ref["ids"]:
         raise SystemExit(f"the reference run left no final adapter or trained ids in {run_dir}")
+    saved.write_text(json.dumps(rec, indent=1, default=str))
     return Profile.of(seg.events, timeline_spans(run_dir)), ref
 
 
@@ -734,7 +758,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--init-adapter", default=None, help="an SFT checkpoint to start GRPO from (default: SFT once)")
     ap.add_argument("--skip-sft", action="store_true", help="start GRPO from the base model (no SFT at all)")
     ap.add_argument("--set", action="append", default=[], help="a config override for every run (repeatable)")
-    ap.add_argument("--only", default="", help="run only these trials (1-based, comma-separated): a reproduction")
+    ap.add_argument("--only", default="", help="run only these trials (1-based, comma-separated): a reproduction, "
+                    "or one part of a long invocation (OUT/chaos.json keeps the other parts' trials of the same plan)")
+    ap.add_argument("--reuse-reference", action="store_true",
+                    help="reuse the undisturbed reference an earlier invocation ran into OUT/reference with the same "
+                    "command (its reference.json), instead of running it again")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per process before it is killed")
     ap.add_argument("--check", action="store_true", help="exit 1 unless every trial is ok (CI)")
     ap.add_argument("--report-only", action="store_true", help="rebuild OUT's report from its chaos.json")
@@ -766,24 +794,41 @@ def run(a: argparse.Namespace) -> int:
     chosen = [int(x) - 1 for x in a.only.split(",") if x] or list(range(a.trials))
     print(f"chaos: {len(chosen)} trial(s), seed {a.seed}, lag {a.lag}, {a.steps} GRPO steps, checkpoint every "
           f"{a.checkpoint_every}; {a.config} {' '.join(setup.start)}", flush=True)
-    profile, ref = run_reference(setup)
+    profile, ref = run_reference(setup, commit, reuse=a.reuse_reference)
     ref["timeline"] = [asdict(ref.pop("segment"))]
-    print(f"  reference: {a.steps} steps in {ref['wall_s']:.0f} s ({setup.out / 'reference'})", flush=True)
-    trials: list[dict[str, Any]] = []
+    print(f"  reference: {a.steps} steps in {ref['wall_s']:.0f} s ({setup.out / 'reference'}"
+          + (f", reused: run on {ref['commit']})" if ref["reused"] else ")"), flush=True)
     report = {"seed": a.seed, "lag": a.lag, "steps": a.steps, "checkpoint_every": a.checkpoint_every,
               "config": a.config, "overrides": setup.overrides, "start": setup.start, "commit": commit,
-              "reference": {"wall_s": ref["wall_s"], "timeline": ref["timeline"]}, "trials": trials}
+              "reference": {"wall_s": ref["wall_s"], "timeline": ref["timeline"], "commit": ref["commit"]}}
+    trials: list[dict[str, Any]] = earlier_trials(setup.out, report, chosen) if a.only else []
+    report["trials"] = trials
     for i in chosen:
         run_dir = setup.out / f"trial-{i + 1:02d}"
         segs, sums = run_trial(setup, run_dir, all_plans[i], profile)
         t = trial_record(i, all_plans[i], run_dir, segs, judge(setup, ref, run_dir, segs, sums),
                          setup.ckpt_steps)
+        t["commit"] = commit
         trials.append(t)
+        trials.sort(key=lambda r: r["trial"])
         print("  " + progress_line(t, a.trials), flush=True)
         # the trials so far, should the invocation be stopped (--report-only reports them)
         (setup.out / "chaos.json").write_text(json.dumps({**report, "partial": True}, indent=1, default=str))
     write_report(setup.out, report)
     return 1 if a.check and not all(t["ok"] for t in trials) else 0
+
+
+def earlier_trials(out: Path, report: dict[str, Any], chosen: list[int]) -> list[dict[str, Any]]:
+    """The trials an earlier ``--only`` invocation of the same plan (seed, lag, steps, command) wrote to
+    OUT/chaos.json and this one does not run again: one report for an invocation split into parts."""
+    try:
+        old = json.loads((out / "chaos.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    same = ("seed", "lag", "steps", "checkpoint_every", "config", "overrides", "start")
+    if any(old.get(k) != report[k] for k in same):
+        return []
+    return [{"commit": old.get("commit", "unknown"), **t} for t in old["trials"] if t["trial"] not in chosen]
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
@@ -792,7 +837,8 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     report["summary"] = summary_line(report["trials"], report["lag"], report["seed"]) + (
         " (the invocation was stopped before its other trials)" if stopped else "")
     (out / "chaos.json").write_text(json.dumps(report, indent=1, default=str))
-    (out / "chaos.md").write_text(markdown(report, report.get("commit", "unknown")))
+    commits = sorted({t.get("commit", report.get("commit", "unknown")) for t in report["trials"]})
+    (out / "chaos.md").write_text(markdown(report, ", ".join(commits) or report.get("commit", "unknown")))
     plot(report["trials"], report["reference"], out / "chaos.png", report["summary"])
     print(table(report["trials"]))
     print(report["summary"])

@@ -78,13 +78,19 @@ def held_out_stage(driver: Any, prompts: list[Any], logger: Any, step: int, phas
 
 # ---------------------------------------------------------------------------------------------------- GRPO
 def grpo_stage(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str | None, progress: bool = True,
-               console: Any = None, on_checkpoint: Callable[[], Any] | None = None, resumed: bool = False
-               ) -> dict[str, Any]:
+               console: Any = None, on_checkpoint: Callable[[], Any] | None = None, resumed: bool = False,
+               stop: StopRequest | None = None) -> dict[str, Any]:
     """GRPO from ``init_adapter`` (or ``resume``), with the held-out evaluation before (not on a resume) and after;
     ``on_checkpoint()`` runs after each checkpoint is written (the run directory's mirror to a URI, see
     :mod:`polyaudio_rl.storage`). ``resumed``: the run is resumed (``--resume``), so the metrics rows its first
-    attempt logged after ``resume`` (all of them without one) are cut: one row per step. Returns the summary's GRPO
-    part."""
+    attempt logged after ``resume`` (all of them without one) are cut: one row per step. ``stop``: the caller's
+    entered :class:`StopRequest` (SIGTERM/SIGINT noted at any moment of the stage, after its last step too: the
+    stage then ends normally, its last checkpoint written); without one the stage holds its own. Returns the
+    summary's GRPO part."""
+    if stop is None:
+        with StopRequest() as own:
+            return grpo_stage(cfg, run_dir, init_adapter, resume, progress=progress, console=console,
+                              on_checkpoint=on_checkpoint, resumed=resumed, stop=own)
     from .core.metrics import MetricsLogger, plot_curves
     from .data_setup import chance_level, held_out_prompts
     from .driver import GRPODriver
@@ -112,7 +118,7 @@ def grpo_stage(cfg: Config, run_dir: Path, init_adapter: str | None, resume: str
                 driver, prompts, logger, driver.learner.step, "eval_before", say, summary["chance"]), driver.learner.step)
         faults = FaultInjector(cfg.faults, start_step=driver.learner.step)
         while True:
-            _train(cfg, run_dir, driver, logger, summary, say, progress, console, on_checkpoint, faults, rec)
+            _train(cfg, run_dir, driver, logger, summary, say, progress, console, on_checkpoint, faults, rec, stop)
             try:
                 driver.close()  # the producer is done and the last (background) sync verified before evaluating
                 if prompts and "preempted" not in summary:
@@ -171,32 +177,31 @@ class Recovery:
 
 def _train(cfg: Config, run_dir: Path, driver: Any, logger: Any, summary: dict[str, Any], say: Callable[[str], Any],
            progress: bool, console: Any, on_checkpoint: Callable[[], Any] | None, faults: FaultInjector,
-           rec: Recovery) -> None:
+           rec: Recovery, stop: StopRequest) -> None:
     """The GRPO steps from the learner's step to ``grpo.steps``: faults (when asked for), a rebuild after a process
-    died (``rec``), metrics, checkpoints; SIGTERM/SIGINT finish the step in flight, checkpoint and stop."""
+    died (``rec``), metrics, checkpoints; a signal ``stop`` noted finishes the step in flight, checkpoints and stops."""
     start = driver.learner.step
     bar = _progress_bar(cfg.grpo.steps, start, progress, console)
     step = start + 1
-    with StopRequest() as stop:
-        while step <= cfg.grpo.steps:
-            try:
-                faults.before_step(step, driver.rollout, driver.rewards, driver.learner)  # cfg.faults: off by default
-                res = driver.step(step)
-                logger.log(step, res.metrics)
-                _checkpoint(cfg, run_dir, driver, step, stop.requested, on_checkpoint)
-            except WorkerDied as death:
-                step = rec.recover(death, step) + 1
-                continue
-            bar.update(1)
-            bar.set_postfix(reward=f"{res.metrics.get('reward/total', float('nan')):.3f}",
-                            kl=f"{res.metrics.get('kl', float('nan')):.4f}",
-                            acc=f"{res.metrics.get('reward/correctness', float('nan')):.3f}", refresh=False)
-            if stop.requested and step < cfg.grpo.steps:
-                summary["preempted"] = {"signal": stop.signal, "after_step": step}
-                say(f"[train] stopped by {stop.signal} after GRPO step {step}/{cfg.grpo.steps} (checkpoint written). "
-                    f"Continue with:\n    python -m polyaudio_rl.train --resume {cfg.run_dir or run_dir}")
-                break
-            step += 1
+    while step <= cfg.grpo.steps:
+        try:
+            faults.before_step(step, driver.rollout, driver.rewards, driver.learner)  # cfg.faults: off by default
+            res = driver.step(step)
+            logger.log(step, res.metrics)
+            _checkpoint(cfg, run_dir, driver, step, stop.requested, on_checkpoint)
+        except WorkerDied as death:
+            step = rec.recover(death, step) + 1
+            continue
+        bar.update(1)
+        bar.set_postfix(reward=f"{res.metrics.get('reward/total', float('nan')):.3f}",
+                        kl=f"{res.metrics.get('kl', float('nan')):.4f}",
+                        acc=f"{res.metrics.get('reward/correctness', float('nan')):.3f}", refresh=False)
+        if stop.requested and step < cfg.grpo.steps:
+            summary["preempted"] = {"signal": stop.signal, "after_step": step}
+            say(f"[train] stopped by {stop.signal} after GRPO step {step}/{cfg.grpo.steps} (checkpoint written). "
+                f"Continue with:\n    python -m polyaudio_rl.train --resume {cfg.run_dir or run_dir}")
+            break
+        step += 1
     bar.close()
     if faults.fired:
         summary["faults"] = faults.fired

@@ -29,6 +29,7 @@ import yaml
 from .core.cluster import ResourceError, check_resources, connect_ray
 from .core.config import Config, ConfigError, load_config, to_dict
 from .core.deaths import RunAborted
+from .preemption import StopRequest
 from .run_manifest import ManifestError, follow_manifest, mark_stage, read_manifest, start_manifest
 from .storage import RunStorage
 
@@ -167,25 +168,40 @@ def _run(cfg: Config, run_dir: Path, a: argparse.Namespace, con: Any, on_checkpo
                      progress=not a.quiet, done=m.stages.get("sft", {}).get("checkpoint"))
     mark_stage(run_dir, "sft", **({"checkpoint": init} if init and not a.init_adapter
                                   else {"skipped": m.sft_skipped() or "sft off"}))
-    if a.resume and m.grpo_steps_done() >= cfg.grpo.steps:
-        con.header(f"3/{n} GRPO: done ({m.grpo_steps_done()} steps)")
-        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-        bench_rows = [] if "bench" in summary else serve_bench_stage(cfg, run_dir, resolve_path(cfg.model), con,
-                                                                     f"4/{n}", not a.quiet, summary)
-    else:
-        con.header(f"3/{n} GRPO: {cfg.grpo.steps} steps x {cfg.grpo.prompts_per_step} prompts x "
-                   f"G={cfg.grpo.group_size}, {cfg.rollout.engine} rollout, {cfg.learner.num_workers} DeepSpeed "
-                   "learner(s)")
-        grpo_resume = latest_checkpoint(run_dir, "grpo") if a.resume else None
-        summary = grpo_stage(cfg, run_dir, init_adapter=init, resume=grpo_resume, progress=not a.quiet, console=con,
-                             on_checkpoint=on_checkpoint, resumed=bool(a.resume))
-        if "preempted" not in summary:
-            mark_stage(run_dir, "grpo", steps=cfg.grpo.steps)
-        bench_rows = serve_bench_stage(cfg, run_dir, resolve_path(cfg.model), con, f"4/{n}", not a.quiet, summary)
-    summary["wall_s"] = time.time() - t0
-    con.header(f"{n}/{n} summary")
-    write_summary(summary, run_dir, cfg, con, bench_rows)
+    with StopRequest() as stop:  # SIGTERM/SIGINT from here on: the stage in flight finishes, exit 0 (a second aborts)
+        if a.resume and m.grpo_steps_done() >= cfg.grpo.steps:
+            con.header(f"3/{n} GRPO: done ({m.grpo_steps_done()} steps)")
+            summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+            summary.pop("stopped", None)
+            bench_rows = [] if "bench" in summary else serve_bench_stage(cfg, run_dir, resolve_path(cfg.model), con,
+                                                                         f"4/{n}", not a.quiet, summary)
+        else:
+            con.header(f"3/{n} GRPO: {cfg.grpo.steps} steps x {cfg.grpo.prompts_per_step} prompts x "
+                       f"G={cfg.grpo.group_size}, {cfg.rollout.engine} rollout, {cfg.learner.num_workers} DeepSpeed "
+                       "learner(s)")
+            grpo_resume = latest_checkpoint(run_dir, "grpo") if a.resume else None
+            summary = grpo_stage(cfg, run_dir, init_adapter=init, resume=grpo_resume, progress=not a.quiet,
+                                 console=con, on_checkpoint=on_checkpoint, resumed=bool(a.resume), stop=stop)
+            if "preempted" not in summary:
+                mark_stage(run_dir, "grpo", steps=cfg.grpo.steps)
+            bench_rows = [] if _stopped_after_grpo(stop, summary, cfg, run_dir, con) else serve_bench_stage(
+                cfg, run_dir, resolve_path(cfg.model), con, f"4/{n}", not a.quiet, summary)
+        summary["wall_s"] = time.time() - t0
+        con.header(f"{n}/{n} summary")
+        write_summary(summary, run_dir, cfg, con, bench_rows)
     return 0
+
+
+def _stopped_after_grpo(stop: StopRequest, summary: dict[str, Any], cfg: Config, run_dir: Path, con: Any) -> bool:
+    """A signal that came after GRPO's last step was checkpointed (during the held-out evaluation after it, or
+    later): the run is trained, so it ends with its summary and exit 0; serve + bench is left to ``--resume``."""
+    if not stop.requested or "preempted" in summary:
+        return False
+    summary["stopped"] = {"signal": stop.signal, "after": "GRPO"}
+    con.print(f"[train] stopped by {stop.signal} after GRPO (all {cfg.grpo.steps} steps trained and checkpointed)"
+              + (f"; serve + bench skipped. Continue with:\n    python -m polyaudio_rl.train --resume "
+                 f"{cfg.run_dir or run_dir}" if cfg.eval.serve_bench else ""))
+    return True
 
 
 if __name__ == "__main__":

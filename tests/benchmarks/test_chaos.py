@@ -4,6 +4,8 @@ is aimed, where it landed, victim kinds by process title, reproducible plans. Tw
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.benchmarks.harness import chaos_module
@@ -72,3 +74,15 @@ def test_plans_are_reproducible_per_trial_and_cover_every_kind():
         assert anchors == sorted(set(anchors)) and all(1 <= a.step <= 6 for a in plan)  # each anchor comes later
         assert all(a.what == "kill" for a in plan[:-1]) and (plan[-1].what == "kill" or plan[-1].step < 6)
         assert all(a.step in (2, 4, 6) for a in plan if a.phase == "checkpoint")
+
+
+def test_an_invocation_split_with_only_keeps_the_other_parts_trials_of_the_same_plan(tmp_path):
+    chaos = _chaos()
+    plan = {"seed": 1, "lag": 1, "steps": 6, "checkpoint_every": 2, "config": "c.yaml", "overrides": ["x=1"],
+            "start": ["--init-adapter", "A"]}
+    (tmp_path / "chaos.json").write_text(json.dumps({**plan, "commit": "abc", "trials": [
+        {"trial": 0, "ok": True}, {"trial": 1, "ok": False}, {"trial": 2, "ok": True, "commit": "def"}]}))
+    assert chaos.earlier_trials(tmp_path, plan, chosen=[1]) == [
+        {"trial": 0, "ok": True, "commit": "abc"}, {"trial": 2, "ok": True, "commit": "def"}]
+    assert chaos.earlier_trials(tmp_path, {**plan, "seed": 2}, chosen=[1]) == []  # another plan: nothing kept
+    assert chaos.earlier_trials(tmp_path / "none", plan, chosen=[1]) == []

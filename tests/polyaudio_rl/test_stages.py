@@ -5,6 +5,11 @@ DeepSpeed); what is tested is the stage's bookkeeping: counting, a death during 
 """
 from __future__ import annotations
 
+import json
+import os
+import signal
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +17,8 @@ import ray.exceptions as rex
 
 from polyaudio_rl.core.deaths import RunAborted, WorkerDied
 from polyaudio_rl.stages import Recovery
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Driver:
@@ -81,3 +88,63 @@ def test_retry_runs_again_after_a_rebuild(tmp_path):
     assert rec.retry(evaluate, 0) == "ok" and len(calls) == 2
     assert rec.retry(lambda: (_ for _ in ()).throw(_death("weight sync")), 0, redo=False) is None
     assert d.learner_restarts == 2
+
+
+# ---------------------------------------------------------------------------------------------------- a signal after GRPO
+class _StepDriver:
+    """Stands in for GRPODriver in grpo_stage: steps that train nothing, checkpoints recorded, and a SIGTERM sent to
+    this process when the pipeline is closed after the last step (where the harness's lag-1 trial 3 sent it)."""
+
+    def __init__(self, cfg):
+        self.cfg, self.saved = cfg, []
+        self.learner, self.rollout, self.rewards, self.processor = SimpleNamespace(step=0), _Stats(), None, None
+
+    def sync(self):
+        return {}
+
+    def step(self, step):
+        return SimpleNamespace(metrics={"phase": "grpo", "reward/total": 0.5})
+
+    def save_checkpoint(self, path, step):
+        self.saved.append(step)
+
+    def close(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def summary(self):
+        return {"trained_ids": []}
+
+    def shutdown(self, timeline_path=None):
+        pass
+
+
+class _Stats:
+    def stats(self):
+        return []
+
+
+def test_a_sigterm_after_the_last_step_ends_the_stage_normally(tmp_path, monkeypatch):
+    """Ray's driver exits on SIGTERM (its handler: sys.exit); a signal that comes after the last GRPO step, while
+    the pipeline closes or the held-out evaluation runs, must not end the run with exit 1 and no summary: the stage
+    notes it and returns (every step is trained and checkpointed)."""
+    from polyaudio_rl import data_setup, driver as driver_mod, stages
+    from polyaudio_rl.core.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", ["grpo.steps=2", "learner.checkpoint_every=2",
+                                                           "wandb_mode=disabled"])
+    made = []
+    monkeypatch.setattr(driver_mod.GRPODriver, "build",
+                        classmethod(lambda cls, c, **kw: made.append(_StepDriver(c)) or made[-1]))
+    monkeypatch.setattr(data_setup, "held_out_prompts", lambda *a, **kw: [])
+
+    def ray_like(signum, frame):  # what ray.init installs in the driver
+        sys.exit(1)
+
+    old = signal.signal(signal.SIGTERM, ray_like)
+    try:
+        summary = stages.grpo_stage(cfg, tmp_path, init_adapter=None, resume=None, progress=False)
+        assert signal.getsignal(signal.SIGTERM) is ray_like  # the stage's handler is gone with it
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert made[0].saved == [2] and "preempted" not in summary and summary["trained_ids"] == []
+    assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())] == [1, 2]
