@@ -26,7 +26,11 @@ data, seeds and versions as a loop without futures); with k ≥ 1, generation an
 training, and the rollout side of each sync (learner half, push, verification) is a future the next sync waits for.
 A group older than k versions is dropped and counted (``groups/dropped_stale``; the gate makes this a safety net).
 A checkpoint is a pipeline barrier: the batch after a checkpoint step is sampled from the checkpoint's own policy,
-so ``--resume`` continues exactly as the uninterrupted run did, whatever k.
+so ``--resume`` continues exactly as the uninterrupted run did, whatever k. A stop (SIGTERM) at another step adds a
+checkpoint the uninterrupted run did not have, while up to k batches after it are already sampled from older
+policies: that checkpoint also holds those batches (:meth:`GRPODriver.inflight_batches`: token ids, behaviour
+log-probs, texts, how many versions behind), and the resumed run replays them — the same prompts, re-read from the
+stream, and completions, scored again — instead of sampling them from the checkpoint's policy.
 
 Metrics per step (docs/metrics.md) go to ``RUN_DIR/metrics.jsonl``; spans of every pool go to a
 :class:`~polyaudio_rl.core.timeline.Timeline` (``RUN_DIR/timeline.json``).
@@ -170,6 +174,7 @@ class GRPODriver:
             raise
         driver = cls(cfg, stream, rollout, rewards, learner, processor, version=int(state.get("version", 0)))
         driver.init_adapter, driver.model_path = init_adapter, model_path
+        driver.replay(state)
         return driver
 
     @staticmethod
@@ -199,6 +204,8 @@ class GRPODriver:
         self.init_adapter: str | None = None  # what a learner restarts from when no checkpoint exists yet
         self.model_path: str | None = None
         self.on_scored: Callable[[int, RolloutBatch, list[TrainItem]], Any] | None = None  # e.g. samples.RolloutSampler
+        # step -> a batch sampled before a stop (the checkpoint's client_state["inflight"]), replayed, not sampled again
+        self._replay: dict[int, dict[str, Any]] = {}
         # one worker each: batches are made one after the other, in step order; one sync runs at a time
         self._producer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-producer")
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync")
@@ -238,6 +245,12 @@ class GRPODriver:
         self.data_position = stream.position
         self.trained_by_step = {s: ids for s, ids in self.trained_by_step.items() if s <= step}
         self._reset_pipeline()
+        self.replay(getattr(learner, "client_state", None) or {})
+
+    def replay(self, client_state: dict[str, Any]) -> None:
+        """Replay the batches a stopped run had sampled ahead (``client_state["inflight"]`` of the checkpoint this
+        run continues from, :meth:`inflight_batches`) instead of sampling them again; none without them."""
+        self._replay = {int(b["step"]): b for b in client_state.get("inflight", [])}
 
     def name(self, death: WorkerDied) -> WorkerDied:
         """``death`` under the name of the actor its Ray exception names (e.g. "learner worker 0" for a death seen
@@ -288,11 +301,44 @@ class GRPODriver:
         self.rewards = RewardPool(self.cfg.reward, answer_tag=self.cfg.data.answer_tag)
         self.rewards.replaced = replaced
 
-    def save_checkpoint(self, path: str, step: int) -> None:
-        """The learner's checkpoint at ``step`` with what an exact resume needs: data position and policy version."""
+    def save_checkpoint(self, path: str, step: int, stopping: bool = False) -> None:
+        """The learner's checkpoint at ``step`` with what an exact resume needs: data position and policy version;
+        ``stopping`` (the run stops after it): also the batches sampled ahead from older policies
+        (:meth:`inflight_batches`)."""
+        state: dict[str, Any] = {"data_position": self.data_position, "version": self.version, "step": step}
+        if stopping:
+            state["inflight"] = self.inflight_batches(step)
         with dies_as("learner worker", "checkpoint"):
-            self.learner.save_checkpoint(path, {"data_position": self.data_position, "version": self.version,
-                                                "step": step})
+            self.learner.save_checkpoint(path, state)
+
+    def inflight_batches(self, step: int) -> list[dict[str, Any]]:
+        """After step ``step`` (trained and synced): the batches of later steps that the version gate let sample a
+        policy older than the learner's (at lag k ≥ 1 after a step that is not a checkpoint step, up to k of them),
+        each waited for and as plain data: the step, its groups' ids, completions (token ids, behaviour log-probs,
+        finish reasons, texts) and how many versions behind the learner's policy each group was sampled. A batch
+        whose making failed ends the list (the resumed run samples it, and those after it, again)."""
+        out: list[dict[str, Any]] = []
+        if self._first is None:
+            return out
+        for b in range(step + 1, min(step + self.lag, self.cfg.grpo.steps) + 1):
+            fut = self._batches.get(b)
+            if fut is None or min_sample_version(b, *self._first, self.lag, self.checkpoint_steps()) >= self.version:
+                break  # not submitted, or sampled from the checkpoint's policy: sampled again exactly on resume
+            try:
+                batch = fut.result()
+            except Exception as exc:  # noqa: BLE001 - the stop goes on; this batch is sampled again on resume
+                print(f"[train] the batch of step {b} in flight could not be kept ({type(exc).__name__}: {exc}); "
+                      "the resumed run samples it from the checkpoint's policy", file=sys.stderr)
+                break
+            if batch is None:
+                break
+            out.append({"step": b, "groups": [{
+                "group_id": g.group_id, "sample_id": g.sample_id, "behind": self.version - g.policy_version,
+                "num_prompt_tokens": g.num_prompt_tokens, "actor": g.actor,
+                "completions": [{"token_ids": list(c.token_ids), "logprobs": [float(x) for x in c.logprobs],
+                                 "finish_reason": c.finish_reason, "text": c.text} for c in g.completions],
+            } for g in batch.groups]})
+        return out
 
     def summary(self) -> dict[str, Any]:
         """The run's accounting for summary.json: what was trained, retried and replaced."""
@@ -410,12 +456,12 @@ class GRPODriver:
             need = min_sample_version(step, *first, self.lag, self.checkpoint_steps())
             if not self.policy.wait_served(need, stop=self._stop.is_set):
                 return None
-            return self._make_batch(step, first_step=first[0])
+            return self._make_batch(step, first)
         except BaseException:
             self._stop.set()
             raise
 
-    def _make_batch(self, step: int, first_step: int) -> RolloutBatch:
+    def _make_batch(self, step: int, first: tuple[int, int]) -> RolloutBatch:
         from rewards.scorer import Group
 
         g = self.cfg.grpo
@@ -425,22 +471,13 @@ class GRPODriver:
         t1 = time.time()
         self.timeline.add("data", "take (wait)", t0, t1, step=step)
         gids = [f"{step}:{it.position}:{it.sample.id}" for it in items]
-        with dies_as("rollout actor", "rollout"):
-            job = self.rollout.submit([it.prompt for it in items], gids, g.group_size)
-        # open spans: a step that ends while these still run counts them as busy (busy/rollout)
-        spans = [self.timeline.begin(f"rollout/actor-{sh.actor}", "generate", sh.sent_at, step=step,
-                                     version=job.version, groups=sh.end - sh.start) for sh in job.shards]
-        with self._prep_lock:
-            self._prep.append((step, [it.prompt for it in items]))
-        if self.lag == 0 or step == first_step:  # the first batch: no step or sync of the learner's to delay
-            self._prefetch(step)
-        try:
-            with dies_as("rollout actor", "rollout"):
-                groups = self.rollout.collect(job)
-        finally:
-            t2 = time.time()
-            for tok, sh in zip(spans, job.shards):  # where and when each shard last ran (resent: another actor)
-                self.timeline.end(tok, sh.done_at or t2, lane=f"rollout/actor-{sh.actor}", start=sh.sent_at)
+        replay = self._replay.pop(step, None)
+        if replay is not None:
+            groups = self._replayed(replay, gids, first[1])
+            self._queue_prefetch(step, items, first[0])
+        else:
+            groups = self._sample(step, items, gids, first[0])
+        t2 = time.time()
         texts = [[c.text for c in grp.completions] for grp in groups]
         with self.timeline.span("reward", "score", step=step), dies_as("reward actor", "reward scoring"):
             scores = self.rewards.score_batch([Group(it.sample, tx) for it, tx in zip(items, texts)])
@@ -449,6 +486,45 @@ class GRPODriver:
         return RolloutBatch(step, items, groups, scores, {"time/data": t1 - t0, "time/generate": t2 - t1,
                                                           "time/reward": t3 - t2},
                             end_position=items[-1].position + 1 if items else self.stream.position)
+
+    def _replayed(self, replay: dict[str, Any], gids: list[str], first_version: int) -> list[Any]:
+        """The groups of a batch a stopped run had sampled (:meth:`inflight_batches`), tagged with the policy version
+        as many versions behind this pipeline's first one as they were behind the stopped run's checkpoint."""
+        from actors.rollout_engine import Completion, RolloutGroup
+
+        kept = [grp["group_id"] for grp in replay["groups"]]
+        if kept != gids:
+            raise RuntimeError(f"the checkpoint's in-flight batch of step {replay['step']} holds groups {kept[:3]}…, "
+                               f"the data stream gives {gids[:3]}…: the run's data changed since it was stopped")
+        return [RolloutGroup(grp["group_id"], grp["sample_id"], first_version - int(grp["behind"]),
+                             [Completion(list(c["token_ids"]), list(c["logprobs"]), c["finish_reason"], c["text"])
+                              for c in grp["completions"]], int(grp["num_prompt_tokens"]), int(grp["actor"]))
+                for grp in replay["groups"]]
+
+    def _sample(self, step: int, items: list[PromptItem], gids: list[str], first_step: int) -> list[Any]:
+        """G completions per prompt from the rollout pool (its current policy), the learner's prefetch sent."""
+        g = self.cfg.grpo
+        with dies_as("rollout actor", "rollout"):
+            job = self.rollout.submit([it.prompt for it in items], gids, g.group_size)
+        # open spans: a step that ends while these still run counts them as busy (busy/rollout)
+        spans = [self.timeline.begin(f"rollout/actor-{sh.actor}", "generate", sh.sent_at, step=step,
+                                     version=job.version, groups=sh.end - sh.start) for sh in job.shards]
+        self._queue_prefetch(step, items, first_step)
+        try:
+            with dies_as("rollout actor", "rollout"):
+                return self.rollout.collect(job)
+        finally:
+            t2 = time.time()
+            for tok, sh in zip(spans, job.shards):  # where and when each shard last ran (resent: another actor)
+                self.timeline.end(tok, sh.done_at or t2, lane=f"rollout/actor-{sh.actor}", start=sh.sent_at)
+
+    def _queue_prefetch(self, step: int, items: list[PromptItem], first_step: int) -> None:
+        """Queue the batch's prompts for the learner's prompt cache (:meth:`_prefetch`); send them at once at lag 0 and
+        for the pipeline's first batch (no step or sync of the learner's to delay)."""
+        with self._prep_lock:
+            self._prep.append((step, [it.prompt for it in items]))
+        if self.lag == 0 or step == first_step:
+            self._prefetch(step)
 
     def _next_batch(self, step: int) -> RolloutBatch:
         self._submit_batches(step)

@@ -188,7 +188,8 @@ def _train(cfg: Config, run_dir: Path, driver: Any, logger: Any, summary: dict[s
             faults.before_step(step, driver.rollout, driver.rewards, driver.learner)  # cfg.faults: off by default
             res = driver.step(step)
             logger.log(step, res.metrics)
-            _checkpoint(cfg, run_dir, driver, step, stop.requested, on_checkpoint)
+            stopping = stop.requested  # a signal from here on stops after the next step (its checkpoint)
+            _checkpoint(cfg, run_dir, driver, step, stopping, on_checkpoint)
         except WorkerDied as death:
             step = rec.recover(death, step) + 1
             continue
@@ -196,7 +197,7 @@ def _train(cfg: Config, run_dir: Path, driver: Any, logger: Any, summary: dict[s
         bar.set_postfix(reward=f"{res.metrics.get('reward/total', float('nan')):.3f}",
                         kl=f"{res.metrics.get('kl', float('nan')):.4f}",
                         acc=f"{res.metrics.get('reward/correctness', float('nan')):.3f}", refresh=False)
-        if stop.requested and step < cfg.grpo.steps:
+        if stopping and step < cfg.grpo.steps:
             summary["preempted"] = {"signal": stop.signal, "after_step": step}
             say(f"[train] stopped by {stop.signal} after GRPO step {step}/{cfg.grpo.steps} (checkpoint written). "
                 f"Continue with:\n    python -m polyaudio_rl.train --resume {cfg.run_dir or run_dir}")
@@ -210,10 +211,12 @@ def _train(cfg: Config, run_dir: Path, driver: Any, logger: Any, summary: dict[s
 def _checkpoint(cfg: Config, run_dir: Path, driver: Any, step: int, stopping: bool,
                 on_checkpoint: Callable[[], Any] | None) -> None:
     """The checkpoint of ``step`` when it is due (every ``learner.checkpoint_every``, the last step, or a stop
-    requested), then ``on_checkpoint`` (the mirror to the run directory's URI)."""
+    requested: then with the batches sampled ahead, see :meth:`GRPODriver.inflight_batches`), then ``on_checkpoint``
+    (the mirror to the run directory's URI)."""
     every = cfg.learner.checkpoint_every
     if (every and step % every == 0) or step == cfg.grpo.steps or stopping:
-        driver.save_checkpoint(str(run_dir / "grpo" / "checkpoints" / f"step-{step:06d}"), step)
+        driver.save_checkpoint(str(run_dir / "grpo" / "checkpoints" / f"step-{step:06d}"), step,
+                               stopping=stopping and step < cfg.grpo.steps)
         if on_checkpoint is not None:
             on_checkpoint()
 

@@ -140,3 +140,55 @@ def test_policy_version_waiter_gives_up_on_stop_or_timeout():
     waiter.join(timeout=30)
     assert got == [False] and not waiter.is_alive()
     assert pv.wait_served(1, timeout=0.01) is False
+
+
+# -- a stop between checkpoints keeps the batches sampled ahead from older policies (issue 30) -----------------------
+def _stopped_driver(lag, every, steps, first, version, sampled):
+    """A driver stopped after a step: pipeline ``first`` = (step, version), learner at ``version``, and the batches
+    made ahead, ``sampled`` = {step: version that sampled it} (as done futures)."""
+    import json
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from actors.rollout_engine import Completion, RolloutGroup
+    from polyaudio_rl.core.policy_version import PolicyVersion
+    from polyaudio_rl.driver import GRPODriver, RolloutBatch
+
+    d = GRPODriver.__new__(GRPODriver)
+    d.cfg = SimpleNamespace(grpo=SimpleNamespace(steps=steps), learner=SimpleNamespace(checkpoint_every=every))
+    d.lag, d._first, d.policy, d._batches = lag, first, PolicyVersion(), {}
+    d.policy.trained = version
+    for step, v in sampled.items():
+        groups = [RolloutGroup(f"{step}:{i}:s{i}", f"s{i}", v, [Completion([5, 7, 2], [-0.1, -2.5e-9, json.loads(
+            "-Infinity")], "stop", "Clip 2."), Completion([9], [-1 / 3], "length", "3")], 11, 0) for i in range(2)]
+        fut = Future()
+        fut.set_result(RolloutBatch(step, [], groups, None, {}, 0))
+        d._batches[step] = fut
+    return d
+
+
+@pytest.mark.parametrize("lag, every, steps, first, version, sampled, stop, kept", [
+    (1, 0, 4, (1, 1), 2, {2: 1, 3: 2}, 1, {2: 1}),         # the issue's case: batch 2 sampled one version behind
+    (1, 2, 4, (1, 1), 3, {3: 3, 4: 3}, 2, {}),             # stopped at a checkpoint step: a barrier, nothing kept
+    (0, 0, 4, (1, 1), 2, {2: 2}, 1, {}),                   # synchronous: nothing sampled ahead
+    (2, 0, 6, (1, 1), 4, {4: 2, 5: 3, 6: 4}, 3, {4: 2, 5: 1}),  # lag 2: two batches behind
+    (2, 0, 4, (1, 1), 4, {4: 2}, 3, {4: 2}),               # never past the last step
+    (1, 0, 4, (3, 7), 8, {4: 7}, 3, {4: 1}),               # a resumed pipeline (first step 3 at version 7)
+])
+def test_inflight_batches_kept_at_a_stop_and_replayed_with_their_lag(lag, every, steps, first, version, sampled,
+                                                                    stop, kept):
+    import json
+
+    d = _stopped_driver(lag, every, steps, first, version, sampled)
+    got = json.loads(json.dumps(d.inflight_batches(stop)))  # as trainer_state.json stores it
+    assert {b["step"]: b["groups"][0]["behind"] for b in got} == kept
+    for rec in got:  # replayed by the resumed run, whose first pipeline version is 20: the same groups, as far behind
+        orig = d._batches[rec["step"]].result().groups
+        again = d._replayed(rec, [g.group_id for g in orig], 20)
+        assert [g.policy_version for g in again] == [20 - kept[rec["step"]]] * len(orig)
+        for a, b in zip(again, orig):
+            assert (a.group_id, a.sample_id, a.num_prompt_tokens, a.actor) == (b.group_id, b.sample_id, 11, 0)
+            assert [(c.token_ids, c.logprobs, c.finish_reason, c.text) for c in a.completions] == \
+                [(c.token_ids, c.logprobs, c.finish_reason, c.text) for c in b.completions]
+        with pytest.raises(RuntimeError, match="data changed since it was stopped"):
+            d._replayed(rec, ["other"] * len(orig), 20)
