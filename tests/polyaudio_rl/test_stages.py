@@ -105,7 +105,7 @@ class _StepDriver:
     def step(self, step):
         return SimpleNamespace(metrics={"phase": "grpo", "reward/total": 0.5})
 
-    def save_checkpoint(self, path, step):
+    def save_checkpoint(self, path, step, stopping=False):
         self.saved.append(step)
 
     def close(self):
