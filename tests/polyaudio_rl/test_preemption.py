@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import build_splits
 from tests.http_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,8 +67,9 @@ def _wandb_services(pid: int) -> list:
     return [p for p in kids if "wandb" in " ".join(p.cmdline())]
 
 
-def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_mirrors_and_exits_0(tiny_ckpt, tmp_path):
-    data = build_splits(tmp_path / "data", {"train": 4, "pref": 6, "bench": 2}, ["odd_one_out", "counting"])
+def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_mirrors_and_exits_0(tiny_ckpt, small_task_data,
+                                                                                         tmp_path):
+    data = small_task_data  # odd_one_out and counting at 4 / 6 / 2 items per task, built once per session (conftest)
     env, port, run = _env(tmp_path), free_port(), tmp_path / "run"
     head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=6",
                              "--include-dashboard=false", "--disable-usage-stats"],
