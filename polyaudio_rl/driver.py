@@ -146,36 +146,55 @@ class GRPODriver:
     @classmethod
     def build(cls, cfg: Config, init_adapter: str | None = None, resume: str | None = None) -> GRPODriver:
         """Start the learner (from ``resume``, else ``init_adapter``), the prompt stream at the resumed data
-        position, the rollout and the reward pools; Ray must be connected. A part that fails to start takes the
-        started ones down with it."""
+        position, the rollout and the reward pools; joins or starts Ray as the learner does. The rollout pool boots
+        its engines in a thread while the learner's workers start (neither needs the other: the start-ups overlap),
+        the prompt stream starts decoding as soon as the learner names its data position. A part that fails to start
+        takes the started ones down with it."""
         from actors.learner import Learner
         from actors.rollout import RolloutPool
         from rewards.actor import RewardPool
 
+        from .core.cluster import connect_ray
         from .core.model import load_processor, resolve_path
 
         model_path = resolve_path(cfg.model)
         processor = load_processor(model_path)
-        learner = Learner(cfg, stage="grpo", resume_from=resume, init_adapter=init_adapter,
-                          total_steps=cls.optimizer_steps(cfg))
-        state = learner.client_state or {}
-        parts: list[Any] = [learner]
+        connect_ray(cfg)  # before the pools' threads: both need Ray
+        boot = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-boot")
+        rollout_boot = boot.submit(RolloutPool, cfg, model_path=model_path)
+        boot.shutdown(wait=False)
+        parts: list[Any] = []
         try:
-            # the prompt stream starts decoding (its own thread) while the rollout engines boot
+            learner = Learner(cfg, stage="grpo", resume_from=resume, init_adapter=init_adapter,
+                              total_steps=cls.optimizer_steps(cfg))
+            parts.append(learner)
+            state = learner.client_state or {}
             stream = PromptStream(cfg.data.pref_dir, model_path, cfg.data, seed=cfg.seed,
                                   position=int(state.get("data_position", 0))).start()
             parts.append(stream)
-            rollout = RolloutPool(cfg, model_path=model_path)
+            rollout = rollout_boot.result()
             parts.append(rollout)
             rewards = RewardPool(cfg.reward, answer_tag=cfg.data.answer_tag)
         except BaseException:
-            for part in reversed(parts):
-                _quietly(part.close if isinstance(part, PromptStream) else part.shutdown, "shutdown")
+            cls._stop_parts(parts, rollout_boot)
             raise
         driver = cls(cfg, stream, rollout, rewards, learner, processor, version=int(state.get("version", 0)))
         driver.init_adapter, driver.model_path = init_adapter, model_path
         driver.replay(state)
         return driver
+
+    @staticmethod
+    def _stop_parts(parts: list[Any], rollout_boot: Future) -> None:
+        """Shut down the parts a failed :meth:`build` started, the rollout pool too once its boot has ended (an
+        error of the boot itself is the build's error, or follows it)."""
+        try:
+            pool = rollout_boot.result()
+        except BaseException:  # noqa: BLE001 - the error raised in build is the one reported
+            pool = None
+        if pool is not None and pool not in parts:
+            parts.append(pool)
+        for part in reversed(parts):
+            _quietly(part.close if isinstance(part, PromptStream) else part.shutdown, "shutdown")
 
     @staticmethod
     def optimizer_steps(cfg: Config) -> int:
