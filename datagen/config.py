@@ -21,7 +21,7 @@ PRESETS: dict[str, dict[str, int]] = {
     # the starter curriculum (tasks/starter.py) that the tiny random model learns in minutes: `make demo`
     "starter": {"train": 64, "pref": 96, "bench": 32},
     # one set-of-clips task in paraphrase families (tasks/starter_ablation.py): `make ablate`
-    "starter_ablation": {"train": 160, "pref": 96, "bench": 64},
+    "starter_ablation": {"train": 160, "pref": 96, "bench": 256},
 }
 CURRICULA = ("paper", "starter", "starter_ablation")
 
