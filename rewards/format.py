@@ -1,8 +1,10 @@
 """Format: does the completion follow the answer instruction? Fraction of these checks that pass:
 
 non_empty       the answer region (:func:`rewards.extract.extract_answer`) is not empty;
-answer_tag      only when the prompt asked for ``<answer>…</answer>`` (``data.answer_tag``): exactly one complete
-                tag pair and nothing but whitespace after the closing tag;
+answer_tag      only when the prompt asked for ``<answer>…</answer>`` (``data.answer_tag``): exactly one opening
+                and one closing tag, forming one pair, and nothing but whitespace after the closing tag — a stray
+                opening tag inside the pair (``<answer>Clip 2.<answer>Clip 3.</answer>``: two answers, the first
+                one's closing tag written as an opening one) fails it;
 one_answer      the answer has the shape the key asks for — one option letter, one clip (no hedge), at least one
                 clip for a set of clips (no hedge), one of
                 Yes/No/Not enough information, a full order of the asked clips, one count, a clip plus start and
@@ -83,10 +85,13 @@ def format_reward(sample: Sample, completion: str, **ctx: Any) -> RewardResult:
     why: dict[str, str] = {}
     checks["non_empty"] = bool(ans.text)
     if answer_tag:
-        after = ans.visible.lower().rsplit("</answer>", 1)[-1] if ans.n_tags else ""
-        checks["answer_tag"] = ans.n_tags == 1 and not after.strip()
+        low = ans.visible.lower()
+        after = low.rsplit("</answer>", 1)[-1] if ans.n_tags else ""
+        opening = low.count("<answer>")
+        checks["answer_tag"] = ans.n_tags == 1 and opening == 1 and not after.strip()
         if not checks["answer_tag"]:
-            why["answer_tag"] = f"{ans.n_tags} complete tags" + (", text after </answer>" if after.strip() else "")
+            why["answer_tag"] = (f"{ans.n_tags} complete tags" + (f", {opening} opening tags" if opening > 1 else "")
+                                 + (", text after </answer>" if after.strip() else ""))
     ok, reason = answer_shape(sample, ans) if ans.text else (False, "empty")
     checks["one_answer"] = ok
     if not ok:

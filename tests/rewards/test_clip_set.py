@@ -35,6 +35,11 @@ TABLE = {
     "<answer>Clip 2 or clip 3.</answer>": (0.0, 0.0, 0.5, 0.8),   # a hedge earns nothing, and fails one_answer
     "<answer>I hear nothing.</answer>": (0.0, 0.0, 1.0, 0.8),     # no clip named: parsimony is vacuous
     "Clip 2.": (1.0, 1.0, 1.0, 0.8),                              # right, without the tag
+    # two answers, the first one's closing tag written as an opening one (what GRPO drifted to on the tiny model):
+    # the answer region "Clip 1.<answer>Clip 2." names {1, 2}; a stray opening tag fails the tag check
+    "<answer>Clip 1.<answer>Clip 2.</answer>": (0.0, 1.0, 0.5, 0.8),
+    "<answer>Clip 2.<answer>Clip 2.</answer>": (1.0, 1.0, 1.0, 0.8),  # the same answer twice: right, malformed
+    "<answer>Clip 2.<answer>": (1.0, 1.0, 1.0, 0.8),                  # no closing tag: the text after the opening one
 }
 
 
