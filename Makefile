@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml scripts/setup_venv.sh
 
 setup: $(STAMP)
 
-demo: $(STAMP)  # the starter curriculum on the embedded default; extra overrides: make demo ARGS=seed=1
-	$(PY) -m polyaudio_rl.train --config configs/demo.yaml $(ARGS)
+demo: $(STAMP)  # the starter curriculum on the embedded default (configs/demo.yaml); extra overrides: make demo ARGS=seed=1
+	$(PY) -m polyaudio_rl.train $(ARGS)  # model.path=<a checkpoint of family F> reads configs/demo_F.yaml where there is one
 
 ablate: $(STAMP)  # the starter reward ablations (5 runs, one shared SFT): make ablate ARGS="--seed 1 --out runs/abl-s1"
 	$(PY) -m polyaudio_rl.ablate --suite starter --out $(or $(OUT),runs/ablations-starter) $(ARGS)

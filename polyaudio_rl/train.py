@@ -35,7 +35,26 @@ from .storage import RunStorage
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # the embedded default: `make demo`
 
-__all__ = ["main", "connect_ray", "run_dir_problem", "DEFAULT_CONFIG"]
+__all__ = ["main", "connect_ray", "run_dir_problem", "DEFAULT_CONFIG", "demo_config"]
+
+
+def demo_config(overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """The embedded default for a run without ``--config``: ``configs/demo_<family>.yaml`` when ``model.path`` (after
+    ``overrides``) is a checkpoint of a family that has one — read from its ``config.json``, or, for a tiny checkpoint
+    still to be written, ``model.tiny_family`` — else ``configs/demo.yaml``. A family's file states only the demo
+    settings that family needs (docs/models.md, "The demo per family"); ``--config`` always wins."""
+    from .core.models import family_of
+
+    cfg = load_config(DEFAULT_CONFIG, overrides)
+    path = Path(cfg.model.path)
+    if (path / "config.json").is_file():
+        family = family_of(str(path)).name
+    elif cfg.model.make_tiny_if_missing:
+        family = cfg.model.tiny_family
+    else:
+        return DEFAULT_CONFIG
+    own = DEFAULT_CONFIG.with_name(f"demo_{family}.yaml")
+    return own if own.is_file() else DEFAULT_CONFIG
 
 
 def run_dir_problem(run_dir: Path, cwd: Path) -> str | None:
@@ -56,7 +75,8 @@ def run_dir_problem(run_dir: Path, cwd: Path) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="PolyAudio-RL training: LoRA SFT then GRPO (see module docstring)")
     ap.add_argument("--config", default=None,
-                    help="YAML config (default configs/demo.yaml, what `make demo` runs)")
+                    help="YAML config (default configs/demo.yaml, what `make demo` runs; configs/demo_<family>.yaml "
+                    "when model.path is a checkpoint of a family that has its own demo settings)")
     ap.add_argument("--run-dir", default=None, help="output directory or pyarrow.fs URI, e.g. file:///shared/runs/x, "
                     "s3://bucket/runs/x (default runs/<timestamp>)")
     ap.add_argument("--resume", default=None, help="a RUN_DIR (path or URI) to continue exactly, as it started (its "
@@ -78,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             m = follow_manifest(run_dir, a.config, a.init_adapter, a.skip_sft)  # the run continues as it started
             a.config, a.init_adapter, a.skip_sft = m.config_name, m.init_adapter, m.skip_sft
         else:
-            cfg = load_config(a.config or DEFAULT_CONFIG, a.overrides)
-            a.config = _shown(a.config or str(DEFAULT_CONFIG))  # the name the header and run.json show
+            a.config = a.config or str(demo_config(a.overrides))
+            cfg = load_config(a.config, a.overrides)
+            a.config = _shown(a.config)  # the name the header and run.json show
             storage = RunStorage.open(a.run_dir or cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
             run_dir = storage.local
     except ConfigError as exc:

@@ -30,7 +30,7 @@ def resolve_path(model_cfg: ModelConfig) -> str:
     if model_cfg.make_tiny_if_missing:
         from .tiny import ensure_tiny
 
-        return str(ensure_tiny(path, model_cfg.tiny_seed))
+        return str(ensure_tiny(path, model_cfg.tiny_seed, model_cfg.tiny_family))
     if path.exists() or path.is_absolute() or model_cfg.path.startswith((".", "/")):
         raise ModelError(f"model.path {model_cfg.path!r}: no config.json there (expected an audio LLM checkpoint)")
     return model_cfg.path  # a hub id: from_pretrained resolves it where a hub is reachable / cached

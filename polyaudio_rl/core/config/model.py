@@ -42,6 +42,10 @@ class ModelConfig:
         True, "If `path` does not exist, write the tiny random checkpoint there first (embedded default only)."
     )
     tiny_seed: int = cfg_field(0, "Seed of the tiny checkpoint written when `make_tiny_if_missing` applies.")
+    tiny_family: str = cfg_field(
+        "qwen2_audio", "Model family of the tiny checkpoint written when `make_tiny_if_missing` applies "
+        "(`python -m polyaudio_rl.tiny --list-families`); configs/demo_<family>.yaml set it to their family.",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = cfg_field("float32", "Torch dtype for learner weights: float32 on CPU, bfloat16 on GPUs.")
     freeze_audio_encoder: bool = cfg_field(
         True, "Keep the audio tower and projector frozen (the paper tunes the LLM with LoRA). Default true."

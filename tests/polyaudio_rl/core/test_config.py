@@ -104,9 +104,10 @@ def test_a_wrong_choice_names_the_key_the_choices_and_the_closest(override, mess
 
 def test_every_plain_string_field_is_free_text():
     """Choice fields are Literals: the str fields left are paths, names, URLs, regexes and prompts (data.preset is
-    checked by datagen, whose preset table the config layer cannot import)."""
+    checked by datagen, whose preset table the config layer cannot import; model.tiny_family by the model-family
+    registry, which plugins extend, when the tiny checkpoint is written)."""
     free = {"run_dir", "ray_address", "data.train_dir", "data.pref_dir", "data.bench_dir", "data.preset",
-            "data.system_prompt", "model.path", "model.lora.target_modules", "reward.judge.base_url",
+            "data.system_prompt", "model.path", "model.tiny_family", "model.lora.target_modules", "reward.judge.base_url",
             "reward.judge.model", "reward.judge.api_key", "reward.judge.api_key_env", "serve.host",
             "serve.policy_model_id", "serve.judge_model_id", "serve.api_key_env", "serve.merged_dir",
             "eval.api_key_env", "eval.serve_bench_judge", "eval.embed_url", "eval.embed_model"}

@@ -102,3 +102,15 @@ def test_vllm_cpu_loads_samples_n4_and_matches_transformers_greedy(tiny_ckpt, ti
     n = batch["input_ids"].shape[1]
     lp = torch.log_softmax(logits[0, n - 1 : -1].float(), -1).gather(-1, torch.tensor(vllm_ids)[:, None])[:, 0]
     assert np.allclose(lp.numpy(), np.array(vllm_lp), atol=2e-2)
+
+
+def test_a_missing_model_path_gets_the_tiny_checkpoint_of_model_tiny_family(tmp_path):
+    """configs/demo_<family>.yaml name their family's tiny checkpoint; a fresh clone writes that family there."""
+    from polyaudio_rl.core.config import ModelConfig
+    from polyaudio_rl.core.model import resolve_path
+    from polyaudio_rl.core.models import FamilyError, family_of
+
+    path = resolve_path(ModelConfig(path=str(tmp_path / "tiny-omni"), tiny_family="qwen2_5_omni"))
+    assert family_of(path).name == "qwen2_5_omni"
+    with pytest.raises(FamilyError, match="unknown model family 'nope'; supported: qwen2_audio"):
+        resolve_path(ModelConfig(path=str(tmp_path / "other"), tiny_family="nope"))
