@@ -38,23 +38,23 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  
 __all__ = ["main", "connect_ray", "run_dir_problem", "DEFAULT_CONFIG", "demo_config"]
 
 
-def demo_config(overrides: list[str] | tuple[str, ...] = ()) -> Path:
+def demo_config(overrides: list[str] | tuple[str, ...] = (), default: Path = DEFAULT_CONFIG) -> Path:
     """The embedded default for a run without ``--config``: ``configs/demo_<family>.yaml`` when ``model.path`` (after
     ``overrides``) is a checkpoint of a family that has one — read from its ``config.json``, or, for a tiny checkpoint
     still to be written, ``model.tiny_family`` — else ``configs/demo.yaml``. A family's file states only the demo
     settings that family needs (docs/models.md, "The demo per family"); ``--config`` always wins."""
     from .core.models import family_of
 
-    cfg = load_config(DEFAULT_CONFIG, overrides)
+    cfg = load_config(default, overrides)
     path = Path(cfg.model.path)
     if (path / "config.json").is_file():
         family = family_of(str(path)).name
     elif cfg.model.make_tiny_if_missing:
         family = cfg.model.tiny_family
     else:
-        return DEFAULT_CONFIG
-    own = DEFAULT_CONFIG.with_name(f"demo_{family}.yaml")
-    return own if own.is_file() else DEFAULT_CONFIG
+        return default
+    own = default.with_name(f"demo_{family}.yaml")
+    return own if own.is_file() else default
 
 
 def run_dir_problem(run_dir: Path, cwd: Path) -> str | None:

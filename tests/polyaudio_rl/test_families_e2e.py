@@ -1,6 +1,6 @@
 """One short end-to-end run per model family beyond the default one (whose run is tests/polyaudio_rl/test_demo.py):
-`python -m polyaudio_rl.train model.path=<tiny of F>` (no --config: the family's configs/demo_F.yaml, read from the
-checkpoint alone) with the demo's stages and settings (SFT, GRPO at policy lag 1 with TIS, held-out evaluation, serve +
+`python -m polyaudio_rl.train model.path=<tiny of F>` (no --config: configs/demo_F.yaml where the family has one, the
+family read from the checkpoint alone) with the demo's stages and settings (SFT, GRPO at policy lag 1 with TIS, held-out evaluation, serve +
 bench) on a smaller scale (2 SFT steps, 2 GRPO steps of 3 prompts x 4, 8 held-out items) ends rc 0 with summary.json
 and the served-adapter bench (stage 4); step 2 trains on rollouts sampled one policy version behind (lag 1)."""
 from __future__ import annotations
@@ -35,7 +35,8 @@ def test_short_demo_run_with_serve_bench(family, tiny_ckpt_of, starter_data, tmp
                      "data.build_if_missing=false", "wandb_mode=disabled", "grpo.steps=2",
                      "grpo.prompts_per_step=3", "grpo.group_size=4", "sft.max_steps=2", "eval.max_items=8"])
     assert rc == 0
-    assert json.loads((run / "run.json").read_text())["config_name"] == f"configs/demo_{family}.yaml"
+    own = train.demo_config([f"model.path={tiny_ckpt_of(family)}"]).name  # demo_<family>.yaml where there is one
+    assert json.loads((run / "run.json").read_text())["config_name"] == f"configs/{own}"
     s = json.loads((run / "summary.json").read_text())
     assert s["eval_after"]["n"] == 8
     bench = s["bench"]
