@@ -177,10 +177,10 @@ def run_reference(setup: Setup, commit: str, reuse: bool = False) -> tuple[Profi
     one an earlier invocation ran into OUT/reference with the same command (``reference.json``), when there is one."""
     run_dir = setup.out / "reference"
     saved = run_dir / "reference.json"
-    cmd = setup.cmd(run_dir)[1:]  # not the interpreter's path
+    cmd = _portable(setup.cmd(run_dir))
     if reuse and saved.is_file():
         rec = json.loads(saved.read_text())
-        if rec["cmd"] != cmd:
+        if _portable(["python", *rec["cmd"]]) != cmd:
             raise SystemExit(f"--reuse-reference: {saved} was run as {rec['cmd']}, not {cmd}; drop the flag")
         seg = Segment(**{**rec["segment"], "events": [tuple(e) for e in rec["segment"]["events"]]})
     else:
@@ -196,6 +196,12 @@ def run_reference(setup: Setup, commit: str, reuse: bool = False) -> tuple[Profi
         raise SystemExit(f"the reference run left no final adapter or trained ids in {run_dir}")
     saved.write_text(json.dumps(rec, indent=1, default=str))
     return Profile.of(seg.events, timeline_spans(run_dir)), ref
+
+
+def _portable(cmd: list[str]) -> list[str]:
+    """A run's command without what does not change the run: the interpreter's path and the run directory (another
+    invocation's OUT may reuse the reference through a link)."""
+    return [("RUN_DIR" if prev == "--run-dir" else c) for prev, c in zip(cmd, cmd[1:])]
 
 
 def run_trial(setup: Setup, run_dir: Path, plan: list[Action], profile: Profile

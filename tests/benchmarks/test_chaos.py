@@ -86,3 +86,12 @@ def test_an_invocation_split_with_only_keeps_the_other_parts_trials_of_the_same_
         {"trial": 0, "ok": True, "commit": "abc"}, {"trial": 2, "ok": True, "commit": "def"}]
     assert chaos.earlier_trials(tmp_path, {**plan, "seed": 2}, chosen=[1]) == []  # another plan: nothing kept
     assert chaos.earlier_trials(tmp_path / "none", plan, chosen=[1]) == []
+
+
+def test_a_reused_reference_is_matched_by_its_command_without_interpreter_and_run_dir():
+    chaos = _chaos()
+    a = ["/venv/bin/python", "-m", "polyaudio_rl.train", "--run-dir", "/out/s1/reference", "grpo.steps=6"]
+    b = ["/other/python", "-m", "polyaudio_rl.train", "--run-dir", "/out/s2/reference", "grpo.steps=6"]
+    assert chaos._portable(a) == chaos._portable(b) == ["-m", "polyaudio_rl.train", "--run-dir", "RUN_DIR",
+                                                         "grpo.steps=6"]
+    assert chaos._portable(a) != chaos._portable(a[:-1] + ["grpo.steps=4"])
