@@ -59,10 +59,12 @@ def summary_line(trials: list[dict[str, Any]], lag: int, seed: int) -> str:
     from collections import Counter
 
     kinds = Counter(v.split(":")[0] for t in trials for v in t["victims"])
-    hot = sum(1 for t in trials for m in t["moments"] if "checkpoint" in m["landed"] or "sync" in m["landed"])
+    landed_in = [("driver" if v.startswith("driver:") else "kill", "checkpoint" in m["landed"] or "sync" in m["landed"])
+                 for t in trials for v, m in zip(t["victims"], t["moments"])]
+    kills, terms = (sum(hot for what, hot in landed_in if what == w) for w in ("kill", "driver"))
     return (f"chaos: {sum(t['ok'] for t in trials)}/{len(trials)} trials ok (lag {lag}, seed {seed}); victims "
             + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
-            + f"; {hot} kill(s) landed in a checkpoint or a sync")
+            + f"; {kills} kill(s) and {terms} SIGTERM(s) landed in a checkpoint or a sync")
 
 
 def markdown(report: dict[str, Any], commit: str) -> str:

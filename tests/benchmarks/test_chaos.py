@@ -95,3 +95,11 @@ def test_a_reused_reference_is_matched_by_its_command_without_interpreter_and_ru
     assert chaos._portable(a) == chaos._portable(b) == ["-m", "polyaudio_rl.train", "--run-dir", "RUN_DIR",
                                                          "grpo.steps=6"]
     assert chaos._portable(a) != chaos._portable(a[:-1] + ["grpo.steps=4"])
+
+
+def test_the_summary_line_counts_kills_and_sigterms_in_a_checkpoint_or_a_sync_apart():
+    trials = [{"ok": True, "victims": ["learner:1", "driver:9"],
+               "moments": [{"landed": "checkpoint 2+generate"}, {"landed": "sync (step 4 in flight)"}]},
+              {"ok": False, "victims": ["reward:2"], "moments": [{"landed": "train (step 3 in flight)"}]}]
+    assert _chaos().summary_line(trials, 1, 2) == ("chaos: 1/2 trials ok (lag 1, seed 2); victims driver 1, learner 1, "
+                                                   "reward 1; 1 kill(s) and 1 SIGTERM(s) landed in a checkpoint or a sync")
