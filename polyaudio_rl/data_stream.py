@@ -4,7 +4,8 @@ Stages (all CPU):
 
 1. ``read_parquet`` the split's shards (schema: :mod:`polyaudio_rl.core.schema`), keep the configured tasks;
 2. a seeded order per epoch (sort by ``hash(seed, epoch, id)``; with ``data.interleave_tasks`` the tasks take turns),
-   the same on every run: resuming at position k skips exactly the first k rows of that order;
+   the same on every run: resuming at position k skips exactly the first k rows of that order. The pipeline keeps
+   its blocks in that order (Ray Data's ``preserve_order``) and every row is checked against it (:func:`in_order`);
 3. ``map_batches(DecodeStage)`` on an actor pool: decode each clip (FLAC/WAV) to mono float32 at 16 kHz, validate
    it, render the chat-templated prompt. A row that fails (bad audio, too many clips, over 30 s, broken key) is
    kept with an ``error`` naming the sample and the problem; the driver skips it and counts it.
@@ -94,6 +95,26 @@ def epoch_order(ids: list[str], tasks: list[str], seed: int, epoch: int, interle
         queues[t] = deque(_take_turns(groups, sorted(groups, key=lambda a: order_key(seed, epoch, f"answer:{t}:{a}"))))
     turn = sorted(queues, key=lambda t: order_key(seed, epoch, f"task:{t}"))
     return _take_turns(queues, turn)
+
+
+class StreamOrderError(RuntimeError):
+    """The pipeline yielded a row other than the next one of the epoch's seeded order."""
+
+
+def in_order(rows: Iterator[dict[str, Any]], expected: list[str]) -> Iterator[dict[str, Any]]:
+    """``rows`` (records with an ``id``) passed through, checked against ``expected`` ids one by one: a row out of
+    place, a missing row or an extra one raises :class:`StreamOrderError` naming the position and both ids (a run
+    must never train on an order other than its seeded one)."""
+    k = -1
+    for k, rec in enumerate(rows):
+        want = expected[k] if k < len(expected) else None
+        if rec["id"] != want:
+            raise StreamOrderError(f"prompt stream: row {k} of the epoch is {rec['id']!r}, the seeded order has "
+                                   f"{want!r} there" + ("" if want else f" (only {len(expected)} rows)"))
+        yield rec
+    if k + 1 != len(expected):
+        raise StreamOrderError(f"prompt stream: the pipeline ended after {k + 1} rows, the seeded order has "
+                               f"{len(expected)} ({expected[k + 1]!r} next)")
 
 
 def _family(metadata: Any) -> str | None:
@@ -290,7 +311,10 @@ class PromptStream:
             compute=ray.data.ActorPoolStrategy(size=self.decode_actors),
             num_cpus=0.5,
         )
-        yield from ds.iter_rows()
+        # Ray Data hands blocks on as they finish unless told to keep their order: under load a later block of the
+        # sorted split could come first (another run's order; a paraphrase family split over two batches)
+        ds.context.execution_options.preserve_order = True
+        yield from in_order(ds.iter_rows(), order[skip:])
 
     def _remember(self, rec: Any) -> None:
         """Keep a decoded record for replay while the split fits ``data.replay_cache_mb``."""

@@ -138,3 +138,26 @@ def test_epoch_order_balances_answers_within_each_task_when_asked():
     assert [i[0] for i in order[:6]] == turn * 3
     with pytest.raises(ValueError, match="interleave"):
         epoch_order(ids, tasks, seed=3, epoch=0, answers=answers)
+
+
+@pytest.mark.parametrize("got, want, error", [
+    (["a", "b", "c"], ["a", "b", "c"], None),                                                  # the seeded order
+    ([], [], None),
+    (["b", "a", "c"], ["a", "b", "c"], "row 0 of the epoch is 'b', the seeded order has 'a' there"),  # a block early
+    (["a", "b"], ["a", "b", "c"], "ended after 2 rows, the seeded order has 3 \\('c' next\\)"),     # a row lost
+    (["a", "b", "c", "d"], ["a", "b", "c"], "row 3 of the epoch is 'd', .* None there \\(only 3 rows\\)"),
+])
+def test_in_order_passes_the_seeded_order_and_stops_any_other(got, want, error):
+    """What PromptStream checks every pipeline row against: a Ray Data pipeline that handed a later block on first
+    (another run's order, a paraphrase family split over two batches) stops the run instead of training on it."""
+    from polyaudio_rl.data_stream import StreamOrderError, in_order
+
+    rows = ({"id": i, "n": k} for k, i in enumerate(got))
+    if error is None:
+        assert [r["n"] for r in in_order(rows, want)] == list(range(len(got)))
+        return
+    seen = []
+    with pytest.raises(StreamOrderError, match=error):
+        for r in in_order(rows, want):
+            seen.append(r["id"])
+    assert seen == got[: len(seen)] and seen == want[: len(seen)]  # every row before the fault was passed on
