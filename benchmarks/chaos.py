@@ -17,7 +17,11 @@ moments, from outside the driver, and check that every run still ends where the 
    (``ray::LearnerWorker``, ``ray::RolloutActor``, ``ray::RewardActor``, Ray Data's ``ray::MapWorker`` and
    read/shuffle tasks; when none of the kind drawn is alive, another kind at once — after waiting up to 5 s when one
    was alive within the last 5 s, e.g. an actor being restarted; the moment recorded is the kill's own). Some trials
-   then SIGTERM the driver in a later step and run ``--resume``.
+   then SIGTERM the driver in a later step and run ``--resume``. An action whose anchor row was logged before the
+   previous action and is not logged again (the restart resumed from a checkpoint past it) moves to the step in
+   flight after the next row. A Ray Data worker lives only while the prompt stream's pipeline runs (its start-up
+   prefetch into GRPO's first steps, and after a recovery): its kill waits for the stream's decode actor to be seen,
+   not for a step.
 4. A trial is ok when every process of it exited 0, its final adapter equals the reference's (max abs diff <= 1e-4),
    it trained the reference's sample ids, each exactly once, and ``metrics.jsonl`` has one row per step. Where a
    kill landed is read from the trial's own ``timeline.json`` and checkpoint times: on a loaded machine a moment aimed
@@ -52,8 +56,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.chaoslib.moments import (KIND_WEIGHTS, PHASE_WEIGHTS, Action, Profile, draw_plan,  # noqa: E402
-                                         grpo_start, landed, plans, timeline_spans)
+from benchmarks.chaoslib.moments import (DECODE_TITLE, KIND_WEIGHTS, PHASE_WEIGHTS, STREAM_PHASE,  # noqa: E402
+                                         STREAM_SPAN_S, Action, Profile, anchor_row, draw_plan, grpo_start, landed,
+                                         plans, timeline_spans)
 from benchmarks.chaoslib.report import (earlier_trials, git_commit, markdown, plot, progress_line,  # noqa: E402
                                         report_only, summary_line, table, trial_record, write_report)
 from benchmarks.chaoslib.verdict import TOL, adapter, judge, max_abs_diff  # noqa: E402
@@ -67,34 +72,59 @@ ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "RAY_USAGE_STATS_ENABLED": "0", "H
 
 def execute(watcher: Watcher, proc: subprocess.Popen, actions: list[Action], profile: Profile,
             out: list[dict[str, Any]]) -> None:
-    """Carry out the actions in order, each at its anchor row plus the reference's delay; stops when the driver
-    exits (the actions left are recorded as not fired)."""
+    """Carry out the actions in order, each at its moment (:func:`moment`); stops when the driver exits (the actions
+    left are recorded as not fired)."""
     after = 0.0
     for act in actions:
-        rec: dict[str, Any] = {"action": asdict(act), "aim": f"{act.phase} of step {act.step}", "fired": False}
+        rec: dict[str, Any] = {"action": asdict(act), "aim": aim_text(act), "fired": False}
         out.append(rec)
-        anchor = watcher.wait_event("row", act.step if act.phase == "checkpoint" else act.step - 1, after)
-        if anchor is None:
-            rec["error"] = "the driver exited before the moment"
+        got = moment(watcher, act, after, profile, rec)
+        if got is None or proc.poll() is not None:
+            rec.setdefault("error", "the driver exited before the moment")
             return
-        tmp = None
-        if act.phase == "checkpoint":  # the save follows the row: anchor on its temporary directory when seen
-            tmp = watcher.wait_event("ckpt_tmp", act.step, anchor - 0.05,
-                                     timeout_s=2.0 + 2 * profile.ckpt_span(act.step))
-        with watcher._cond:
-            events = list(watcher.events)
-        delay = profile.delay(act, profile.pace(events, act.step), from_tmp=tmp is not None)
-        time.sleep(max(0.0, (tmp or anchor) + delay - time.time()))
+        act, at = got
+        time.sleep(max(0.0, at - time.time()))
         if proc.poll() is not None:
             rec["error"] = "the driver exited before the moment"
             return
         rec["t"] = rec["aimed_t"] = time.time()
         if act.what == "kill":  # its "t" becomes the kill's own (after a wait for the kind drawn)
-            rec.update(kill_worker(proc.pid, act, last_seen=watcher.kind_seen.get(act.kind)))
+            rec.update(kill_worker(proc.pid, act, last_seen=watcher.kind_seen.get(act.kind),
+                                   prefer=(DECODE_TITLE,) if act.phase == STREAM_PHASE else ()))
         else:
             os.kill(proc.pid, signal.SIGTERM)
             rec.update({"fired": True, "kind": "driver", "pid": proc.pid, "title": "SIGTERM to the driver"})
         after = rec["t"]
+
+
+def aim_text(act: Action) -> str:
+    return "the prompt stream's decode" if act.phase == STREAM_PHASE else f"{act.phase} of step {act.step}"
+
+
+def moment(watcher: Watcher, act: Action, after: float, profile: Profile, rec: dict[str, Any]
+           ) -> tuple[Action, float] | None:
+    """The action as carried out and when. A kill aimed at the prompt stream: its decode actor's first sighting after
+    ``after`` plus ``frac`` of STREAM_SPAN_S. Any other: its anchor row (moved to the step in flight when the run went
+    past it before ``after``) plus the reference's delay of the phase aimed at, scaled by the trial's pace. None: the
+    driver exited first."""
+    if act.phase == STREAM_PHASE:
+        seen = watcher.wait_kind("decode", after)
+        if seen is None:
+            rec["error"] = "no decode actor of the prompt stream was alive after the last action"
+        return None if seen is None else (act, seen + act.frac * STREAM_SPAN_S)
+    got = watcher.wait_anchor(act, after, sorted(profile.ckpts))
+    if got is None:
+        return None
+    moved, anchor = got
+    if moved.step != act.step:  # its anchor row came before the last action and was not logged again
+        rec["aim"] = f"{act.phase} of step {moved.step} (drawn: step {act.step}, passed)"
+    tmp = None
+    if moved.phase == "checkpoint":  # the save follows the row: anchor on its temporary directory when seen
+        tmp = watcher.wait_event("ckpt_tmp", moved.step, anchor - 0.05,
+                                 timeout_s=2.0 + 2 * profile.ckpt_span(moved.step))
+    with watcher._cond:
+        events = list(watcher.events)
+    return moved, (tmp or anchor) + profile.delay(moved, profile.pace(events, moved.step), from_tmp=tmp is not None)
 
 
 @dataclass
@@ -326,11 +356,12 @@ def run(a: argparse.Namespace) -> int:
     return 1 if a.check and not all(t["ok"] for t in trials) else 0
 
 
-__all__ = ["KIND_TITLES", "KIND_WEIGHTS", "PHASE_WEIGHTS", "TOL", "Action", "Profile", "Segment", "Setup", "Watcher",
-           "adapter", "draw_plan", "earlier_trials", "git_commit", "grpo_start", "judge", "kill_worker", "kind_of",
-           "landed", "main", "make_setup", "markdown", "max_abs_diff", "plans", "plot", "progress_line",
-           "ray_workers", "reap", "report_only", "run", "run_reference", "run_trial", "summary_line", "table",
-           "timeline_spans", "trial_record", "write_report"]
+__all__ = ["Action", "DECODE_TITLE", "KIND_TITLES", "KIND_WEIGHTS", "PHASE_WEIGHTS", "Profile", "STREAM_PHASE",
+           "STREAM_SPAN_S", "Segment", "Setup", "TOL", "Watcher", "adapter", "anchor_row", "draw_plan",
+           "earlier_trials", "git_commit", "grpo_start", "judge", "kill_worker", "kind_of", "landed", "main",
+           "make_setup", "markdown", "max_abs_diff", "plans", "plot", "progress_line", "ray_workers", "reap",
+           "report_only", "run", "run_reference", "run_trial", "summary_line", "table", "timeline_spans",
+           "trial_record", "write_report"]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,14 @@ KIND_WEIGHTS = {"learner": 0.3, "rollout": 0.3, "reward": 0.25, "data": 0.15}
 
 # what a moment aims at: a checkpoint or a weight sync most often (where recovery is least rehearsed)
 PHASE_WEIGHTS = {"checkpoint": 0.3, "sync": 0.3, "train": 0.1, "generate": 0.1, "score": 0.1, "any": 0.1}
+
+
+# A Ray Data worker (the prompt stream's read tasks and decode actors) exists only while a pipeline runs: from the
+# stream's start-up prefetch (while the actors boot) until the epoch is decoded (a small split: GRPO's first steps),
+# and again after a recovery rewinds the stream. A kill of one aims at that window, not at a step: the first time the
+# watcher sees the pipeline's decode actor (DECODE_TITLE, the map_batches actor pool) alive after the previous action,
+# plus ``frac`` of STREAM_SPAN_S; the victim is a decode actor when one is alive, else another Ray Data worker.
+STREAM_PHASE, STREAM_SPAN_S, DECODE_TITLE = "stream", 2.0, "ray::MapWorker"
 
 
 # timeline (lane prefix, span name) -> phase
@@ -49,7 +57,9 @@ def draw_plan(rng: random.Random, steps: int, ckpt_steps: list[int], first: int,
             step = later[0] if later else step
             phase = phase if later else "sync"
         kind = kind if not acts else rng.choices(list(KIND_WEIGHTS), weights=list(KIND_WEIGHTS.values()))[0]
-        acts.append(Action("kill", phase, step, round(rng.random(), 3), kind, round(rng.random(), 3)))
+        # a Ray Data worker lives only while the prompt stream's pipeline runs (STREAM_PHASE); the draws are kept
+        acts.append(Action("kill", STREAM_PHASE if kind == "data" else phase, step, round(rng.random(), 3), kind,
+                           round(rng.random(), 3)))
         # the next action's anchor row must come after this one's (a checkpoint's anchor is its own step's row)
         lo = step + (2 if phase == "checkpoint" else 1)
     if rng.random() < 0.35 and lo <= steps - 1:
@@ -146,7 +156,9 @@ def landed(t: float, events: list[tuple[str, int, float]], spans: list[tuple[str
     follows, to its completion; "never completed" when it did not), the phases whose spans contain it, and the step
     in flight (the step after the last row logged before it)."""
     rows = [(tr, s) for w, s, tr in events if w == "row" and tr <= t]
-    last_t, last = max(rows) if rows else (0.0, 0)
+    if not rows:  # before the held-out evaluation's row: the start-up (the stream's prefetch, actors booting)
+        return "start-up (before GRPO)"
+    last_t, last = max(rows)
     parts = []
     if last in ckpt_steps:
         done = [tc for w, k, tc in events if w == "ckpt" and k == last and tc >= last_t]
@@ -155,6 +167,32 @@ def landed(t: float, events: list[tuple[str, int, float]], spans: list[tuple[str
     parts += sorted({ph for ph, s, e in spans if s <= t <= e})
     where = "+".join(parts) if parts else "between phases"
     return where if parts and parts[0].startswith("checkpoint") else f"{where} (step {last + 1} in flight)"
+
+
+def anchor_step(act: Action) -> int:
+    """The step whose metrics row an action waits for: the step before its own; a checkpoint's own step (the save
+    follows the row). A kill aimed at the prompt stream waits for a Ray Data worker instead (:data:`STREAM_PHASE`)."""
+    return act.step if act.phase == "checkpoint" else act.step - 1
+
+
+def anchor_row(act: Action, events: list[tuple[str, int, float]], after: float,
+               ckpt_steps: Any = ()) -> tuple[Action, float] | None:
+    """The row an action starts from, among the rows logged after ``after`` (the previous action's moment), in log
+    order: its anchor step's row, as planned; or, when the run has gone past that step without logging its row again
+    — the row came before the previous action and the restart that followed resumed from a checkpoint at or after it,
+    or nothing restarted at all — the first later row, with the action moved to the step in flight after it (a
+    checkpoint: to the first later checkpoint step's row). None while no such row has been logged."""
+    want = anchor_step(act)
+    for what, step, t in sorted(events, key=lambda e: (e[2], e[1])):
+        if what != "row" or t <= after or step < want:
+            continue  # a row redone after a rewind, before the anchor step
+        if step == want:
+            return act, t
+        if act.phase != "checkpoint":
+            return replace(act, step=step + 1), t
+        if step in ckpt_steps:
+            return replace(act, step=step), t
+    return None
 
 
 def grpo_start(events: list[tuple[str, int, float]], default: float) -> float:

@@ -53,11 +53,12 @@ def _alive(pid: int, created: float) -> Any:
         return None
 
 
-def kill_worker(driver_pid: int, act: Action, wait_s: float = 5.0, last_seen: float | None = None
-                ) -> dict[str, Any]:
-    """SIGKILL one live Ray worker of the driver of kind ``act.kind`` — when none is alive but one was within the
-    last ``wait_s`` (``last_seen``: e.g. an actor being restarted), waiting up to ``wait_s`` for it; otherwise, or
-    then, another kind at once. ``t``: when the signal was sent (the moment that landed)."""
+def kill_worker(driver_pid: int, act: Action, wait_s: float = 5.0, last_seen: float | None = None,
+                prefer: tuple[str, ...] = ()) -> dict[str, Any]:
+    """SIGKILL one live Ray worker of the driver of kind ``act.kind`` (one whose title starts with ``prefer`` when
+    one is alive) — when none is alive but one was within the last ``wait_s`` (``last_seen``: e.g. an actor being
+    restarted), waiting up to ``wait_s`` for it; otherwise, or then, another kind at once. ``t``: when the signal
+    was sent (the moment that landed)."""
     recent = last_seen is not None and time.time() - last_seen < wait_s
     deadline = time.time() + (wait_s if recent else 0.0)
     workers = ray_workers(driver_pid)
@@ -65,6 +66,7 @@ def kill_worker(driver_pid: int, act: Action, wait_s: float = 5.0, last_seen: fl
         time.sleep(0.1)
         workers = ray_workers(driver_pid)
     cands = [w for w in workers if w[0] == act.kind] or workers
+    cands = [w for w in cands if prefer and w[2].startswith(prefer)] or cands
     if not cands:
         return {"fired": False, "error": "no Ray worker alive"}
     kind, pid, title, created = cands[min(int(act.pick * len(cands)), len(cands) - 1)]

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .moments import DECODE_TITLE, Action, anchor_row
 from .victims import kind_of
+
 
 def _grpo_rows(path: Path) -> list[dict[str, Any]]:
     try:
@@ -37,6 +39,8 @@ class Watcher(threading.Thread):
         self.events: list[tuple[str, int, float]] = []
         self.seen_pids: dict[int, float] = {}
         self.kind_seen: dict[str, float] = {}  # victim kind -> when a process of it was last seen alive
+        # (victim kind, or "decode": the prompt stream's decode actor; when), each poll that saw one of it alive
+        self.sightings: list[tuple[str, float]] = []
         self._present = self._scan()  # what a resumed run starts with is not news
         self._cond = threading.Condition()
         self.finished = False
@@ -85,14 +89,23 @@ class Watcher(threading.Thread):
         except psutil.Error:
             return
         now = time.time()
+        alive = set()
         for p in kids:
             try:
                 self.seen_pids.setdefault(p.pid, p.create_time())
-                kind = kind_of(" ".join(p.cmdline()))
+                title = " ".join(p.cmdline())
             except psutil.Error:
                 continue
+            kind = kind_of(title)
             if kind:
+                alive.add(kind)
+            if title.startswith(DECODE_TITLE):
+                alive.add("decode")  # the stream's decode actor, a Ray Data worker (kind "data") too
+        with self._cond:
+            for kind in sorted(alive):
                 self.kind_seen[kind] = now
+                self.sightings.append((kind, now))
+            self._cond.notify_all()
 
     def wait_event(self, what: str, step: int, after: float, timeout_s: float = float("inf")) -> float | None:
         """The time of the first ``(what, step)`` event after ``after``; None once the driver has exited (or after
@@ -107,3 +120,27 @@ class Watcher(threading.Thread):
                     return None
                 self._cond.wait(0.05)
         return None
+
+    def wait_anchor(self, act: Action, after: float, ckpt_steps: Any = ()) -> tuple[Action, float] | None:
+        """The action as it will be carried out and its anchor row's time (:func:`~.moments.anchor_row`: moved to
+        the step in flight when the run went past its anchor row before ``after``); None once the driver has
+        exited."""
+        with self._cond:
+            while True:
+                got = anchor_row(act, self.events, after, ckpt_steps)
+                if got is not None:
+                    return got
+                if self.finished:
+                    return None
+                self._cond.wait(0.05)
+
+    def wait_kind(self, kind: str, after: float) -> float | None:
+        """When a worker of ``kind`` was first seen alive after ``after``; None once the driver has exited."""
+        with self._cond:
+            while True:
+                seen = [t for k, t in self.sightings if k == kind and t > after]
+                if seen:
+                    return seen[0]
+                if self.finished:
+                    return None
+                self._cond.wait(0.05)

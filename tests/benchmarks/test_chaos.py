@@ -50,6 +50,7 @@ def test_pace_is_the_trials_last_step_over_the_reference(trial_rows, step, expec
     (13.65, REF, "sync (step 2 in flight)"),
     (13.55, REF, "between phases (step 2 in flight)"),
     (12.2, REF, "generate (step 2 in flight)"),
+    (9.0, REF, "start-up (before GRPO)"),               # before the held-out evaluation's row (the stream's prefetch)
 ])
 def test_landed_names_the_phase_a_moment_fell_in(t, events, expected):
     assert _chaos().landed(t, events, SPANS, ckpt_steps=(2, 3)) == expected
@@ -74,6 +75,8 @@ def test_plans_are_reproducible_per_trial_and_cover_every_kind():
         assert anchors == sorted(set(anchors)) and all(1 <= a.step <= 6 for a in plan)  # each anchor comes later
         assert all(a.what == "kill" for a in plan[:-1]) and (plan[-1].what == "kill" or plan[-1].step < 6)
         assert all(a.step in (2, 4, 6) for a in plan if a.phase == "checkpoint")
+        # a Ray Data worker is alive only while the stream's pipeline runs: its kills aim there, not at a step
+        assert all((a.phase == "stream") == (a.kind == "data") for a in plan if a.what == "kill")
 
 
 def test_an_invocation_split_with_only_keeps_the_other_parts_trials_of_the_same_plan(tmp_path):
@@ -103,3 +106,105 @@ def test_the_summary_line_counts_kills_and_sigterms_in_a_checkpoint_or_a_sync_ap
               {"ok": False, "victims": ["reward:2"], "moments": [{"landed": "train (step 3 in flight)"}]}]
     assert _chaos().summary_line(trials, 1, 2) == ("chaos: 1/2 trials ok (lag 1, seed 2); victims driver 1, learner 1, "
                                                    "reward 1; 1 kill(s) and 1 SIGTERM(s) landed in a checkpoint or a sync")
+
+
+# ------------------------------------------------------------------------------------- an action's anchor row
+# a trial: rows 1..4, the first kill at 9.5 s (after row 4), a restart from checkpoint 4: rows 5, 6 (row 4 never again)
+AFTER_CKPT4 = [("row", 1, 5.0), ("row", 2, 6.0), ("row", 3, 7.0), ("row", 4, 9.0), ("ckpt", 4, 9.2),
+               ("row", 5, 20.0), ("row", 6, 21.0)]
+# the same kill, a restart from checkpoint 2: rows 3 and 4 logged again
+AFTER_CKPT2 = [("row", 1, 5.0), ("row", 2, 6.0), ("row", 3, 7.0), ("row", 4, 9.0), ("row", 3, 18.0),
+               ("row", 4, 19.0), ("row", 5, 20.0)]
+
+
+@pytest.mark.parametrize("phase, step, events, after, expected", [
+    ("any", 5, AFTER_CKPT4, 0.0, (5, 9.0)),            # the row of step 4, before any kill: as planned
+    ("any", 5, AFTER_CKPT4, 9.5, (6, 20.0)),           # row 4 came before the kill and is not logged again: the
+    ("sync", 5, AFTER_CKPT4, 9.5, (6, 20.0)),          # first later row (5), the action moved to step 6
+    ("any", 7, AFTER_CKPT4, 9.5, (7, 21.0)),           # row 6 logged after the kill: as planned
+    ("any", 5, AFTER_CKPT2, 9.5, (5, 19.0)),           # the restart from checkpoint 2 logs row 4 again: as planned
+    ("any", 6, AFTER_CKPT2, 9.5, (6, 20.0)),
+    ("checkpoint", 4, AFTER_CKPT4, 9.5, (6, 21.0)),    # a checkpoint moves to the next checkpoint step's row
+    ("checkpoint", 4, AFTER_CKPT2, 9.5, (4, 19.0)),
+])
+def test_an_action_anchors_on_its_row_or_moves_to_the_step_in_flight(phase, step, events, after, expected):
+    chaos = _chaos()
+    got = chaos.anchor_row(chaos.Action("kill", phase, step, 0.5), events, after, ckpt_steps=(2, 4, 6))
+    assert got is not None and (got[0].step, got[1]) == expected
+    assert got[0].phase == phase and got[0].frac == 0.5
+
+
+@pytest.mark.parametrize("events", [AFTER_CKPT4[:5], AFTER_CKPT2[:4]])
+def test_an_action_waits_while_no_row_after_the_last_action_reaches_its_anchor(events):
+    chaos = _chaos()
+    assert chaos.anchor_row(chaos.Action("sigterm", "any", 5, 0.1), events, 9.5) is None
+
+
+def test_a_second_action_fires_after_a_restart_that_does_not_log_its_anchor_row_again(tmp_path):
+    """Seed 1's trial 1 at lag 1: a kill aimed at step 4 came after step 4's row, the restart resumed from checkpoint
+    4, and the SIGTERM anchored on step 4's row never fired. It now fires in the step in flight after the next row
+    (a stand-in driver: a sleeping child with no Ray workers to kill; the test writes the rows)."""
+    import subprocess
+    import threading
+    import time
+
+    chaos = _chaos()
+    metrics = tmp_path / "metrics.jsonl"
+    row = lambda s: json.dumps({"phase": "grpo", "step": s}) + "\n"  # noqa: E731
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        watcher = chaos.Watcher(tmp_path, proc)
+        watcher.start()
+        metrics.write_text("".join(row(s) for s in (1, 2, 3, 4)))  # step 4's row, then the kill (aimed at step 4)
+        time.sleep(0.3)
+        prof = chaos.Profile.of([("row", s, float(s)) for s in range(7)] + [("ckpt", 4, 4.1)], [])
+        acts = [chaos.Action("kill", "any", 4, 0.0, "learner"), chaos.Action("sigterm", "any", 5, 0.0)]
+        done: list[dict] = []
+        actor = threading.Thread(target=chaos.execute, args=(watcher, proc, acts, prof, done), daemon=True)
+        actor.start()
+        deadline = time.time() + 20
+        while len(done) < 2 and time.time() < deadline:  # the kill carried out, the SIGTERM waiting for its row
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert len(done) == 2 and not done[0]["fired"] and not done[1]["fired"] and proc.poll() is None, done
+        with open(metrics, "a") as fh:  # the restart from checkpoint 4 logs row 5 next
+            fh.write(row(5))
+        actor.join(10)
+        assert proc.wait(10) == -15, done  # the SIGTERM reached the driver
+    finally:
+        proc.kill()
+    assert done[0]["error"] == "no Ray worker alive" and done[1]["fired"] and done[1]["kind"] == "driver"
+    assert done[1]["aim"] == "any of step 6 (drawn: step 5, passed)"
+
+
+def test_a_kill_aimed_at_the_stream_waits_for_its_decode_actor_and_kills_it(tmp_path):
+    """A Ray Data victim: the harness waits for the prompt stream's decode actor (a ``ray::MapWorker`` process of
+    the driver) and SIGKILLs it, preferring it to another Ray Data worker alive (a stand-in driver whose children
+    carry those process titles; no rows at all: the moment is not a step's)."""
+    import subprocess
+    import threading
+
+    chaos = _chaos()
+    script = ('(exec -a "ray::ReadFilesParquetV2" sleep 30) & sleep 1; '
+              '(exec -a "ray::MapWorker(MapBatches(DecodeStage)).submit" sleep 30) & wait')
+    proc = subprocess.Popen(["bash", "-c", script], start_new_session=True)
+    try:
+        watcher = chaos.Watcher(tmp_path, proc)
+        watcher.start()
+        done: list[dict] = []
+        act = chaos.Action("kill", "stream", 3, 0.25, "data", pick=0.0)
+        actor = threading.Thread(target=chaos.execute, args=(watcher, proc, [act], chaos.Profile.of([], []), done),
+                                 daemon=True)
+        actor.start()
+        actor.join(20)
+        assert done and done[0]["fired"], done
+        assert done[0]["kind"] == "data" and done[0]["title"].startswith("ray::MapWorker(MapBatches(DecodeStage))")
+        assert done[0]["aim"] == "the prompt stream's decode" and "ray::ReadFilesParquetV2" in str(
+            [t for t in chaos.ray_workers(proc.pid)][0])  # the read task was alive too, and left alone
+        first = min(t for k, t in watcher.sightings if k == "decode")
+        assert done[0]["t"] >= first + 0.25 * chaos.STREAM_SPAN_S - 0.05
+    finally:
+        import os
+        import signal
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
