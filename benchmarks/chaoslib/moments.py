@@ -18,8 +18,9 @@ PHASE_WEIGHTS = {"checkpoint": 0.3, "sync": 0.3, "train": 0.1, "generate": 0.1, 
 # A Ray Data worker (the prompt stream's read tasks and decode actors) exists only while a pipeline runs: from the
 # stream's start-up prefetch (while the actors boot) until the epoch is decoded (a small split: GRPO's first steps),
 # and again after a recovery rewinds the stream. A kill of one aims at that window, not at a step: the first time the
-# watcher sees the pipeline's decode actor (DECODE_TITLE, the map_batches actor pool) alive after the previous action,
-# plus ``frac`` of STREAM_SPAN_S; the victim is a decode actor when one is alive, else another Ray Data worker.
+# watcher sees the pipeline's decode actor (DECODE_TITLE, the map_batches actor pool) started — decoding or between
+# batches, past its ``__init__`` — after the previous action, plus ``frac`` of STREAM_SPAN_S; the victim is a decode
+# actor when one is alive, else another Ray Data worker.
 STREAM_PHASE, STREAM_SPAN_S, DECODE_TITLE = "stream", 2.0, "ray::MapWorker"
 
 

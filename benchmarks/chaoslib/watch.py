@@ -99,8 +99,8 @@ class Watcher(threading.Thread):
             kind = kind_of(title)
             if kind:
                 alive.add(kind)
-            if title.startswith(DECODE_TITLE):
-                alive.add("decode")  # the stream's decode actor, a Ray Data worker (kind "data") too
+            if title.startswith(DECODE_TITLE) and ".__init__" not in title:
+                alive.add("decode")  # the stream's decode actor, started (a Ray Data worker, kind "data", too)
         with self._cond:
             for kind in sorted(alive):
                 self.kind_seen[kind] = now
