@@ -55,6 +55,7 @@ from .core.deaths import WorkerDied, actor_id_of, dies_as
 from .core.policy_version import PolicyVersion
 from .core.timeline import Timeline
 from .data_stream import PromptItem, PromptStream
+from .inflight import batch_record, replayed_groups
 
 
 def _quietly(fn: Callable[[], Any], what: str) -> None:
@@ -333,8 +334,7 @@ class GRPODriver:
     def inflight_batches(self, step: int) -> list[dict[str, Any]]:
         """After step ``step`` (trained and synced): the batches of later steps that the version gate let sample a
         policy older than the learner's (at lag k ≥ 1 after a step that is not a checkpoint step, up to k of them),
-        each waited for and as plain data: the step, its groups' ids, completions (token ids, behaviour log-probs,
-        finish reasons, texts) and how many versions behind the learner's policy each group was sampled. A batch
+        each waited for and as plain data (:func:`~polyaudio_rl.inflight.batch_record`). A batch
         whose making failed ends the list (the resumed run samples it, and those after it, again)."""
         out: list[dict[str, Any]] = []
         if self._first is None:
@@ -351,12 +351,7 @@ class GRPODriver:
                 break
             if batch is None:
                 break
-            out.append({"step": b, "groups": [{
-                "group_id": g.group_id, "sample_id": g.sample_id, "behind": self.version - g.policy_version,
-                "num_prompt_tokens": g.num_prompt_tokens, "actor": g.actor,
-                "completions": [{"token_ids": list(c.token_ids), "logprobs": [float(x) for x in c.logprobs],
-                                 "finish_reason": c.finish_reason, "text": c.text} for c in g.completions],
-            } for g in batch.groups]})
+            out.append(batch_record(b, batch.groups, self.version))
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -492,7 +487,7 @@ class GRPODriver:
         gids = [f"{step}:{it.position}:{it.sample.id}" for it in items]
         replay = self._replay.pop(step, None)
         if replay is not None:
-            groups = self._replayed(replay, gids, first[1])
+            groups = replayed_groups(replay, gids, first[1])
             self._queue_prefetch(step, items, first[0])
         else:
             groups = self._sample(step, items, gids, first[0])
@@ -505,20 +500,6 @@ class GRPODriver:
         return RolloutBatch(step, items, groups, scores, {"time/data": t1 - t0, "time/generate": t2 - t1,
                                                           "time/reward": t3 - t2},
                             end_position=items[-1].position + 1 if items else self.stream.position)
-
-    def _replayed(self, replay: dict[str, Any], gids: list[str], first_version: int) -> list[Any]:
-        """The groups of a batch a stopped run had sampled (:meth:`inflight_batches`), tagged with the policy version
-        as many versions behind this pipeline's first one as they were behind the stopped run's checkpoint."""
-        from actors.rollout_engine import Completion, RolloutGroup
-
-        kept = [grp["group_id"] for grp in replay["groups"]]
-        if kept != gids:
-            raise RuntimeError(f"the checkpoint's in-flight batch of step {replay['step']} holds groups {kept[:3]}…, "
-                               f"the data stream gives {gids[:3]}…: the run's data changed since it was stopped")
-        return [RolloutGroup(grp["group_id"], grp["sample_id"], first_version - int(grp["behind"]),
-                             [Completion(list(c["token_ids"]), list(c["logprobs"]), c["finish_reason"], c["text"])
-                              for c in grp["completions"]], int(grp["num_prompt_tokens"]), int(grp["actor"]))
-                for grp in replay["groups"]]
 
     def _sample(self, step: int, items: list[PromptItem], gids: list[str], first_step: int) -> list[Any]:
         """G completions per prompt from the rollout pool (its current policy), the learner's prefetch sent."""

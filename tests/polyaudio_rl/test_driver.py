@@ -182,13 +182,6 @@ def test_inflight_batches_kept_at_a_stop_and_replayed_with_their_lag(lag, every,
     d = _stopped_driver(lag, every, steps, first, version, sampled)
     got = json.loads(json.dumps(d.inflight_batches(stop)))  # as trainer_state.json stores it
     assert {b["step"]: b["groups"][0]["behind"] for b in got} == kept
-    for rec in got:  # replayed by the resumed run, whose first pipeline version is 20: the same groups, as far behind
+    for rec in got:  # as the stopped run sampled them (the conversion itself: tests/polyaudio_rl/test_inflight.py)
         orig = d._batches[rec["step"]].result().groups
-        again = d._replayed(rec, [g.group_id for g in orig], 20)
-        assert [g.policy_version for g in again] == [20 - kept[rec["step"]]] * len(orig)
-        for a, b in zip(again, orig):
-            assert (a.group_id, a.sample_id, a.num_prompt_tokens, a.actor) == (b.group_id, b.sample_id, 11, 0)
-            assert [(c.token_ids, c.logprobs, c.finish_reason, c.text) for c in a.completions] == \
-                [(c.token_ids, c.logprobs, c.finish_reason, c.text) for c in b.completions]
-        with pytest.raises(RuntimeError, match="data changed since it was stopped"):
-            d._replayed(rec, ["other"] * len(orig), 20)
+        assert [g["group_id"] for g in rec["groups"]] == [g.group_id for g in orig]
