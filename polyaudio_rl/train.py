@@ -174,7 +174,7 @@ def _run(cfg: Config, run_dir: Path, a: argparse.Namespace, con: Any, on_checkpo
 
     from .core.model import resolve_path
     from .data_setup import ensure_data
-    from .stages import grpo_stage, latest_checkpoint, serve_bench_stage, sft_stage
+    from .stages import serve_bench_stage, sft_stage
     from .summary import write_summary
 
     n = 5 if cfg.eval.serve_bench else 4  # stages
@@ -190,27 +190,35 @@ def _run(cfg: Config, run_dir: Path, a: argparse.Namespace, con: Any, on_checkpo
     mark_stage(run_dir, "sft", **({"checkpoint": init} if init and not a.init_adapter
                                   else {"skipped": m.sft_skipped() or "sft off"}))
     with StopRequest() as stop:  # SIGTERM/SIGINT from here on: the stage in flight finishes, exit 0 (a second aborts)
-        if a.resume and m.grpo_steps_done() >= cfg.grpo.steps:
-            con.header(f"3/{n} GRPO: done ({m.grpo_steps_done()} steps)")
-            summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-            summary.pop("stopped", None)
-            bench_rows = [] if "bench" in summary else serve_bench_stage(cfg, run_dir, resolve_path(cfg.model), con,
-                                                                         f"4/{n}", not a.quiet, summary)
-        else:
-            con.header(f"3/{n} GRPO: {cfg.grpo.steps} steps x {cfg.grpo.prompts_per_step} prompts x "
-                       f"G={cfg.grpo.group_size}, {cfg.rollout.engine} rollout, {cfg.learner.num_workers} DeepSpeed "
-                       "learner(s)")
-            grpo_resume = latest_checkpoint(run_dir, "grpo") if a.resume else None
-            summary = grpo_stage(cfg, run_dir, init_adapter=init, resume=grpo_resume, progress=not a.quiet,
-                                 console=con, on_checkpoint=on_checkpoint, resumed=bool(a.resume), stop=stop)
-            if "preempted" not in summary:
-                mark_stage(run_dir, "grpo", steps=cfg.grpo.steps)
-            bench_rows = [] if _stopped_after_grpo(stop, summary, cfg, run_dir, con) else serve_bench_stage(
-                cfg, run_dir, resolve_path(cfg.model), con, f"4/{n}", not a.quiet, summary)
+        summary, bench = _grpo(cfg, run_dir, a, con, f"3/{n}", init, stop, on_checkpoint)
+        bench_rows = serve_bench_stage(cfg, run_dir, resolve_path(cfg.model), con, f"4/{n}", not a.quiet,
+                                       summary) if bench else []
         summary["wall_s"] = time.time() - t0
         con.header(f"{n}/{n} summary")
         write_summary(summary, run_dir, cfg, con, bench_rows)
     return 0
+
+
+def _grpo(cfg: Config, run_dir: Path, a: argparse.Namespace, con: Any, header: str, init: str | None,
+          stop: StopRequest, on_checkpoint: Any) -> tuple[dict[str, Any], bool]:
+    """The GRPO stage (or, on ``--resume`` of a run whose steps are all done, its summary so far): the summary and
+    whether serve + bench is still to run."""
+    from .stages import grpo_stage, latest_checkpoint
+
+    m = read_manifest(run_dir)
+    if a.resume and m.grpo_steps_done() >= cfg.grpo.steps:
+        con.header(f"{header} GRPO: done ({m.grpo_steps_done()} steps)")
+        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+        summary.pop("stopped", None)
+        return summary, "bench" not in summary
+    con.header(f"{header} GRPO: {cfg.grpo.steps} steps x {cfg.grpo.prompts_per_step} prompts x "
+               f"G={cfg.grpo.group_size}, {cfg.rollout.engine} rollout, {cfg.learner.num_workers} DeepSpeed learner(s)")
+    grpo_resume = latest_checkpoint(run_dir, "grpo") if a.resume else None
+    summary = grpo_stage(cfg, run_dir, init_adapter=init, resume=grpo_resume, progress=not a.quiet, console=con,
+                         on_checkpoint=on_checkpoint, resumed=bool(a.resume), stop=stop)
+    if "preempted" not in summary:
+        mark_stage(run_dir, "grpo", steps=cfg.grpo.steps)
+    return summary, not _stopped_after_grpo(stop, summary, cfg, run_dir, con)
 
 
 def _stopped_after_grpo(stop: StopRequest, summary: dict[str, Any], cfg: Config, run_dir: Path, con: Any) -> bool:
