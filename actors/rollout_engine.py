@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -258,6 +258,18 @@ def _finish(ids: list[int], lps: list[float], eos: set[int], max_new: int) -> tu
     return ids, lps, "length" if len(ids) >= max_new else "stop"
 
 
+def cut_at_stop(ids: list[int], lps: list[float], reason: str, decode: Callable[[list[int]], str],
+                stops: Sequence[str]) -> tuple[list[int], list[float], str]:
+    """The completion up to and including the first token whose prefix text contains a stop string (``rollout.stop``;
+    what vLLM's ``stop`` keeps with ``include_stop_str_in_output``), reason "stop"; unchanged when none occurs."""
+    if not stops or not any(s in decode(ids) for s in stops):
+        return ids, lps, reason
+    for i in range(1, len(ids) + 1):
+        if any(s in decode(ids[:i]) for s in stops):
+            return ids[:i], lps[:i], "stop"
+    return ids, lps, reason
+
+
 def _eos_ids(model_path: str, tokenizer: Any) -> set[int]:
     from transformers import GenerationConfig
 
@@ -333,7 +345,8 @@ class VLLMEngine(RolloutEngine):
         return SamplingParams(n=n, max_tokens=c.max_new_tokens, temperature=0.0 if greedy else c.temperature,
                               top_p=1.0 if greedy else c.top_p, logprobs=0, ignore_eos=ignore_eos,
                               seed=None if greedy else seed, bad_words=list(self._bad_words) or None,
-                              allowed_token_ids=self._allowed)
+                              allowed_token_ids=self._allowed, stop=list(c.stop) or None,
+                              include_stop_str_in_output=True)
 
     def _generate(self, prompts, n, seeds, *, greedy, ignore_eos):
         reps = n if greedy else 1  # vLLM allows greedy only with n=1: send such a prompt n times
@@ -478,6 +491,8 @@ class HFEngine(RolloutEngine):
             comps = Sampled([], n_prompt=int(n_prompt[i * n]))
             for j in range(i * n, (i + 1) * n):
                 ids, lp, reason = _finish(seqs[j].tolist(), lps[j].tolist(), self.eos, c.max_new_tokens)
+                ids, lp, reason = cut_at_stop(ids, lp, reason, lambda t: self.tokenizer.decode(
+                    t, skip_special_tokens=True), c.stop)
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 comps.completions.append(Completion(ids, lp, reason, text))
             groups.append(comps)

@@ -3,8 +3,12 @@
 The answer region of a completion (:func:`extract_answer`):
 
 1. ``<think>…</think>`` blocks are removed (an unclosed ``<think>`` swallows the rest: no answer).
-2. If the completion holds ``<answer>…</answer>``, the content of the LAST complete tag is the answer
-   (``source="tag"``). An opening tag without its closing tag gives the text after it (``source="open_tag"``).
+2. If the completion holds ``<answer>``, every opening tag starts an answer, which ends at the next closing tag,
+   the next opening tag (a closing tag written as an opening one) or the end of the text. The LAST answer ended by
+   ``</answer>`` is the answer (``source="tag"``); with none, the last non-empty answer ended by an opening tag,
+   else the text after the last opening tag (``source="open_tag"``; the text cut off by the token limit comes last).
+   So ``<answer>Clip 2.<answer>Clip 3.<answer>Cl`` is three answers ("Clip 3." counts), not one naming clips 2 and
+   3: repeating the answer tag cannot collect the union of several answers.
 3. Otherwise the *final statement*: the last paragraph (blocks split by blank lines); if it contains an answer
    cue ("the answer is", "answer:", "final answer", "therefore", "thus", "so,"), only the text after the last cue
    (``source="final_statement"``).
@@ -21,8 +25,8 @@ from dataclasses import dataclass
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S | re.I)
 _THINK_OPEN = re.compile(r"<think>.*$", re.S | re.I)
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
-_ANSWER_OPEN = re.compile(r"<answer>(.*)$", re.S | re.I)
+_ANSWER_OPEN = re.compile(r"<answer>", re.I)
+_ANSWER_CLOSE = re.compile(r"</answer>", re.I)
 _SPECIAL_TOKENS = re.compile(r"<\|[^|>]{1,40}\|>")
 _CUE = re.compile(
     r"(?:\b(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)|\bfinal answer\b|\btherefore\b|\bthus\b|\bhence\b|\bso,)\s*:?",
@@ -37,7 +41,7 @@ class Extracted:
 
     text: str  # the answer region, stripped
     source: str  # "tag" | "open_tag" | "final_statement" | "empty"
-    n_tags: int  # number of complete <answer>…</answer> pairs
+    n_tags: int  # number of answers closed by </answer> (complete <answer>…</answer> pairs)
     visible: str  # the completion without think blocks and special tokens (what a reader sees)
 
 
@@ -55,15 +59,29 @@ def clean(text: object) -> str:
     return _SPECIAL_TOKENS.sub(" ", text)
 
 
+def tag_answers(visible: str) -> list[tuple[str, str]] | None:
+    """The answers of the tag convention in ``visible``, in order: (text, what ended it: "close" for ``</answer>``,
+    "open" for the next opening tag, "end" for the end of the text); None when it has no opening tag."""
+    parts = _ANSWER_OPEN.split(visible)
+    if len(parts) == 1:
+        return None
+    out = []
+    for k, part in enumerate(parts[1:], start=2):
+        head = _ANSWER_CLOSE.split(part, maxsplit=1)
+        out.append((head[0].strip(), "close" if len(head) == 2 else "open" if k < len(parts) else "end"))
+    return out
+
+
 def extract_answer(completion: object) -> Extracted:
     """The answer region of ``completion`` (see the module docstring for the rules)."""
     visible = strip_think(clean(completion)).strip()
-    tags = _ANSWER_TAG.findall(visible)
-    if tags:
-        return Extracted(tags[-1].strip(), "tag", len(tags), visible)
-    m = _ANSWER_OPEN.search(visible)
-    if m:
-        return Extracted(m.group(1).strip(), "open_tag", 0, visible)
+    tagged = tag_answers(visible)
+    if tagged is not None:
+        closed = [a for a, end in tagged if end == "close"]
+        if closed:
+            return Extracted(closed[-1], "tag", len(closed), visible)
+        ended = [a for a, end in tagged if end == "open" and a]
+        return Extracted(ended[-1] if ended else tagged[-1][0], "open_tag", 0, visible)
     if not visible:
         return Extracted("", "empty", 0, visible)
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", visible) if p.strip()]

@@ -74,3 +74,25 @@ def test_family_limits_name_the_sample(tiny_ckpt_of, name):
     msg = str(err.value)
     assert f"many: {family.max_clips + 1} clips, more than the {name} family accepts ({family.max_clips})" in msg
     assert f"long: prompt of {n_long} tokens ({name}: " in msg and f"exceeds rollout.max_model_len {n_long + 7}" in msg
+
+
+def test_cut_at_stop_keeps_the_tokens_up_to_the_first_stop_string():
+    from actors.rollout_engine import cut_at_stop
+
+    pieces = {1: "<", 2: "answer", 3: ">", 4: "Clip 2.", 5: "</", 6: "answer", 7: ">", 8: "Clip"}
+
+    def decode(ids):
+        return "".join(pieces[i] for i in ids)
+
+    ids, lps = [1, 2, 3, 4, 5, 6, 7, 8], [-0.1 * i for i in range(1, 9)]
+    assert cut_at_stop(ids, lps, "length", decode, ["</answer>"]) == (ids[:7], lps[:7], "stop")
+    assert cut_at_stop(ids, lps, "length", decode, ["Clip", "</answer>"]) == (ids[:4], lps[:4], "stop")  # the first
+    assert cut_at_stop(ids, lps, "length", decode, []) == (ids, lps, "length")                   # no stop strings
+    assert cut_at_stop(ids[:6], lps[:6], "length", decode, ["</answer>"]) == (ids[:6], lps[:6], "length")  # not reached
+
+
+def test_rollout_stop_must_be_non_empty_strings():
+    from polyaudio_rl.core.config import load_config
+
+    with pytest.raises(ValueError, match="rollout.stop must be a list of non-empty strings"):
+        load_config("configs/tiny_cpu.yaml", ["rollout.stop=['']"])

@@ -36,8 +36,11 @@ TABLE = {
     "<answer>I hear nothing.</answer>": (0.0, 0.0, 1.0, 0.8),     # no clip named: parsimony is vacuous
     "Clip 2.": (1.0, 1.0, 1.0, 0.8),                              # right, without the tag
     # two answers, the first one's closing tag written as an opening one (what GRPO drifted to on the tiny model):
-    # the answer region "Clip 1.<answer>Clip 2." names {1, 2}; a stray opening tag fails the tag check
-    "<answer>Clip 1.<answer>Clip 2.</answer>": (0.0, 1.0, 0.5, 0.8),
+    # an opening tag ends the answer before it and the last answer counts, so repeating the tag with other clips
+    # collects no union of the answers; parsimony reads the whole completion; a stray opening tag fails the tag check
+    "<answer>Clip 1.<answer>Clip 2.</answer>": (1.0, 1.0, 0.5, 0.8),
+    "<answer>Clip 2.<answer>Clip 1.</answer>": (0.0, 0.0, 0.5, 0.8),  # the union {1, 2} would earn lenient credit
+    "<answer>Clip 2.<answer>Clip 1.<answer>": (0.0, 0.0, 0.5, 0.8),   # none closed: the last non-empty answer
     "<answer>Clip 2.<answer>Clip 2.</answer>": (1.0, 1.0, 1.0, 0.8),  # the same answer twice: right, malformed
     "<answer>Clip 2.<answer>": (1.0, 1.0, 1.0, 0.8),                  # no closing tag: the text after the opening one
 }

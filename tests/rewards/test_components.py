@@ -56,8 +56,8 @@ def test_parsimony_scope_answer():
     ("Audio 2", True, 0.8, ["answer_tag"]),  # tag asked for, missing: 4/5
     ("<answer>2</answer> and more text", True, 0.8, ["answer_tag"]),
     ("<answer>2</answer><answer>3</answer>", True, 0.8, ["answer_tag"]),
-    # a stray opening tag: two answers in one pair (the tag and the one-clip shape fail: 3/5)
-    ("<answer>Audio 2<answer>Audio 3</answer>", True, 0.6, ["answer_tag", "one_answer"]),
+    # a stray opening tag: two answers, the last one ("Audio 3") is the answer region; the tag check fails: 4/5
+    ("<answer>Audio 2<answer>Audio 3</answer>", True, 0.8, ["answer_tag"]),
     ("<answer>Audio 2<answer>", True, 0.8, ["answer_tag"]),  # the closing tag written as an opening one: no pair
     ("Audio 2 " + "the dog barks " * 10, False, 0.5, ["length", "no_repetition"]),  # 32 words > 20; loops
 ])

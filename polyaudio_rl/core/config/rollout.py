@@ -20,6 +20,10 @@ class RolloutConfig:
     )
     tensor_parallel_size: int = cfg_field(1, "vLLM tensor-parallel size.")
     max_new_tokens: int = cfg_field(32, "Most tokens generated per completion.")
+    stop: list[str] = cfg_field(
+        [], "Stop strings: a completion ends right after the first one it writes (kept in the text), as at EOS. "
+        "With data.answer_tag, ['</answer>'] ends the answer at its closing tag, so nothing after it is sampled, "
+        "trained on or scored (held-out answers are sampled by the same engine).")
     temperature: float = cfg_field(1.0, "Sampling temperature for rollouts (1.0 in DeepSeekMath's GRPO).")
     top_p: float = cfg_field(1.0, "Nucleus sampling p.")
     logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = cfg_field(
@@ -89,5 +93,7 @@ class RolloutConfig:
             raise ValueError(f"rollout.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.sync_check_tolerance < 0:
             raise ValueError(f"rollout.sync_check_tolerance must be >= 0, got {self.sync_check_tolerance}")
+        if any(not isinstance(x, str) or not x for x in self.stop):
+            raise ValueError(f"rollout.stop must be a list of non-empty strings, got {self.stop!r}")
         if self.probe_tokens < 1:
             raise ValueError(f"rollout.probe_tokens must be >= 1, got {self.probe_tokens}")
