@@ -346,7 +346,7 @@ class VLLMEngine(RolloutEngine):
                               top_p=1.0 if greedy else c.top_p, logprobs=0, ignore_eos=ignore_eos,
                               seed=None if greedy else seed, bad_words=list(self._bad_words) or None,
                               allowed_token_ids=self._allowed, stop=list(c.stop) or None,
-                              include_stop_str_in_output=True)
+                              include_stop_str_in_output=bool(c.stop))
 
     def _generate(self, prompts, n, seeds, *, greedy, ignore_eos):
         reps = n if greedy else 1  # vLLM allows greedy only with n=1: send such a prompt n times
