@@ -207,18 +207,18 @@ def _inputs(prompt, processor):
 
 def test_stop_string_ends_the_completion_in_both_engines(vllm_engine, prompts, tiny_ckpt, cfg):
     """rollout.stop: vLLM stops natively and the HF engine cuts after generating; both keep the tokens up to the one
-    that completes the stop string (a string of the free greedy completion's first two tokens here)."""
-    free = [g.completions[0] for g in vllm_engine.generate(prompts, n=1, greedy=True)]
-    i, c = max(enumerate(free), key=lambda ic: len(ic[1].token_ids))
-    assert len(c.token_ids) >= 3, [f.token_ids for f in free]
-    stop = vllm_engine.tokenizer.decode(c.token_ids[:2], skip_special_tokens=True)
-    assert stop and stop not in vllm_engine.tokenizer.decode(c.token_ids[:1], skip_special_tokens=True)
-    cfg.rollout.stop = [stop]
-    try:
-        hf = HFEngine(tiny_ckpt, cfg.rollout, EngineSpec.from_config(cfg))
-        for eng in (vllm_engine, hf):
+    that completes the stop string (the text of each engine's own free greedy completion's first two tokens)."""
+    hf = HFEngine(tiny_ckpt, cfg.rollout, EngineSpec.from_config(cfg))
+    for eng in (vllm_engine, hf):  # (earlier tests may have synced other weights into the shared vLLM engine)
+        free = [g.completions[0] for g in eng.generate(prompts, n=1, greedy=True)]
+        i, c = max(enumerate(free), key=lambda ic: len(ic[1].token_ids))
+        assert len(c.token_ids) >= 3, (eng.name, [f.token_ids for f in free])
+        stop = eng.tokenizer.decode(c.token_ids[:2], skip_special_tokens=True)
+        assert stop and stop not in eng.tokenizer.decode(c.token_ids[:1], skip_special_tokens=True)
+        cfg.rollout.stop = [stop]
+        try:
             got = eng.generate([prompts[i]], n=1, greedy=True)[0].completions[0]
-            assert got.token_ids == c.token_ids[:2] and got.finish_reason == "stop", eng.name
-            assert got.text.endswith(stop) and np.allclose(got.logprobs, c.logprobs[:2], atol=TOL), eng.name
-    finally:
-        cfg.rollout.stop = []
+        finally:
+            cfg.rollout.stop = []
+        assert got.token_ids == c.token_ids[:2] and got.finish_reason == "stop", eng.name
+        assert got.text.endswith(stop) and np.allclose(got.logprobs, c.logprobs[:2], atol=TOL), eng.name
