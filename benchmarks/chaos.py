@@ -57,8 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.chaoslib.moments import (DECODE_TITLE, KIND_WEIGHTS, PHASE_WEIGHTS, STREAM_PHASE,  # noqa: E402
-                                         STREAM_SPAN_S, Action, Profile, anchor_row, draw_plan, grpo_start, landed,
-                                         plans, timeline_spans)
+                                         STREAM_SPAN_S, Action, Profile, anchor_row, draw_plan, grpo_start, in_sync,
+                                         landed, plans, timeline_spans)
 from benchmarks.chaoslib.report import (earlier_trials, git_commit, markdown, plot, progress_line,  # noqa: E402
                                         report_only, summary_line, table, trial_record, write_report)
 from benchmarks.chaoslib.verdict import TOL, adapter, judge, max_abs_diff  # noqa: E402
@@ -105,8 +105,9 @@ def moment(watcher: Watcher, act: Action, after: float, profile: Profile, rec: d
            ) -> tuple[Action, float] | None:
     """The action as carried out and when. A kill aimed at the prompt stream: its decode actor's first sighting after
     ``after`` plus ``frac`` of STREAM_SPAN_S. Any other: its anchor row (moved to the step in flight when the run went
-    past it before ``after``) plus the reference's delay of the phase aimed at, scaled by the trial's pace. None: the
-    driver exited first."""
+    past it before ``after``); then, aimed at a sync, the first learner worker or rollout actor seen in a sync method
+    (when one is seen before the step's own row), otherwise the reference's delay of the phase aimed at, scaled by
+    the trial's pace. None: the driver exited first."""
     if act.phase == STREAM_PHASE:
         seen = watcher.wait_kind("decode", after)
         if seen is None:
@@ -118,6 +119,11 @@ def moment(watcher: Watcher, act: Action, after: float, profile: Profile, rec: d
     moved, anchor = got
     if moved.step != act.step:  # its anchor row came before the last action and was not logged again
         rec["aim"] = f"{act.phase} of step {moved.step} (drawn: step {act.step}, passed)"
+    if moved.phase == "sync":  # by the workers' process titles (SYNC_WORKERS); else timed like the other phases
+        seen = watcher.wait_sync(anchor, moved.step)
+        rec["sync_seen"] = seen is not None
+        if seen is not None:
+            return moved, seen
     tmp = None
     if moved.phase == "checkpoint":  # the save follows the row: anchor on its temporary directory when seen
         tmp = watcher.wait_event("ckpt_tmp", moved.step, anchor - 0.05,
@@ -358,7 +364,7 @@ def run(a: argparse.Namespace) -> int:
 
 __all__ = ["Action", "DECODE_TITLE", "KIND_TITLES", "KIND_WEIGHTS", "PHASE_WEIGHTS", "Profile", "STREAM_PHASE",
            "STREAM_SPAN_S", "Segment", "Setup", "TOL", "Watcher", "adapter", "anchor_row", "draw_plan",
-           "earlier_trials", "git_commit", "grpo_start", "judge", "kill_worker", "kind_of", "landed", "main",
+           "earlier_trials", "git_commit", "grpo_start", "in_sync", "judge", "kill_worker", "kind_of", "landed", "main",
            "make_setup", "markdown", "max_abs_diff", "plans", "plot", "progress_line", "ray_workers", "reap",
            "report_only", "run", "run_reference", "run_trial", "summary_line", "table", "timeline_spans",
            "trial_record", "write_report"]

@@ -24,6 +24,20 @@ PHASE_WEIGHTS = {"checkpoint": 0.3, "sync": 0.3, "train": 0.1, "generate": 0.1, 
 STREAM_PHASE, STREAM_SPAN_S, DECODE_TITLE = "stream", 2.0, "ray::MapWorker"
 
 
+# A weight sync lasts ~0.1 s at the end of a 1-2 s step here: a moment timed from the reference's offset lands beside
+# it more often than in it. The harness therefore watches the learner's and the rollout actors' process titles (Ray
+# names a worker after the method it runs: ``ray::LearnerWorker.sync_half``, ``ray::RolloutActor.sync``,
+# ``ray::RolloutActor.receive_and_sync``) from the anchor row on, and fires when one shows a sync (the victim is still
+# of the kind drawn); when none shows before the step's own row, at the reference's offset as for the other phases.
+SYNC_WORKERS = ("ray::LearnerWorker.", "ray::RolloutActor.")
+
+
+def in_sync(title: str) -> bool:
+    """Whether a Ray worker's process title says it runs a weight-sync method (:data:`SYNC_WORKERS`)."""
+    head = title.split(" ", 1)[0]
+    return head.startswith(SYNC_WORKERS) and "sync" in head.split(".", 1)[1]
+
+
 # timeline (lane prefix, span name) -> phase
 SPAN_PHASES = [("learner", "train", "train"), ("learner", "sync: weights + probe", "sync"), ("sync", "", "sync"),
                ("rollout/", "generate", "generate"), ("reward", "score", "score"), ("data", "", "data")]

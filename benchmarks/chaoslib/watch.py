@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .moments import DECODE_TITLE, Action, anchor_row
+from .moments import DECODE_TITLE, Action, anchor_row, in_sync
 from .victims import kind_of
 
 
@@ -144,3 +144,26 @@ class Watcher(threading.Thread):
                 if self.finished:
                     return None
                 self._cond.wait(0.05)
+
+    def wait_sync(self, after: float, row: int, poll_s: float = 0.02) -> float | None:
+        """When a learner worker or rollout actor of the driver was first seen running a weight-sync method
+        (:func:`~.moments.in_sync`), polling every ``poll_s`` from now; None when the metrics row ``row`` appeared
+        after ``after`` first (the step ended without a sync seen) or the driver exited."""
+        import psutil
+
+        while self.proc.poll() is None:
+            with self._cond:
+                if any(w == "row" and s == row and t > after for w, s, t in self.events):
+                    return None
+            try:
+                kids = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.Error:
+                return None
+            for p in kids:
+                try:
+                    if in_sync(" ".join(p.cmdline())):
+                        return time.time()
+                except psutil.Error:
+                    continue
+            time.sleep(poll_s)
+        return None

@@ -209,3 +209,54 @@ def test_a_kill_aimed_at_the_stream_waits_for_its_decode_actor_and_kills_it(tmp_
         import signal
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.mark.parametrize("title, expected", [
+    ("ray::LearnerWorker.sync_half", True), ("ray::RolloutActor.sync      ", True),
+    ("ray::RolloutActor.receive_and_sync", True), ("ray::LearnerWorker.submit_sync_half", True),
+    ("ray::LearnerWorker.grpo_step", False), ("ray::RolloutActor", False), ("ray::RolloutActor.generate", False),
+    ("ray::RewardActor.score_items", False), ("ray::MapWorker(MapBatches(DecodeStage)).submit", False),
+])
+def test_a_sync_is_read_from_the_learner_or_rollout_workers_process_title(title, expected):
+    assert _chaos().in_sync(title) is expected
+
+
+@pytest.mark.parametrize("sync_shows", [True, False])
+def test_a_kill_aimed_at_a_sync_fires_when_a_worker_shows_one(tmp_path, sync_shows):
+    """A stand-in driver: a reward actor (the victim drawn) and a learner worker that updates for 1 s, then syncs
+    (or, ``sync_shows`` False, logs the step's row without a sync seen: the kill falls back to the reference's timing,
+    here 0 s from its row, and still fires)."""
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    chaos = _chaos()
+    learner = ('(exec -a "ray::LearnerWorker.grpo_step" sleep 1); (exec -a "ray::LearnerWorker.sync_half" sleep 30)'
+               if sync_shows else '(exec -a "ray::LearnerWorker.grpo_step" sleep 30)')
+    proc = subprocess.Popen(["bash", "-c", f'(exec -a "ray::RewardActor" sleep 30) & {learner} & wait'],
+                            start_new_session=True)
+    metrics = tmp_path / "metrics.jsonl"
+    row = lambda s: json.dumps({"phase": "grpo", "step": s}) + "\n"  # noqa: E731
+    try:
+        watcher = chaos.Watcher(tmp_path, proc)
+        watcher.start()
+        metrics.write_text(row(1))
+        prof = chaos.Profile.of([("row", 0, 0.0), ("row", 1, 1.0), ("row", 2, 2.0)], [])  # no spans: 0 s into step 2
+        done: list[dict] = []
+        act = chaos.Action("kill", "sync", 2, 0.0, "reward")
+        actor = threading.Thread(target=chaos.execute, args=(watcher, proc, [act], prof, done), daemon=True)
+        t0 = time.time()
+        actor.start()
+        if not sync_shows:
+            time.sleep(1.5)
+            with open(metrics, "a") as fh:
+                fh.write(row(2))
+        actor.join(20)
+        assert done and done[0]["fired"] and done[0]["kind"] == "reward", done
+        assert done[0]["sync_seen"] is sync_shows
+        assert done[0]["t"] - t0 >= 0.9  # after the update (1 s), or after row 2 (1.5 s)
+    finally:
+        import os
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
