@@ -135,6 +135,75 @@ def test_the_tiny_model_hears_its_clips(fam):
     assert ((heard - quiet).norm(dim=-1) / heard.norm(dim=-1)).mean() > 0.2
 
 
+SR = 16000
+
+
+def _tone(hz: float, seconds: float = 1.0, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (amp * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def _beep(rng) -> np.ndarray:
+    wav = np.zeros(SR, np.float32)
+    at = int(rng.uniform(0.05, 0.65) * SR)
+    wav[at: at + int(0.3 * SR)] = _tone(1000.0, 0.3, 0.4)
+    return wav
+
+
+# the starter curriculum's audio cues (datagen/tasks/starter.py): one clip of each kind, 1 s, per draw
+CUES = {
+    "noise_vs_tone": lambda r: ((0.2 * r.standard_normal(SR)).astype(np.float32), _tone(r.uniform(200, 1000))),
+    "high_vs_low_tone": lambda r: (_tone(r.uniform(2000, 4000)), _tone(r.uniform(200, 500))),
+    "beep_vs_silence": lambda r: (_beep(r), np.zeros(SR, np.float32)),
+}
+
+
+def cue_fisher(path: str) -> dict[str, float]:
+    """How well a checkpoint's audio embeddings (the language model's input, position by position) tell the two kinds
+    of clip of each :data:`CUES` apart: |mean_a - mean_b|² / (var_a + var_b), summed over dimensions, over the audio
+    positions of 8 three-clip prompts (1 s clips, kinds a, b and a or b)."""
+    from polyaudio_rl.core.model import load_model, load_processor
+    from polyaudio_rl.core.models import parts_of
+    from polyaudio_rl.core.prompts import MultiAudioPrompt
+
+    family, proc, model = family_of(path), load_processor(path), load_model(path)
+    audio_id = proc.tokenizer.convert_tokens_to_ids(family.audio_placeholder)
+    p = build_prompt(make_sample("cue", (1.0, 1.0, 1.0)), proc, system_prompt=None)
+    seen = []
+    hook = parts_of(model).language_model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw["inputs_embeds"][0]), with_kwargs=True)
+    out = {}
+    for name, draw in CUES.items():
+        kinds = {True: [], False: []}
+        for i in range(8):
+            rng = np.random.default_rng(i)
+            a, b = draw(rng)
+            a2, b2 = draw(rng)
+            batch = processor_inputs([MultiAudioPrompt(p.sample_id, p.text, [a, b, a2 if i % 2 else b2], p.sample)], proc)
+            with torch.no_grad():
+                model(**batch)
+            pos = (batch["input_ids"][0] == audio_id).nonzero().flatten()
+            for k, span in enumerate(pos.tensor_split(3)):  # three equal spans, in clip order
+                kinds[k == 0 or (k == 2 and i % 2 == 1)].append(seen[-1][span])
+        x, y = torch.cat(kinds[True]), torch.cat(kinds[False])
+        out[name] = float((x.mean(0) - y.mean(0)).pow(2).sum() / (x.var(0).sum() + y.var(0).sum()))
+    hook.remove()
+    return out
+
+
+def test_the_tiny_qwen2_5_omni_hears_the_demo_cues_token_by_token(tiny_ckpt_of):
+    """The demo's odd_one_out and entailment need each audio position to say noise or tone, high or low. The tiny
+    Qwen2.5-Omni's encoder adds fixed sinusoid positions after its convolutions; drawn at std 0.08 the convolutions'
+    content was outweighed by positions that differ from one token to the next (noise vs tone 1.1, high vs low 0.4,
+    against the tiny Qwen2-Audio's 4.2 and 0.8), and the demo learned odd_one_out on some seeds only. At 0.12:
+    2.6 / 1.2, and counting's beep-or-silence cue no weaker than at 0.08 (0.49; at 0.2 it fell to 0.33). Voxtral
+    is not held to this (docs/models.md)."""
+    omni, qwen = (cue_fisher(tiny_ckpt_of(f)) for f in ("qwen2_5_omni", "qwen2_audio"))
+    assert omni["noise_vs_tone"] > 0.5 * qwen["noise_vs_tone"], (omni, qwen)
+    assert omni["high_vs_low_tone"] > 0.8 * qwen["high_vs_low_tone"], (omni, qwen)
+    assert omni["beep_vs_silence"] > 0.4 * qwen["beep_vs_silence"], (omni, qwen)
+
+
 def test_list_families_and_the_cli(tmp_path, capsys):
     from polyaudio_rl.core.tiny import main
 
