@@ -188,7 +188,9 @@ def scale_audio_convs(tower: torch.nn.Module, std: float = AUDIO_CONV_STD) -> No
     input and the random model is all but deaf (the demo's held-out accuracy with silent clips equals the one with
     audio). At 0.08 the convolutions' RMS is ~0.4-0.7, the order of the positions' — the balance the tiny Qwen2-Audio
     has (its learned positions and its convolutions are both at RMS ~0.02), and a trained Whisper encoder's O(1)
-    features. Call under ``torch.no_grad()`` after the seeded model is built."""
+    features. A family may pass its own ``std``: the RMS balance does not make each audio position as informative
+    as the tiny Qwen2-Audio's (:data:`.qwen2_5_omni.TINY_AUDIO_CONV_STD`). Call under ``torch.no_grad()`` after the
+    seeded model is built."""
     for conv in (tower.conv1, tower.conv2):
         conv.weight.normal_(0.0, std)
 
