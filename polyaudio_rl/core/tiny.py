@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from .models import DEFAULT_FAMILY, family_names, get_family
@@ -34,6 +35,21 @@ def ensure_tiny(path: str | Path, seed: int = 0, family: str = DEFAULT_FAMILY) -
     return write_tiny(path, seed, family)
 
 
+def library_log(out: str | Path) -> Path:
+    """Send transformers' messages to ``<out>.log`` beside the checkpoint (made only when one is logged), not to the
+    console: building a Qwen2.5-Omni config makes transformers check the token ids of its own default talker config,
+    which lie outside that config's vocabulary — seven warnings about a part the tiny checkpoint does not have."""
+    from transformers.utils import logging as hf_logging
+
+    out = Path(out)
+    log = out.with_name(out.name + ".log")
+    hf_logging.disable_default_handler()  # transformers' own stderr handler (it adds it lazily, on first use)
+    handler = logging.FileHandler(log, delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    hf_logging.get_logger().addHandler(handler)
+    return log
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", default=DEFAULT_FAMILY, help=f"model family (default {DEFAULT_FAMILY}); "
@@ -53,9 +69,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.family not in family_names():
         ap.error(f"unknown family {args.family!r}; supported: {', '.join(family_names())}")
     chosen = {k: getattr(args, k) for k in sizes if getattr(args, k) is not None}
+    log = library_log(args.out)
     path = write_tiny(args.out, args.seed, args.family, **chosen)
     cfg = json.loads((path / "config.json").read_text())
-    print(f"wrote tiny {args.family} to {path} (architectures {cfg.get('architectures')})")
+    print(f"wrote tiny {args.family} to {path} (architectures {cfg.get('architectures')})"
+          + (f"; library messages in {log}" if log.is_file() else ""))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 import gc
 import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +118,18 @@ def test_a_missing_model_path_gets_the_tiny_checkpoint_of_model_tiny_family(tmp_
     assert family_of(path).name == "qwen2_5_omni"
     with pytest.raises(FamilyError, match="unknown model family 'nope'; supported: qwen2_audio"):
         resolve_path(ModelConfig(path=str(tmp_path / "other"), tiny_family="nope"))
+
+
+def test_the_cli_sends_transformers_messages_to_a_log_beside_the_checkpoint(tmp_path):
+    """In a fresh process (transformers' logging state is per process): writing the tiny Qwen2.5-Omni makes
+    transformers warn about its own default talker config's token ids; they go to ``<out>.log``, not the console."""
+    root = Path(__file__).resolve().parents[3]
+    out = tmp_path / "omni"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-m", "polyaudio_rl.tiny", "--family", "qwen2_5_omni", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert "tts_text_start_token_id" not in done.stdout + done.stderr
+    assert "tts_text_start_token_id" in (tmp_path / "omni.log").read_text()
+    assert f"library messages in {tmp_path / 'omni.log'}" in done.stdout
+    assert not (out / "omni.log").exists() and (out / "config.json").is_file()
