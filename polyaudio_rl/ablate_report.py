@@ -5,6 +5,8 @@ Per run (held-out bench split, greedy answers, after GRPO; definitions in :mod:`
 listen" controls (:mod:`eval.listen`), and the mean of each reward component over the GRPO steps. The paper's
 Table 6 rows: LoRA SFT (the shared SFT checkpoint's held-out accuracy, before GRPO), SFT + GRPO (``paper_mix``),
 GRPO only (``grpo_only``). ``checks`` reads issue 26's expected directions off the table (met or not, with numbers).
+With ``--repeats K`` (several runs of a configuration, other sampling seeds) Table 6, the checks and the plot read the
+per-configuration means (``configs`` in ``ablations.json``, with each figure's standard deviation and run count).
 """
 from __future__ import annotations
 
@@ -35,6 +37,31 @@ def run_row(r: dict[str, Any]) -> dict[str, Any]:
     if r.get("error"):
         row["error"] = r["error"]
     return row
+
+
+MEANED = (*METRICS, "accuracy_before", "silence_accuracy", "shuffle_accuracy")
+
+
+def config_rows(results: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per configuration, the mean of its finished runs' figures (``<key>_std``: their standard deviation, ``n``: how
+    many); a configuration run once is its run's row, unchanged; one with no finished run keeps its first record."""
+    groups: dict[str, list[str]] = {}
+    for r in results:
+        groups.setdefault(r.get("config_name", r["name"]), []).append(r["name"])
+    out: dict[str, dict[str, Any]] = {}
+    for cfg, names in groups.items():
+        ok = [runs[n] for n in names if runs[n].get("status") == "ok"]
+        if len(names) == 1 or not ok:
+            out[cfg] = runs[names[0]]
+            continue
+        row = {**ok[0], "n": len(ok), "runs": names, "reward_means": None}
+        for k in MEANED:
+            vals = [r[k] for r in ok if r.get(k) is not None]
+            row[k] = sum(vals) / len(vals) if vals else None
+            row[f"{k}_std"] = (math.sqrt(sum((v - row[k]) ** 2 for v in vals) / (len(vals) - 1))
+                               if len(vals) > 1 else None)
+        out[cfg] = row
+    return out
 
 
 def table6(runs: dict[str, dict[str, Any]]) -> dict[str, float | None]:
@@ -83,7 +110,8 @@ def _weights(w: dict[str, float] | None) -> str:
     return "/".join(f"{w.get(k, 0):g}" for k in REWARD_COMPONENTS) if w else "–"
 
 
-def markdown(results: list[dict[str, Any]], runs: dict[str, dict[str, Any]], overrides: list[str]) -> str:
+def markdown(results: list[dict[str, Any]], runs: dict[str, dict[str, Any]], overrides: list[str],
+             configs: dict[str, dict[str, Any]] | None = None) -> str:
     lines = ["# Reward ablations", "",
              f"Overrides on every run: `{' '.join(overrides) or '(none)'}`. Held-out = the bench split, greedy answers "
              "after GRPO, exact rule (eval.heldout_metrics); rewards = mean over GRPO steps of each step's mean.", "",
@@ -98,12 +126,14 @@ def markdown(results: list[dict[str, Any]], runs: dict[str, dict[str, Any]], ove
                      f"{_fmt(x['accuracy_before'])} → {_fmt(x['accuracy'])} | {_fmt(x['irrelevant_clip_rate'])} | "
                      f"{_fmt(x['paraphrase_agreement'])} | {_fmt(x['format_rate'])} | {_fmt(x['mean_length'])} | "
                      f"{_fmt(x['silence_accuracy'])} ({_fmt(x['chance'])}) | {_fmt(x['shuffle_accuracy'])} |")
-    t6 = table6(runs)
+    configs = configs if configs is not None else runs
+    lines += _means_table(configs)
+    t6 = table6(configs)
     lines += ["", "## Table 6 shape (held-out accuracy)", "", "| method | accuracy |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in t6.items()]
     lines += ["", "## Expected directions (issue 26)", "", "| check | expected | difference | met |", "|---|---|---|---|"]
     lines += [f"| {c['check']} | {c['expected']} | {_fmt(c['value'])} | "
-              f"{'–' if c['met'] is None else 'yes' if c['met'] else 'NO'} |" for c in checks(runs)]
+              f"{'–' if c['met'] is None else 'yes' if c['met'] else 'NO'} |" for c in checks(configs)]
     comps = [*REWARD_COMPONENTS, "total"]
     lines += ["", "## Mean reward per component (GRPO steps)", "",
               "| run | " + " | ".join(comps) + " |", "|" + "---|" * (1 + len(comps))]
@@ -111,6 +141,20 @@ def markdown(results: list[dict[str, Any]], runs: dict[str, dict[str, Any]], ove
         m = r.get("reward_means") or {}
         lines.append(f"| {r['name']} | " + " | ".join(_fmt(m.get(c)) for c in comps) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _means_table(configs: dict[str, dict[str, Any]]) -> list[str]:
+    """The per-configuration means (mean ± standard deviation over its runs), when a configuration ran repeatedly."""
+    if not any(r.get("n") for r in configs.values()):
+        return []
+    pm = lambda r, k: _fmt(r.get(k)) + (f" ± {r[k + '_std']:.3f}" if r.get(k + "_std") is not None else "")  # noqa: E731
+    lines = ["", "## Means over repeated runs (other sampling seeds, same SFT checkpoint)", "",
+             "| configuration | runs | accuracy | irrelevant_clip_rate | paraphrase_agreement | format_rate |",
+             "|" + "---|" * 6]
+    for name, r in configs.items():
+        lines.append(f"| {name} | {r.get('n') or 1} | {pm(r, 'accuracy')} | {pm(r, 'irrelevant_clip_rate')} | "
+                     f"{pm(r, 'paraphrase_agreement')} | {pm(r, 'format_rate')} |")
+    return lines + ["", "Table 6 and the checks below read these means."]
 
 
 def plot(runs: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -152,11 +196,13 @@ def write_report(out: Path, paths: list[str], results: list[dict[str, Any]], ove
     order = {Path(p).stem: i for i, p in enumerate(paths)}
     results.sort(key=lambda r: order.get(r["name"], 0))
     runs = {r["name"]: run_row(r) for r in results}
-    doc = {"overrides": overrides, "runs": runs, "table6": table6(runs), "checks": checks(runs), "ablations": results}
+    configs = config_rows(results, runs)
+    doc = {"overrides": overrides, "runs": runs, "configs": configs, "table6": table6(configs),
+           "checks": checks(configs), "ablations": results}
     (out / "ablations.json").write_text(json.dumps(doc, indent=1, default=str))
-    md = markdown(results, runs, overrides)
+    md = markdown(results, runs, overrides, configs)
     (out / "ablations.md").write_text(md)
-    plot(runs, out / "ablations.png")
+    plot(configs, out / "ablations.png")
     done = {r["name"]: r["run_dir"] for r in results
             if r.get("status") == "ok" and r.get("run_dir") and Path(r["run_dir"]).is_dir()}
     if done:  # one listening page: each run's held-out answers side by side, links to each run's own page

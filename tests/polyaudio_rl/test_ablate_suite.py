@@ -78,6 +78,62 @@ def test_report_table6_and_checks_on_hand_written_records(tmp_path):
     assert checks(table_runs(worse))[0]["met"] is False
 
 
+def _repeat(rec, k):
+    return {**rec, "name": ablate.repeat_name(rec["name"], k), "config_name": rec["name"], "repeat": k}
+
+
+def test_repeated_runs_are_read_as_means_with_their_spread(tmp_path):
+    """Two runs per configuration (other sampling seeds): Table 6 and the checks read the means. By the first runs
+    alone paper_mix would pass (0.72 − 0.7 ≥ −0.02); by the means it misses (0.56 − 0.7)."""
+    pairs = {"correctness_only": [(0.6, 0.5, 0.6), (0.4, 0.3, 0.8)],      # (accuracy, irrelevant, agreement)
+             "plus_parsimony": [(0.7, 0.4, 0.7), (0.5, 0.0, 0.5)],
+             "plus_consistency": [(0.6, 0.5, 0.75), (0.8, 0.5, 0.95)],
+             "paper_mix": [(0.72, 0.2, 0.8), (0.4, 0.2, 0.8)],
+             "grpo_only": [(0.1, 0.0, 0.0), (0.3, 0.0, 0.0)]}
+    results = [_repeat(_rec(n, 0.5, acc, irr=irr, agree=ag), k) for n, runs in pairs.items()
+               for k, (acc, irr, ag) in enumerate(runs)]
+    results[3] = {**results[3], "status": "failed", "error": "RuntimeError: boom"}  # plus_parsimony@1 failed
+    write_report(tmp_path, [f"{n}.yaml" for n in pairs], results, ["seed=0"])
+    doc = json.loads((tmp_path / "ablations.json").read_text())
+    assert sorted(doc["runs"]) == sorted([n for n in pairs] + [f"{n}@1" for n in pairs])
+    c = doc["configs"]
+    assert c["correctness_only"]["n"] == 2 and c["correctness_only"]["accuracy"] == pytest.approx(0.5)
+    assert c["correctness_only"]["accuracy_std"] == pytest.approx(0.141421, abs=1e-6)   # sqrt(0.02)
+    assert c["plus_parsimony"]["n"] == 1 and c["plus_parsimony"]["irrelevant_clip_rate"] == pytest.approx(0.4)
+    assert c["plus_parsimony"]["accuracy_std"] is None                                   # one finished run
+    assert doc["table6"] == {"LoRA SFT": 0.5, "SFT + GRPO": pytest.approx(0.56), "GRPO only": pytest.approx(0.2)}
+    got = {x["check"]: (x["value"], x["met"]) for x in doc["checks"]}
+    assert got["parsimony"] == (pytest.approx(0.0), False)       # 0.4 - 0.4 (the failed repeat is not averaged)
+    assert got["consistency"] == (pytest.approx(0.15), True)     # 0.85 - 0.7
+    assert got["paper_mix"] == (pytest.approx(-0.14), False)     # 0.56 - 0.7 (plus_consistency's mean)
+    md = (tmp_path / "ablations.md").read_text()
+    assert "| correctness_only | 2 | 0.500 ± 0.141 |" in md and "| plus_parsimony@1 | failed: RuntimeError: boom |" in md
+
+
+def test_repeats_run_each_configuration_with_other_sampling_seeds(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablate, "run_one", lambda name, config, run_dir, overrides, flags: calls.append(
+        (name, run_dir.name, [o for o in overrides if o.startswith("rollout.seed")], flags)) or {"status": "ok"})
+    monkeypatch.setattr(ablate, "shared_sft", lambda run_dir: f"{run_dir.name}/sft/ckpt")
+    plan = [({"name": n, "config": f"{n}.yaml", "judge": False, "sft": n != "grpo_only"}, None)
+            for n in ("correctness_only", "grpo_only")]
+    results = []
+    a = argparse.Namespace(skip_sft=False, quiet=True, judge_url="", suite="starter", overrides=["seed=1"], repeats=3)
+    ablate.execute(plan, results, a, tmp_path, _NoCluster())
+    assert calls == [
+        ("correctness_only", "correctness_only", ["rollout.seed=0"], ["--quiet"]),   # trains the shared SFT
+        ("correctness_only@1", "correctness_only@1", ["rollout.seed=1"], ["--quiet", "--init-adapter",
+                                                                          "correctness_only/sft/ckpt"]),
+        ("correctness_only@2", "correctness_only@2", ["rollout.seed=2"], ["--quiet", "--init-adapter",
+                                                                          "correctness_only/sft/ckpt"]),
+        ("grpo_only", "grpo_only", ["rollout.seed=0"], ["--quiet"]),
+        ("grpo_only@1", "grpo_only@1", ["rollout.seed=1"], ["--quiet"]),
+        ("grpo_only@2", "grpo_only@2", ["rollout.seed=2"], ["--quiet"])]
+    assert [(r["config_name"], r["repeat"]) for r in results][:3] == [("correctness_only", k) for k in range(3)]
+    with pytest.raises(SystemExit):
+        ablate.parse_args(["--suite", "starter", "--repeats", "0"])
+
+
 def table_runs(results):
     from polyaudio_rl.ablate_report import run_row
 
