@@ -253,7 +253,7 @@ def execute(plan: list, results: list[dict[str, Any]], a: argparse.Namespace, ou
         except Exception as exc:  # noqa: BLE001 - no judge: the judge ablations fail, reported
             results.append({**rec, "status": "failed", "error": f"judge did not start: {exc}"[:300]})
             continue
-        for k in range(getattr(a, "repeats", 1)):
+        for k in range(a.repeats):
             sft_ckpt = _run_repeat(rec, k, base, extra, a, out, session, sft_ckpt, results)
 
 
@@ -267,7 +267,7 @@ def _run_repeat(rec: dict[str, Any], k: int, base: list[str], extra: list[str], 
     """Run repeat ``k`` of one configuration (``rollout.seed=k`` when repeating); returns the shared SFT checkpoint."""
     name = repeat_name(rec["name"], k)
     flags = run_flags(rec, base, bool(a.suite), sft_ckpt)
-    seeds = [f"rollout.seed={k}"] if getattr(a, "repeats", 1) > 1 else []
+    seeds = [f"rollout.seed={k}"] if a.repeats > 1 else []
     print(f"[ablate] {name}: {rec['config']}" + (f" (from SFT {sft_ckpt})" if "--init-adapter" in flags else ""),
           flush=True)
     res = run_one(name, rec["config"], out / name, [*a.overrides, *extra, *seeds], flags)

@@ -156,7 +156,7 @@ def test_runner_records_a_fast_failing_run_and_goes_on(tmp_path, monkeypatch):
     cfg = load_config("configs/starter_ablation.yaml", [])
     plan = [({"name": n, "config": str(bad), "judge": False, "sft": True}, cfg) for n in ("first", "second")]
     results, session = [], _NoCluster()
-    a = argparse.Namespace(skip_sft=False, quiet=True, judge_url="", suite="starter", overrides=[])
+    a = argparse.Namespace(skip_sft=False, quiet=True, judge_url="", suite="starter", overrides=[], repeats=1)
     ablate.execute(plan, results, a, tmp_path / "out", session)
     assert [r["name"] for r in results] == ["first", "second"] and session.restarts == 2
     for r in results:
