@@ -73,25 +73,41 @@ def table6(runs: dict[str, dict[str, Any]]) -> dict[str, float | None]:
             "GRPO only": (runs.get("grpo_only") or {}).get("accuracy")}
 
 
-def _check(name: str, a: float | None, b: float | None, margin: float, text: str) -> dict[str, Any]:
-    ok = None if a is None or b is None else a - b >= margin - 1e-9
-    return {"check": name, "expected": text, "value": None if ok is None else round(a - b, 6), "met": ok}
+def _se(r: dict[str, Any] | None, key: str) -> float | None:
+    """The standard error of a configuration's mean figure (its runs' standard deviation / sqrt(n)); None for one run."""
+    sd, n = (r or {}).get(f"{key}_std"), (r or {}).get("n")
+    return None if sd is None or not n else sd / math.sqrt(n)
+
+
+def _check(name: str, a: dict[str, Any] | None, b: dict[str, Any] | None, key: str, margin: float,
+           text: str) -> dict[str, Any]:
+    """``a[key] − b[key] ≥ margin``. With repeated runs on both sides also ``se``, the standard error of the
+    difference (sqrt(se_a² + se_b²)), and ``decided``: whether the difference lies at least two standard errors from
+    the margin, i.e. whether these runs can tell met from missed at all (None when either side ran once)."""
+    va, vb = (a or {}).get(key), (b or {}).get(key)
+    ok = None if va is None or vb is None else va - vb >= margin - 1e-9
+    out: dict[str, Any] = {"check": name, "expected": text, "value": None if ok is None else round(va - vb, 6),
+                           "met": ok, "se": None, "decided": None}
+    sa, sb = _se(a, key), _se(b, key)
+    if ok is not None and sa is not None and sb is not None:
+        out["se"] = round(math.sqrt(sa ** 2 + sb ** 2), 6)
+        out["decided"] = abs(va - vb - margin) >= 2 * out["se"]
+    return out
 
 
 def checks(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 26's expected directions, each with its difference and whether it holds (None: a run is missing)."""
-    g = lambda n, k: (runs.get(n) or {}).get(k)  # noqa: E731
-    singles = [v for v in (g(n, "accuracy") for n in ("correctness_only", "plus_parsimony", "plus_consistency"))
-               if v is not None]
+    singles = [runs[n] for n in ("correctness_only", "plus_parsimony", "plus_consistency")
+               if (runs.get(n) or {}).get("accuracy") is not None]
+    best = max(singles, key=lambda r: r["accuracy"]) if singles else None
     out = [
-        _check("parsimony", g("correctness_only", "irrelevant_clip_rate"), g("plus_parsimony", "irrelevant_clip_rate"),
-               0.2, "irrelevant_clip_rate: correctness_only − plus_parsimony ≥ 0.2"),
-        _check("consistency", g("plus_consistency", "paraphrase_agreement"),
-               g("correctness_only", "paraphrase_agreement"), 0.1,
+        _check("parsimony", runs.get("correctness_only"), runs.get("plus_parsimony"), "irrelevant_clip_rate", 0.2,
+               "irrelevant_clip_rate: correctness_only − plus_parsimony ≥ 0.2"),
+        _check("consistency", runs.get("plus_consistency"), runs.get("correctness_only"), "paraphrase_agreement", 0.1,
                "paraphrase_agreement: plus_consistency − correctness_only ≥ 0.1"),
-        _check("paper_mix", g("paper_mix", "accuracy"), max(singles) if singles else None, -0.02,
+        _check("paper_mix", runs.get("paper_mix"), best, "accuracy", -0.02,
                "accuracy: paper_mix − best single-term run ≥ −0.02"),
-        _check("table6", g("paper_mix", "accuracy"), g("grpo_only", "accuracy"), 1e-9,
+        _check("table6", runs.get("paper_mix"), runs.get("grpo_only"), "accuracy", 1e-9,
                "accuracy: SFT + GRPO (paper_mix) − GRPO only > 0"),
     ]
     for n, r in runs.items():
@@ -131,9 +147,10 @@ def markdown(results: list[dict[str, Any]], runs: dict[str, dict[str, Any]], ove
     t6 = table6(configs)
     lines += ["", "## Table 6 shape (held-out accuracy)", "", "| method | accuracy |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in t6.items()]
-    lines += ["", "## Expected directions (issue 26)", "", "| check | expected | difference | met |", "|---|---|---|---|"]
-    lines += [f"| {c['check']} | {c['expected']} | {_fmt(c['value'])} | "
-              f"{'–' if c['met'] is None else 'yes' if c['met'] else 'NO'} |" for c in checks(configs)]
+    lines += ["", "## Expected directions (issue 26)", "",
+              "| check | expected | difference ± standard error | met | decided (≥ 2 standard errors from the margin) |",
+              "|---|---|---|---|---|"]
+    lines += [_check_line(c) for c in checks(configs)]
     comps = [*REWARD_COMPONENTS, "total"]
     lines += ["", "## Mean reward per component (GRPO steps)", "",
               "| run | " + " | ".join(comps) + " |", "|" + "---|" * (1 + len(comps))]
@@ -141,6 +158,12 @@ def markdown(results: list[dict[str, Any]], runs: dict[str, dict[str, Any]], ove
         m = r.get("reward_means") or {}
         lines.append(f"| {r['name']} | " + " | ".join(_fmt(m.get(c)) for c in comps) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _check_line(c: dict[str, Any]) -> str:
+    yn = lambda v: "–" if v is None else "yes" if v else "NO"  # noqa: E731
+    diff = _fmt(c["value"]) + ("" if c.get("se") is None else f" ± {c['se']:.3f}")
+    return f"| {c['check']} | {c['expected']} | {diff} | {yn(c['met'])} | {yn(c.get('decided'))} |"
 
 
 def _means_table(configs: dict[str, dict[str, Any]]) -> list[str]:
@@ -158,7 +181,8 @@ def _means_table(configs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def plot(runs: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Left: the held-out metrics (bars per run, mean length scaled to its maximum); right: Table 6's three rows."""
+    """Left: the held-out metrics (bars per run, mean length scaled to its maximum; with repeated runs the means with
+    one standard error); right: Table 6's three rows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,8 +195,11 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> Path:
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / max(len(names), 1)
     for i, n in enumerate(names):
-        vals = [(runs[n][k] or 0) / (top_len if k == "mean_length" else 1) for k in keys]
-        a.bar_label(a.bar(np.arange(len(keys)) + i * width, vals, width, label=n), fmt="%.2f", fontsize=6)
+        scale = [top_len if k == "mean_length" else 1 for k in keys]
+        vals = [(runs[n][k] or 0) / s for k, s in zip(keys, scale)]
+        err = [(_se(runs[n], k) or 0) / s for k, s in zip(keys, scale)]  # one standard error of a mean of repeats
+        a.bar_label(a.bar(np.arange(len(keys)) + i * width, vals, width, label=n, yerr=err if any(err) else None,
+                          capsize=2), fmt="%.2f", fontsize=6)
     a.set_xticks(np.arange(len(keys)) + 0.4 - width / 2)
     a.set_xticklabels([*keys[:-1], "mean length (÷ max)"], fontsize=8)
     a.set_ylim(0, 1.1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from polyaudio_rl import ablate
-from polyaudio_rl.ablate_report import checks, table6, write_report
+from polyaudio_rl.ablate_report import checks, config_rows, run_row, table6, write_report
 from polyaudio_rl.core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,10 +84,10 @@ def _repeat(rec, k):
 
 def test_repeated_runs_are_read_as_means_with_their_spread(tmp_path):
     """Two runs per configuration (other sampling seeds): Table 6 and the checks read the means. By the first runs
-    alone paper_mix would pass (0.72 − 0.7 ≥ −0.02); by the means it misses (0.56 − 0.7)."""
+    alone paper_mix would pass (0.72 − 0.7 ≥ −0.02); by the means it misses (0.56 − 0.71)."""
     pairs = {"correctness_only": [(0.6, 0.5, 0.6), (0.4, 0.3, 0.8)],      # (accuracy, irrelevant, agreement)
              "plus_parsimony": [(0.7, 0.4, 0.7), (0.5, 0.0, 0.5)],
-             "plus_consistency": [(0.6, 0.5, 0.75), (0.8, 0.5, 0.95)],
+             "plus_consistency": [(0.6, 0.5, 0.75), (0.82, 0.5, 0.95)],
              "paper_mix": [(0.72, 0.2, 0.8), (0.4, 0.2, 0.8)],
              "grpo_only": [(0.1, 0.0, 0.0), (0.3, 0.0, 0.0)]}
     results = [_repeat(_rec(n, 0.5, acc, irr=irr, agree=ag), k) for n, runs in pairs.items()
@@ -105,8 +105,24 @@ def test_repeated_runs_are_read_as_means_with_their_spread(tmp_path):
     got = {x["check"]: (x["value"], x["met"]) for x in doc["checks"]}
     assert got["parsimony"] == (pytest.approx(0.0), False)       # 0.4 - 0.4 (the failed repeat is not averaged)
     assert got["consistency"] == (pytest.approx(0.15), True)     # 0.85 - 0.7
-    assert got["paper_mix"] == (pytest.approx(-0.14), False)     # 0.56 - 0.7 (plus_consistency's mean)
+    assert got["paper_mix"] == (pytest.approx(-0.15), False)     # 0.56 - 0.71 (plus_consistency's mean)
+    se = {x["check"]: (x["se"], x["decided"]) for x in doc["checks"] if x["check"] in ("parsimony", "consistency",
+                                                                                        "paper_mix", "table6")}
+    assert se["parsimony"] == (None, None)                        # plus_parsimony has one finished run
+    # consistency: both std sqrt(0.02), n 2: se = sqrt(0.01 + 0.01) = 0.1414; |0.15 - 0.1| < 2 se: undecided
+    assert se["consistency"] == (pytest.approx(0.141421, abs=1e-6), False)
+    # paper_mix: std 0.2263 (0.72, 0.4) and 0.1556 (0.6, 0.82): se = sqrt(0.0512 / 2 + 0.0242 / 2) = 0.194165
+    assert se["paper_mix"] == (pytest.approx(0.194165, abs=1e-6), False)
+    # table6: 0.56 - 0.2 = 0.36 from 0; grpo_only std sqrt(0.02): se = sqrt(0.0256 + 0.01) = 0.18868 -> 0.36 < 0.377
+    assert se["table6"] == (pytest.approx(0.188680, abs=1e-6), False)
+    sure = [_repeat(_rec(n, 0.5, acc, irr=irr), k) for n, runs in
+            {"correctness_only": [(0.5, 0.6), (0.5, 0.62)], "plus_parsimony": [(0.7, 0.1), (0.7, 0.12)]}.items()
+            for k, (acc, irr) in enumerate(runs)]
+    runs = {r["name"]: run_row(r) for r in sure}
+    pars = checks(config_rows(sure, runs))[0]  # 0.61 - 0.11 = 0.5, se = sqrt(0.0001 + 0.0001) = 0.01414: decided
+    assert (pars["value"], pars["se"], pars["decided"]) == (pytest.approx(0.5), pytest.approx(0.014142, abs=1e-6), True)
     md = (tmp_path / "ablations.md").read_text()
+    assert "| consistency | paraphrase_agreement: plus_consistency − correctness_only ≥ 0.1 | 0.150 ± 0.141 | yes | NO |" in md
     assert "| correctness_only | 2 | 0.500 ± 0.141 |" in md and "| plus_parsimony@1 | failed: RuntimeError: boom |" in md
 
 
