@@ -7,7 +7,8 @@ Pieces (each a registry where the choices multiply):
 
 * advantage estimators  ``ADV_ESTIMATORS``  — 'grpo' (group mean/std, DeepSeekMath), 'drgrpo' (group mean only,
   Liu et al. 2025 "Understanding R1-Zero-Like Training"), 'batch_std' (group mean, batch std: "Lite PPO",
-  Liu et al. 2025 "Tricks or Traps?");
+  Liu et al. 2025 "Tricks or Traps?"), 'reinforce_pp' (batch mean and std, no group baseline: REINFORCE++,
+  Hu et al. 2025);
 * policy losses         ``POLICY_LOSSES``   — 'ppo_clip': the PPO clipped surrogate with decoupled ε_low/ε_high (DAPO),
   the ratio taken against the rollout (behaviour) log-probs;
 * KL estimators         ``KL_ESTIMATORS``   — 'k1', 'k2', 'k3' (Schulman 2020, "Approximating KL divergence");
@@ -123,6 +124,17 @@ def adv_batch_std(rewards: torch.Tensor, index: torch.Tensor, eps: float = 1e-6)
     r = rewards.double()
     std = r.std(unbiased=True) if r.numel() > 1 else torch.zeros((), dtype=torch.float64)
     return ((r - mean) / (std + eps)).to(rewards.dtype)
+
+
+@register_adv_estimator("reinforce_pp")
+def adv_reinforce_pp(rewards: torch.Tensor, index: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """A_i = (r_i − mean_batch) / (std_batch + ε): REINFORCE++'s global normalisation (Hu et al. 2025), no group
+    baseline. A group whose completions all score the same still carries signal: all wrong → negative, all right →
+    positive (a group baseline gives it 0, so a wrong answer no sample of the group beat is never pushed down)."""
+    r = rewards.double()
+    if r.numel() < 2:
+        return torch.zeros_like(rewards)
+    return ((r - r.mean()) / (r.std(unbiased=True) + eps)).to(rewards.dtype)
 
 
 def compute_advantages(

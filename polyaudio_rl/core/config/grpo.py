@@ -7,7 +7,7 @@ from typing import Literal
 from .base import LRSchedule, cfg_field
 
 # the names of core_algos' registries (tests/polyaudio_rl/core/test_config.py checks that they agree)
-AdvantageEstimator = Literal["grpo", "drgrpo", "batch_std"]
+AdvantageEstimator = Literal["grpo", "drgrpo", "batch_std", "reinforce_pp"]
 PolicyLoss = Literal["ppo_clip"]
 ISCorrection = Literal["none", "tis"]
 KLEstimator = Literal["k1", "k2", "k3"]
@@ -22,7 +22,8 @@ class GRPOConfig:
     prompts_per_step: int = cfg_field(4, "Prompts per GRPO step; the step trains on prompts_per_step × G completions.")
     steps: int = cfg_field(20, "Number of GRPO steps.")
     advantage: AdvantageEstimator = cfg_field(
-        "grpo", "Advantage estimator: 'grpo' (group mean/std), 'drgrpo' (mean only, Liu et al. 2025), 'batch_std'."
+        "grpo", "Advantage estimator: 'grpo' (group mean/std), 'drgrpo' (mean only, Liu et al. 2025), 'batch_std' "
+        "(group mean, batch std), 'reinforce_pp' (batch mean/std, no group baseline: REINFORCE++, Hu et al. 2025)."
     )
     policy_loss: PolicyLoss = cfg_field(
         "ppo_clip", "Policy loss from core_algos.POLICY_LOSSES: 'ppo_clip', the clipped surrogate (PPO; DAPO's decoupled ε)."

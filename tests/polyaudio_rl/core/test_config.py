@@ -85,8 +85,8 @@ def test_sections_are_independent_instances():
 # ------------------------------------------------------------------------------------------------ choice fields
 @pytest.mark.parametrize("override, message", [
     ("rollout.engine=vlm", "rollout.engine: expected one of ['vllm', 'hf'], got 'vlm' (did you mean 'vllm'?)"),
-    ("grpo.advantage=dr_grpo", "grpo.advantage: expected one of ['grpo', 'drgrpo', 'batch_std'], got 'dr_grpo' "
-                               "(did you mean 'drgrpo'?)"),
+    ("grpo.advantage=dr_grpo", "grpo.advantage: expected one of ['grpo', 'drgrpo', 'batch_std', 'reinforce_pp'], "
+                               "got 'dr_grpo' (did you mean 'drgrpo'?)"),
     ("grpo.loss_agg=token_mean", "(did you mean 'token-mean'?)"),
     ("rollout.sync_transport=objectstore", "(did you mean 'object_store'?)"),
     ("model.dtype=bf16", "model.dtype: expected one of ['float32', 'bfloat16', 'float16'], got 'bf16'"),

@@ -15,6 +15,9 @@ ADV_TABLE = {
     "grpo": [1.5, -0.5, -1 / math.sqrt(2), -0.5, 1 / math.sqrt(2), -0.5],
     "drgrpo": [0.75, -0.25, -1.0, -0.25, 1.0, -0.25],
     "batch_std": [0.75 / 1.602082, -0.25 / 1.602082, -1 / 1.602082, -0.25 / 1.602082, 1 / 1.602082, -0.25 / 1.602082],
+    # r − 7/6 over the batch std: 1 → −1/6, 0 → −7/6, 2 → 5/6, 4 → 17/6
+    "reinforce_pp": [-1 / 6 / 1.602082, -7 / 6 / 1.602082, 5 / 6 / 1.602082, -7 / 6 / 1.602082, 17 / 6 / 1.602082,
+                     -7 / 6 / 1.602082],
 }
 
 
@@ -35,6 +38,18 @@ def test_advantages_degenerate_groups():
     # the eps in the denominator: group [0, 1]: std = 1/sqrt(2) → ±0.5/(0.70711 + 0.1)
     adv = ca.compute_advantages([0.0, 1.0], [7, 7], "grpo", eps=0.1)
     assert adv.tolist() == pytest.approx([-0.5 / (0.5**0.5 + 0.1), 0.5 / (0.5**0.5 + 0.1)], abs=1e-6)
+
+
+def test_reinforce_pp_gives_zero_spread_groups_signal():
+    # group "wrong": all 0, group "right": all 1 (both zero-spread). grpo: all 0. reinforce_pp: batch mean 0.5,
+    # unbiased std sqrt(4·0.25/3) = 0.57735 → ∓0.5/0.57735 = ∓0.866025
+    r, g = [0.0, 0.0, 1.0, 1.0], ["wrong", "wrong", "right", "right"]
+    assert ca.compute_advantages(r, g, "grpo").tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert ca.compute_advantages(r, g, "reinforce_pp", eps=0.0).tolist() == pytest.approx(
+        [-0.866025, -0.866025, 0.866025, 0.866025], abs=1e-6)
+    # one completion, or a batch that all scored the same: no signal
+    assert ca.compute_advantages([1.0], ["a"], "reinforce_pp").tolist() == [0.0]
+    assert ca.compute_advantages([1.0, 1.0], ["a", "b"], "reinforce_pp").tolist() == [0.0, 0.0]
 
 
 def test_advantages_bad_input():
