@@ -87,6 +87,11 @@ class ModelFamily(abc.ABC):
         return config.get("model_type") in self.model_types or bool(archs & set(self.architectures))
 
     # ------------------------------------------------------------------------------------------- loading
+    def prepare_process(self) -> None:
+        """Per-process set-up before this family's checkpoints are read in this process: the vLLM plugin calls it in
+        every vLLM process (engine, workers, Serve replicas), the family's own loads call it too. Idempotent; none
+        by default."""
+
     @abc.abstractmethod
     def load_processor(self, path: str) -> Any:
         """The processor: ``.tokenizer``, ``.feature_extractor``, ``apply_chat_template`` and

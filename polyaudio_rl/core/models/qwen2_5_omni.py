@@ -30,6 +30,8 @@ one clip from another).
 """
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +184,7 @@ class AudioProcessor:
     def from_pretrained(cls, path: str) -> "AudioProcessor":
         from transformers import AutoTokenizer, WhisperFeatureExtractor
 
+        quiet_default_talker_config()  # AutoTokenizer reads the checkpoint's config
         tokenizer = AutoTokenizer.from_pretrained(path)
         template = tokenizer.chat_template
         tpl = Path(path) / "chat_template.jinja"
@@ -223,6 +226,42 @@ class AudioProcessor:
         return BatchFeature(data={**enc, **data}, tensor_type=return_tensors)
 
 
+LOG = logging.getLogger(__name__)
+
+
+class _ToDebugLog(logging.Handler):
+    """Hands transformers' records to this module's logger at DEBUG (the process's log files where it has them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        LOG.debug("transformers, building its default Qwen2.5-Omni talker config (not loaded here): %s",
+                  record.getMessage())
+
+
+@functools.cache
+def quiet_default_talker_config() -> None:
+    """Send transformers' warnings about its own default talker config to the log, not the console, once a process.
+
+    Reading a Qwen2.5-Omni config (``AutoConfig``; ``AutoTokenizer`` reads it too, and so does vLLM) formats the
+    config's repr inside huggingface_hub's strict type check, and that repr builds transformers' *default*
+    ``Qwen2_5OmniTalkerConfig``, whose default token ids (151647-151861) lie outside its default vocabulary (8448):
+    seven "Model config: ... must be `None` or an integer within the vocabulary" warnings about a talker that is
+    never loaded here, on every process that reads such a checkpoint. transformers emits each message once a process
+    (``warning_once``). Building that default config here first, with the records routed to :data:`LOG` at DEBUG,
+    uses up those seven messages; the same ones raised later by a load stay silent. Out-of-vocabulary ids of a
+    checkpoint's own config (other numbers, other messages) still warn."""
+    from transformers import Qwen2_5OmniTalkerConfig
+
+    lg = logging.getLogger("transformers.configuration_utils")
+    handler, propagate = _ToDebugLog(), lg.propagate
+    lg.addHandler(handler)
+    lg.propagate = False  # off transformers' own stderr handler (on the "transformers" logger) for this build
+    try:
+        Qwen2_5OmniTalkerConfig()
+    finally:
+        lg.removeHandler(handler)
+        lg.propagate = propagate
+
+
 def load_audio_processor(path: str) -> AudioProcessor:
     """The processor (:class:`AudioProcessor`), its mel features computed on each clip's own length."""
     proc = AudioProcessor.from_pretrained(path)
@@ -253,12 +292,16 @@ class Qwen25OmniFamily(ModelFamily):
     vllm_classes = {VLLM_ARCH: "polyaudio_rl.core.models.qwen2_5_omni_vllm:PolyAudioQwen25OmniThinker",
                     VLLM_LORA_ARCH: "polyaudio_rl.core.models.qwen2_5_omni_vllm:PolyAudioQwen25OmniThinkerLoRA"}
 
+    def prepare_process(self) -> None:
+        quiet_default_talker_config()
+
     def load_processor(self, path: str) -> Any:
         return load_audio_processor(path)
 
     def load_model(self, path: str, dtype: torch.dtype) -> Any:
         from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
+        quiet_default_talker_config()
         return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, dtype=dtype)
 
     def parts(self, model: Any) -> ModelParts:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 
 def register() -> None:
-    """Register every family's vLLM classes with vLLM's ModelRegistry."""
+    """Register every family's vLLM classes with vLLM's ModelRegistry (after each family's
+    :meth:`~polyaudio_rl.core.models.ModelFamily.prepare_process`: vLLM reads the checkpoint's config after this)."""
     from vllm import ModelRegistry
 
     from . import _families
 
     supported = ModelRegistry.get_supported_archs()
     for family in _families().values():
+        family.prepare_process()
         for arch, target in family.vllm_classes.items():
             if arch not in supported:
                 ModelRegistry.register_model(arch, target)
