@@ -220,8 +220,8 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> Path:
 
 
 def write_report(out: Path, paths: list[str], results: list[dict[str, Any]], overrides: list[str]) -> None:
-    order = {Path(p).stem: i for i, p in enumerate(paths)}
-    results.sort(key=lambda r: order.get(r["name"], 0))
+    order = {Path(p).stem: i for i, p in enumerate(paths)}  # configurations in the given order, repeats in theirs
+    results.sort(key=lambda r: (order.get(r.get("config_name", r["name"]), 0), r.get("repeat", 0)))
     runs = {r["name"]: run_row(r) for r in results}
     configs = config_rows(results, runs)
     doc = {"overrides": overrides, "runs": runs, "configs": configs, "table6": table6(configs),
