@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .heldout_metrics import score_answers
+from .heldout_metrics import METRICS, score_answers
 from .listen import run_controls
 
 
@@ -16,8 +16,8 @@ def greedy(rollout_pool: Any, prompts: Sequence[Any], tag: str) -> tuple[list[st
 
 def evaluate(rollout_pool: Any, prompts: Sequence[Any], answer_tag: bool = False, controls: bool = False,
              seed: int = 0) -> dict[str, Any]:
-    """{"accuracy", "n", "per_task", "irrelevant_clip_rate", "paraphrase_agreement", "format_rate", "mean_length",
-    "items"} (``items``: id, answer, rule score per prompt, what :func:`polyaudio_rl.samples.record_heldout` keeps)
+    """{"accuracy", "n", "per_task", "irrelevant_clip_rate", "paraphrase_agreement", "paraphrase_kappa",
+    "format_rate", "mean_length", "items"} (``items``: id, answer, rule score per prompt, what :func:`polyaudio_rl.samples.record_heldout` keeps)
     and, with ``controls``, {"controls": {"silence": {...}, "shuffle": {...}}}."""
     texts, lengths = greedy(rollout_pool, prompts, "eval")
     out = score_answers([p.sample for p in prompts], texts, lengths, answer_tag)
@@ -30,8 +30,7 @@ def evaluate(rollout_pool: Any, prompts: Sequence[Any], answer_tag: bool = False
 
 def log_fields(res: dict[str, Any]) -> dict[str, float]:
     """The scalar metrics of an :func:`evaluate` result as ``eval/<name>`` fields for metrics.jsonl (None left out)."""
-    fields = {k: res.get(k) for k in ("accuracy", "irrelevant_clip_rate", "paraphrase_agreement", "format_rate",
-                                      "mean_length")}
+    fields = {k: res.get(k) for k in METRICS}
     for name, c in (res.get("controls") or {}).items():
         fields[f"{name}_accuracy"] = c.get("accuracy")
     return {f"eval/{k}": float(v) for k, v in fields.items() if v is not None}

@@ -11,6 +11,13 @@ paraphrase_agreement  over all unordered pairs of items in the same paraphrase f
                       otherwise the consistency reward's family: identical clips in order and the same key), the share
                       whose parsed answers (the verifier's ``info["parsed"]``) are equal; an unreadable answer agrees
                       with nothing. None when no item has a paraphrase.
+paraphrase_kappa      paraphrase_agreement corrected for the agreement a policy gets by answering by rote:
+                      (p_o − p_e) / (1 − p_e), p_o = paraphrase_agreement, p_e = the mean over the same pairs of
+                      sum_a P(a)², P = the share of each parsed answer among all items with the pair's number of clips
+                      (unreadable answers count in the total, never as an answer). 1: agreement beyond what the
+                      answer mix explains; 0: no more than two answers drawn from it; None when p_e is 1 (every
+                      answer the same) or there are no pairs. A policy naming every clip whatever it is asked has
+                      p_o = 1 and no kappa; the consistency reward is meant to raise agreement of the other kind.
 format_rate           share of completions that pass every check of the format reward (score 1.0).
 mean_length           mean completion length in tokens.
 
@@ -24,7 +31,8 @@ from typing import Any, Sequence
 
 from polyaudio_rl.core.schema import Sample
 
-METRICS = ("accuracy", "irrelevant_clip_rate", "paraphrase_agreement", "format_rate", "mean_length")
+METRICS = ("accuracy", "irrelevant_clip_rate", "paraphrase_agreement", "paraphrase_kappa", "format_rate",
+           "mean_length")
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -53,6 +61,25 @@ def paraphrase_agreement(parsed: Sequence[Any], families: Sequence[str | None]) 
         raise ValueError(f"paraphrase_agreement: {len(parsed)} answers but {len(families)} families")
     pairs = paraphrase_pairs(families)
     return _mean([float(parsed[i] is not None and parsed[i] == parsed[j]) for i, j in pairs])
+
+
+def paraphrase_kappa(parsed: Sequence[Any], families: Sequence[str | None], strata: Sequence[Any]) -> float | None:
+    """Chance-corrected paraphrase agreement (module docstring); ``strata``: each item's number of clips."""
+    if not len(parsed) == len(families) == len(strata):
+        raise ValueError(f"paraphrase_kappa: {len(parsed)} answers, {len(families)} families, {len(strata)} strata")
+    pairs = paraphrase_pairs(families)
+    if not pairs:
+        return None
+    mix: dict[Any, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    total: dict[Any, int] = defaultdict(int)
+    for a, st in zip(parsed, strata):
+        total[st] += 1
+        if a is not None:
+            mix[st][repr(a)] += 1
+    expect = {st: sum((c / total[st]) ** 2 for c in mix[st].values()) for st in total}
+    p_o = paraphrase_agreement(parsed, families) or 0.0
+    p_e = sum(expect[strata[i]] for i, _ in pairs) / len(pairs)
+    return None if p_e >= 1.0 - 1e-12 else (p_o - p_e) / (1.0 - p_e)
 
 
 def format_rate(format_scores: Sequence[float]) -> float | None:
@@ -109,9 +136,11 @@ def score_answers(samples: Sequence[Sample], texts: Sequence[str], lengths: Sequ
         parsed.append(res.info.get("parsed"))
         fmt.append(float(format_reward(s, t, answer_tag=answer_tag).score or 0.0))
     named = [clips_referenced(extract_answer(t).visible, len(s.clips)) for s, t in zip(samples, texts)]
+    families = [family_of(s) for s in samples]
     relevant = [set(s.relevant_clips) or set(range(1, len(s.clips) + 1)) for s in samples]
     return {"accuracy": _mean(correct) or 0.0, "n": len(samples),
             "per_task": {k: float(sum(v) / len(v)) for k, v in sorted(per_task.items())},
             "irrelevant_clip_rate": irrelevant_clip_rate(named, relevant),
-            "paraphrase_agreement": paraphrase_agreement(parsed, [family_of(s) for s in samples]),
+            "paraphrase_agreement": paraphrase_agreement(parsed, families),
+            "paraphrase_kappa": paraphrase_kappa(parsed, families, [len(s.clips) for s in samples]),
             "format_rate": format_rate(fmt), "mean_length": mean_length(lengths), "scores": correct}

@@ -1,10 +1,10 @@
 """The ablation report: ``ablations.json``, ``ablations.md`` and the PNGs, from the runs' records.
 
 Per run (held-out bench split, greedy answers, after GRPO; definitions in :mod:`eval.heldout_metrics`): accuracy
-(exact rule), irrelevant_clip_rate, paraphrase_agreement, format_rate, mean completion length, the "does it
-listen" controls (:mod:`eval.listen`), and the mean of each reward component over the GRPO steps. The paper's
-Table 6 rows: LoRA SFT (the shared SFT checkpoint's held-out accuracy, before GRPO), SFT + GRPO (``paper_mix``),
-GRPO only (``grpo_only``). ``checks`` reads issue 26's expected directions off the table (met or not, with numbers).
+(exact rule), irrelevant_clip_rate, paraphrase_agreement (and its chance-corrected paraphrase_kappa), format_rate,
+mean completion length, the "does it listen" controls (:mod:`eval.listen`), and the mean of each reward component
+over the GRPO steps. The paper's Table 6 rows: LoRA SFT (the shared SFT checkpoint's held-out accuracy, before GRPO),
+SFT + GRPO (``paper_mix``), GRPO only (``grpo_only``). ``checks`` reads issue 26's expected directions off the table (met or not, with numbers).
 With ``--repeats K`` (several runs of a configuration, other sampling seeds) Table 6, the checks and the plot read the
 per-configuration means (``configs`` in ``ablations.json``, with each figure's standard deviation and run count).
 """
@@ -18,7 +18,7 @@ from typing import Any
 from .core.config.reward import REWARD_COMPONENTS
 from .report import write_runs_page
 
-METRICS = ("accuracy", "irrelevant_clip_rate", "paraphrase_agreement", "format_rate", "mean_length")
+METRICS = ("accuracy", "irrelevant_clip_rate", "paraphrase_agreement", "paraphrase_kappa", "format_rate", "mean_length")
 
 
 def _fmt(v: Any) -> str:
@@ -172,11 +172,11 @@ def _means_table(configs: dict[str, dict[str, Any]]) -> list[str]:
         return []
     pm = lambda r, k: _fmt(r.get(k)) + (f" ± {r[k + '_std']:.3f}" if r.get(k + "_std") is not None else "")  # noqa: E731
     lines = ["", "## Means over repeated runs (other sampling seeds, same SFT checkpoint)", "",
-             "| configuration | runs | accuracy | irrelevant_clip_rate | paraphrase_agreement | format_rate |",
-             "|" + "---|" * 6]
+             "| configuration | runs | accuracy | irrelevant_clip_rate | paraphrase_agreement | paraphrase_kappa | "
+             "format_rate |", "|" + "---|" * 7]
     for name, r in configs.items():
         lines.append(f"| {name} | {r.get('n') or 1} | {pm(r, 'accuracy')} | {pm(r, 'irrelevant_clip_rate')} | "
-                     f"{pm(r, 'paraphrase_agreement')} | {pm(r, 'format_rate')} |")
+                     f"{pm(r, 'paraphrase_agreement')} | {pm(r, 'paraphrase_kappa')} | {pm(r, 'format_rate')} |")
     return lines + ["", "Table 6 and the checks below read these means."]
 
 

@@ -9,6 +9,7 @@ from eval.heldout_metrics import (
     irrelevant_clip_rate,
     mean_length,
     paraphrase_agreement,
+    paraphrase_kappa,
     paraphrase_pairs,
     score_answers,
 )
@@ -35,6 +36,24 @@ def test_paraphrase_pairs_and_agreement_table():
     assert paraphrase_agreement([[1], [2]], ["a", "b"]) is None     # no paraphrase pairs
     with pytest.raises(ValueError, match="2 answers but 1 families"):
         paraphrase_agreement([1, 2], ["a"])
+
+
+@pytest.mark.parametrize("parsed, families, strata, want", [
+    # p_o: (0,1) agree, (2,3) not = 0.5; mix x 3/4, y 1/4: p_e = 9/16 + 1/16 = 0.625; (0.5 - 0.625) / 0.375
+    (["x", "x", "x", "y"], ["a", "a", "b", "b"], [3, 3, 3, 3], -1 / 3),
+    # an unreadable answer counts in the total, never as an answer: p_e = (3/4)^2 = 0.5625; (0.5 - 0.5625) / 0.4375
+    (["x", None, "x", "x"], ["a", "a", "b", "b"], [3, 3, 3, 3], -0.0625 / 0.4375),
+    # per stratum: 3 clips {x, x} p_e 1, 4 clips {y, z} p_e 0.5 -> mean 0.75; p_o 0.5 -> (0.5 - 0.75) / 0.25
+    (["x", "x", "y", "z"], ["a", "a", "b", "b"], [3, 3, 4, 4], -1.0),
+    # agreement beyond the mix: x, x, y, y in one stratum, p_e 0.5, p_o 1 -> 1
+    (["x", "x", "y", "y"], ["a", "a", "b", "b"], [3, 3, 3, 3], 1.0),
+    (["x", "x", "x", "x"], ["a", "a", "b", "b"], [3, 3, 3, 3], None),   # rote: p_e = 1, undefined
+    (["x", "y"], ["a", "b"], [3, 3], None),                             # no pairs
+    ([[1, 2], [1, 2], [3], [2]], ["a", "a", "b", "b"], [3, 3, 3, 3], (0.5 - 0.375) / 0.625),  # lists: 1/4+1/16+1/16
+])
+def test_paraphrase_kappa_table(parsed, families, strata, want):
+    got = paraphrase_kappa(parsed, families, strata)
+    assert got == (None if want is None else pytest.approx(want))
 
 
 @pytest.mark.parametrize("fn, values, want", [
@@ -74,5 +93,7 @@ def test_score_answers_on_hand_written_completions():
     assert m["accuracy"] == 3 / 4 and m["n"] == 4 and m["per_task"] == {"temporal_grounding": 0.75}
     assert m["irrelevant_clip_rate"] == 1 / 4
     assert m["paraphrase_agreement"] == 1 / 2   # f0: [1,3] vs [1,2,3] differ; f1: [2] vs [2] agree
+    # p_e: answers [1,3], [1,2,3], [2], [2] among the 4 items of that clip count: 1/16 + 1/16 + 4/16 = 0.375
+    assert m["paraphrase_kappa"] == pytest.approx((0.5 - 0.375) / 0.625)
     assert m["format_rate"] == 3 / 4
     assert m["mean_length"] == 10.5
