@@ -17,7 +17,8 @@ def greedy(rollout_pool: Any, prompts: Sequence[Any], tag: str) -> tuple[list[st
 def evaluate(rollout_pool: Any, prompts: Sequence[Any], answer_tag: bool = False, controls: bool = False,
              seed: int = 0) -> dict[str, Any]:
     """{"accuracy", "n", "per_task", "irrelevant_clip_rate", "paraphrase_agreement", "paraphrase_kappa",
-    "format_rate", "mean_length", "items"} (``items``: id, answer, rule score per prompt, what :func:`polyaudio_rl.samples.record_heldout` keeps)
+    "format_rate", "mean_length", "items"} (``items``: id, answer, rule score per prompt, what
+    :func:`polyaudio_rl.samples.record_heldout` keeps)
     and, with ``controls``, {"controls": {"silence": {...}, "shuffle": {...}}}."""
     texts, lengths = greedy(rollout_pool, prompts, "eval")
     out = score_answers([p.sample for p in prompts], texts, lengths, answer_tag)

@@ -4,7 +4,8 @@ Per run (held-out bench split, greedy answers, after GRPO; definitions in :mod:`
 (exact rule), irrelevant_clip_rate, paraphrase_agreement (and its chance-corrected paraphrase_kappa), format_rate,
 mean completion length, the "does it listen" controls (:mod:`eval.listen`), and the mean of each reward component
 over the GRPO steps. The paper's Table 6 rows: LoRA SFT (the shared SFT checkpoint's held-out accuracy, before GRPO),
-SFT + GRPO (``paper_mix``), GRPO only (``grpo_only``). ``checks`` reads issue 26's expected directions off the table (met or not, with numbers).
+SFT + GRPO (``paper_mix``), GRPO only (``grpo_only``). ``checks`` reads issue 26's expected directions off the table
+(met or not, with numbers).
 With ``--repeats K`` (several runs of a configuration, other sampling seeds) Table 6, the checks and the plot read the
 per-configuration means (``configs`` in ``ablations.json``, with each figure's standard deviation and run count).
 """
@@ -15,10 +16,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from eval.heldout_metrics import METRICS
+
 from .core.config.reward import REWARD_COMPONENTS
 from .report import write_runs_page
 
-METRICS = ("accuracy", "irrelevant_clip_rate", "paraphrase_agreement", "paraphrase_kappa", "format_rate", "mean_length")
 
 
 def _fmt(v: Any) -> str:
