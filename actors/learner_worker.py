@@ -78,9 +78,18 @@ class LearnerWorker(WeightSender):
     def setup(self, master_addr: str, master_port: int, resume_from: str | None = None,
               init_adapter: str | None = None, total_steps: int = 0) -> dict[str, Any]:
         """Join the process group, load the policy (``resume_from``: this stage's state; ``init_adapter``: another
-        stage's adapter, SFT → GRPO), build the DeepSpeed engine and restore the training state when resuming."""
+        stage's adapter, SFT → GRPO; both on a resume of a stage that started from one), keep the KL reference's
+        weights (``grpo.kl_reference=init``: ``init_adapter``'s), build the DeepSpeed engine and restore the
+        training state when resuming."""
         backend = self._init_distributed(master_addr, master_port)
-        self._load_policy(resume_from or init_adapter)
+        start = init_adapter if self._kl_to_start() else None
+        self._load_policy(start or resume_from or init_adapter)
+        self.start_weights = ({n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+                              if start else None)
+        if start and resume_from:
+            from polyaudio_rl.core import checkpoint
+
+            checkpoint.load_adapter_weights(resume_from, self.model)
         params = self._build_engine(total_steps)
         self._warm_up()
         self.step = 0
@@ -93,6 +102,11 @@ class LearnerWorker(WeightSender):
         trainable = sum(p.numel() for p in params)
         return {"rank": self.rank, "trainable_params": trainable, "step": self.step, "client_state": client_state,
                 "backend": backend, "device": str(self.device)}
+
+    def _kl_to_start(self) -> bool:
+        """Whether the KL reference is the adapter this GRPO stage started from (``grpo.kl_reference=init``)."""
+        g = self.cfg.grpo
+        return self.stage == "grpo" and g.kl_coef > 0 and g.kl_reference == "init"
 
     def _init_distributed(self, master_addr: str, master_port: int) -> str:
         """torch.distributed for this rank (gloo on CPU, NCCL on GPUs unless ``learner.backend`` says); the backend."""
@@ -197,14 +211,17 @@ class LearnerWorker(WeightSender):
 
     @torch.no_grad()
     def _nograd_logprobs(self, mbs: Sequence[Any], reference: bool) -> list[torch.Tensor]:
-        """Each micro-batch's token log-probs in eval mode, under the policy or (``reference``) the base model: one
-        mode switch and one adapter toggle for all of them (each walks the whole model)."""
+        """Each micro-batch's token log-probs in eval mode, under the policy or the KL ``reference``
+        (:func:`polyaudio_rl.core.model.reference_policy`): one mode switch and one reference swap for all of them
+        (each walks the whole model)."""
+        from polyaudio_rl.core.model import reference_policy
+
         if not mbs:
             return []
         module = self.engine.module
         module.eval()
         try:
-            with module.disable_adapter() if reference else contextlib.nullcontext():
+            with reference_policy(module, self.start_weights) if reference else contextlib.nullcontext():
                 return [token_logprobs(module, mb)[0] for mb in mbs]
         finally:
             self._train_mode()

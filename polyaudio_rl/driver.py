@@ -303,7 +303,7 @@ class GRPODriver:
         if death.what.startswith("reward actor"):
             self._new_reward_pool()
         learner = Learner(self.cfg, stage="grpo", resume_from=checkpoint,
-                          init_adapter=None if checkpoint else self.init_adapter,
+                          init_adapter=self.init_adapter,
                           total_steps=self.optimizer_steps(self.cfg))
         self.stream.close()
         stream = PromptStream(self.cfg.data.pref_dir, self.model_path, self.cfg.data, seed=self.cfg.seed,

@@ -105,10 +105,25 @@ def load_policy(model_cfg: ModelConfig, adapter_dir: str | None = None, device: 
 
 
 @contextlib.contextmanager
-def reference_policy(peft_model: Any) -> Iterator[Any]:
-    """The reference (base) model at no extra memory: the same module with the adapter disabled."""
-    with peft_model.disable_adapter():
+def reference_policy(peft_model: Any, start_weights: dict[str, torch.Tensor] | None = None) -> Iterator[Any]:
+    """The KL reference on the policy's own module: the base model (the adapter disabled), or with ``start_weights``
+    (trainable parameter name → tensor; ``grpo.kl_reference=init``) the adapter training started from, swapped in
+    for the duration and the current weights put back after (memory: one more copy of the trainable weights)."""
+    if start_weights is None:
+        with peft_model.disable_adapter():
+            yield peft_model
+        return
+    params = dict(peft_model.named_parameters())
+    current = {n: params[n].detach().clone() for n in start_weights}
+    with torch.no_grad():
+        for n, t in start_weights.items():
+            params[n].copy_(t)
+    try:
         yield peft_model
+    finally:
+        with torch.no_grad():
+            for n, t in current.items():
+                params[n].copy_(t)
 
 
 def lora_parameter_count(model: Any) -> tuple[int, int]:

@@ -237,3 +237,33 @@ def test_tis_proximal_logprobs_are_the_policy_before_the_update(ray_local, tiny_
                for it, lp in zip(items, before) for p, b in zip(lp, it.old_logprobs or lp)]
     assert m["is_weight_mean"] == pytest.approx(sum(weights) / len(weights), rel=1e-5)
     assert abs(m["is_weight_mean"] - 1.0) > 1e-3  # the synthetic behaviour log-probs are off-policy: weights bite
+
+
+def test_kl_reference_init_is_the_starting_adapter_also_after_a_resume(ray_local, tiny_ckpt, tiny_processor, tmp_path):
+    """grpo.kl_reference=init: the KL is to the adapter the stage started from — 0 at the first update, where the
+    policy is that adapter (the base model would not give 0: the adapter is far from it) — and a resumed learner reads
+    that adapter again: its step 3 repeats the uninterrupted step 3, KL included."""
+    from actors.learner import Learner
+    from tests.polyaudio_rl.reference_run import TINY_CPU, write_foreign_adapter
+
+    start = str(write_foreign_adapter(tiny_ckpt, TINY_CPU, tmp_path / "start"))
+    cfg = _cfg(tiny_ckpt, tmp_path, "model.lora.dropout=0.0", "learner.num_workers=1", "grpo.lr=1e-2",
+               "grpo.kl_coef=0.5", "grpo.kl_reference=init")
+    data = [_advantaged(cfg, *batch) for batch in _batches(tiny_processor)]
+    learner = Learner(cfg, "grpo", init_adapter=start)
+    try:
+        m1 = learner.train_grpo_step(data[0])
+        m2 = learner.train_grpo_step(data[1])
+        ckpt = learner.save_checkpoint(str(tmp_path / "ck"), {})
+        m3 = learner.train_grpo_step(data[2])
+    finally:
+        learner.shutdown()
+    assert m1["kl"] == pytest.approx(0.0, abs=1e-7) and m2["kl"] > 1e-5, (m1["kl"], m2["kl"])
+
+    resumed = Learner(cfg, "grpo", resume_from=ckpt, init_adapter=start)
+    try:
+        r3 = resumed.train_grpo_step(data[2])
+    finally:
+        resumed.shutdown()
+    for key in ("loss", "kl", "grad_norm"):
+        assert r3[key] == pytest.approx(m3[key], rel=1e-5, abs=1e-7), key

@@ -64,6 +64,9 @@ def _cross_checks(c: "Config") -> list[tuple[bool, str]]:
         (g.is_correction != "none" and g.max_policy_lag == 0,
          f"grpo.is_correction={g.is_correction} corrects for batches sampled by an older policy, but "
          "grpo.max_policy_lag is 0 (synchronous): set grpo.max_policy_lag >= 1 or grpo.is_correction=none"),
+        (g.kl_coef > 0 and g.kl_reference == "init" and c.learner.zero_stage == 3,
+         "grpo.kl_reference=init swaps a copy of the starting adapter in for the reference pass, which ZeRO-3's "
+         "partitioned weights do not allow: set learner.zero_stage 2 or grpo.kl_reference=base"),
         (c.learner.backend == "nccl" and not c.learner.use_gpu,
          "learner.backend=nccl needs learner.use_gpu: true (NCCL runs on GPUs; gloo or auto on CPU)"),
         (ro.sync_mode == "adapter" and 0 < ro.max_lora_rank < c.model.lora.rank,

@@ -11,6 +11,7 @@ AdvantageEstimator = Literal["grpo", "drgrpo", "batch_std", "reinforce_pp"]
 PolicyLoss = Literal["ppo_clip"]
 ISCorrection = Literal["none", "tis"]
 KLEstimator = Literal["k1", "k2", "k3"]
+KLReference = Literal["base", "init"]
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
 
@@ -43,7 +44,13 @@ class GRPOConfig:
     clip_high: float = cfg_field(0.28, "ε_high of the clipped surrogate (DAPO 'clip-higher': 0.28).")
     kl_coef: float = cfg_field(0.04, "β, the k3 KL coefficient to the reference policy (DeepSeekMath: 0.04). 0 skips it.")
     kl_estimator: KLEstimator = cfg_field(
-        "k3", "Per-token KL estimator to the reference (base model via disable_adapter): k1, k2 or k3 (Schulman 2020)."
+        "k3", "Per-token KL estimator to the reference (grpo.kl_reference): k1, k2 or k3 (Schulman 2020)."
+    )
+    kl_reference: KLReference = cfg_field(
+        "base", "The KL reference policy: 'base' (the base model, the adapter disabled: TRL's and verl's reference "
+        "with LoRA) or 'init' (the adapter this GRPO stage started from: the SFT policy, or --init-adapter; "
+        "DeepSeekMath's reference is the SFT model). Without a starting adapter the two are the same (LoRA's B "
+        "starts at 0). 'init' keeps a copy of the trainable weights and swaps it in for the reference pass."
     )
     loss_agg: LossAgg = cfg_field(
         "token-mean", "Loss aggregation: token-mean (DAPO), seq-mean-token-mean (GRPO), seq-mean-token-sum-norm (Dr. GRPO)."

@@ -140,6 +140,8 @@ def test_grpo_choices_are_the_core_algos_registries():
     (["eval.serve_bench=true", "serve.max_clips=3", "data.max_clips=5"],
      "serve.max_clips (3) is below data.max_clips (5)"),
     (["faults.judge_outage_at_step=2"], "faults.judge_outage_at_step needs a judge-scored run"),
+    (["grpo.kl_reference=init", "grpo.kl_coef=0.1", "learner.zero_stage=3"],
+     "grpo.kl_reference=init swaps a copy of the starting adapter in"),
 ])
 def test_cross_field_check_names_both_keys(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -156,6 +158,8 @@ def test_cross_field_check_names_both_keys(overrides, message):
     ["rollout.max_new_tokens=1023", "rollout.max_model_len=1024"],
     ["eval.serve_bench=true", "serve.max_clips=5", "data.max_clips=5"],
     ["eval.serve_bench=false", "serve.max_clips=3", "data.max_clips=5"],
+    ["grpo.kl_reference=init", "grpo.kl_coef=0.1", "learner.zero_stage=2"],
+    ["grpo.kl_reference=init", "grpo.kl_coef=0.0", "learner.zero_stage=3"],
 ])
 def test_cross_field_check_passes_the_working_combinations(overrides):
     load_config(overrides=overrides)

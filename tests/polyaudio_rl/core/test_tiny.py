@@ -72,6 +72,19 @@ def test_lora_on_language_model_only_and_reference_is_base(tiny_ckpt, tiny_proce
     assert not torch.allclose(adapted, base_logits, atol=1e-4)
     assert torch.allclose(ref_logits, base_logits, atol=1e-5)
 
+    # grpo.kl_reference=init: the adapter training started from, swapped in, and the current weights back after
+    start = {n: p.detach().clone() for n, p in peft.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.add_(torch.randn_like(p))
+        moved = peft(**batch).logits
+        with reference_policy(peft, start) as ref:
+            start_logits = ref(**batch).logits
+        after = peft(**batch).logits
+    assert not torch.allclose(moved, adapted, atol=1e-4)
+    assert torch.equal(start_logits, adapted) and torch.equal(after, moved)
+
 
 @pytest.mark.slow
 def test_vllm_cpu_loads_samples_n4_and_matches_transformers_greedy(tiny_ckpt, tiny_processor, sample_factory):
