@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import threading
 from collections import Counter, defaultdict, deque
@@ -39,6 +40,8 @@ from .core.audio import AudioError
 from .core.prompts import MultiAudioPrompt, PromptError, build_prompt
 
 AUDIO_FREE_COLUMNS = [n for n in ARROW_SCHEMA.names if n != "clips"]
+SORT_PARTITION_ROWS = 64  # rows per partition of the epoch's sort (each partition one reduce task)
+FOOTER_SHARDS_PER_ACTOR = 256  # Parquet shards per Ray Data footer-reading actor
 
 
 @dataclass
@@ -115,6 +118,23 @@ def in_order(rows: Iterator[dict[str, Any]], expected: list[str]) -> Iterator[di
     if k + 1 != len(expected):
         raise StreamOrderError(f"prompt stream: the pipeline ended after {k + 1} rows, the seeded order has "
                                f"{len(expected)} ({expected[k + 1]!r} next)")
+
+
+def _order_columns(paths: list[str], tasks: list[str] | None) -> list[dict[str, Any]]:
+    """The rows' ``id``, ``task``, ``answer`` and ``metadata`` in shard order (those of ``tasks`` only, when given),
+    read with pyarrow on the driver: a few small columns, where a Ray Data pipeline would cost seconds of start-up
+    on every stream (and on every recovery); a shard that cannot be read is an error naming it."""
+    import pyarrow.parquet as pq
+
+    keep = set(tasks or [])
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            table = pq.read_table(path, columns=["id", "task", "answer", "metadata"])
+        except Exception as exc:  # noqa: BLE001 - named and re-raised
+            raise ValueError(f"{path}: cannot read the shard's id/task/answer/metadata columns ({exc})") from exc
+        rows.extend(r for r in table.to_pylist() if not keep or r["task"] in keep)
+    return rows
 
 
 def _family(metadata: Any) -> str | None:
@@ -218,12 +238,16 @@ class PromptStream:
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Ray Data reads Parquet footers on a pool of actors (up to 32), each a process to start: one per
+        # FOOTER_SHARDS_PER_ACTOR shards (a user's RAY_DATA_PARQUET_FOOTER_NUM_ACTORS wins)
+        os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS",
+                              str(min(32, -(-len(self.paths) // FOOTER_SHARDS_PER_ACTOR))))
+        rows = _order_columns(self.paths, data_cfg.tasks)  # the order and resume work on ids
         ds = ray.data.read_parquet(self.paths, columns=ARROW_SCHEMA.names)
         if data_cfg.tasks:
             keep = set(data_cfg.tasks)
             ds = ds.filter(lambda r: r["task"] in keep)
         self._base = ds
-        rows = ds.select_columns(["id", "task", "answer", "metadata"]).take_all()  # the order and resume work on ids
         self._ids = [r["id"] for r in rows]
         self._families = [_family(r.get("metadata")) for r in rows]
         self._tasks = [r["task"] for r in rows]
@@ -298,7 +322,9 @@ class PromptStream:
         if skip:  # resuming mid-epoch: drop the rows already consumed *before* decoding (reads only the ids)
             done = set(order[:skip])
             base = base.filter(lambda r: r["id"] not in done)
-        ds = base.map(lambda r: {**r, "okey": rank[r["id"]]}).sort("okey")
+        # the order is known: explicit boundaries spare the sort its sampling pass and Ray Data's default 200 partitions
+        cuts = list(range(SORT_PARTITION_ROWS, len(order), SORT_PARTITION_ROWS)) or [len(order)]
+        ds = base.map(lambda r: {**r, "okey": rank[r["id"]]}).sort("okey", boundaries=cuts)
         ds = ds.map_batches(
             DecodeStage,
             fn_constructor_kwargs=dict(

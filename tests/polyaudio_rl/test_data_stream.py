@@ -96,6 +96,27 @@ def test_repeated_sample_ids_in_a_split_are_an_error_naming_them(ray_local, tmp_
         PromptStream(str(tmp_path), tiny_ckpt, DataConfig(), seed=0)
 
 
+def test_an_unreadable_shard_is_an_error_naming_it(tmp_path, sample_factory, tiny_ckpt):
+    write_shard(str(tmp_path / "a.parquet"), [sample_factory("fine", (0.5, 0.4))])
+    (tmp_path / "b.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match=r"b\.parquet: cannot read the shard's id/task/answer/metadata columns"):
+        PromptStream(str(tmp_path), tiny_ckpt, DataConfig(), seed=0)
+
+
+def test_an_epoch_sorted_over_several_partitions_keeps_the_seeded_order(ray_local, split_dir, tiny_ckpt, monkeypatch):
+    """The epoch's sort cuts the known order into partitions of SORT_PARTITION_ROWS rows (explicit boundaries, no
+    sampling pass); at 3 rows the 8-row split spans three partitions and must still stream in the seeded order
+    (the stream checks every row against it and raises StreamOrderError otherwise)."""
+    from polyaudio_rl import data_stream
+    from polyaudio_rl.data_stream import epoch_order
+
+    monkeypatch.setattr(data_stream, "SORT_PARTITION_ROWS", 3)
+    stream = PromptStream(split_dir, tiny_ckpt, DataConfig(prefetch_items=0), seed=3)
+    got = [it.sample.id for it in stream.take(7)]
+    stream.close()
+    assert got == [i for i in epoch_order(stream._ids, stream._tasks, 3, 0) if i != "bad-long"]
+
+
 def test_epoch_order_interleaves_tasks_when_asked():
     from polyaudio_rl.data_stream import epoch_order, order_key
 

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import ray
 from safetensors.torch import load_file
@@ -92,7 +93,8 @@ def test_ray_job_submit_stop_and_resume_on_a_head_node(tiny_ckpt, data, tmp_path
     ``learner.checkpoint_every=0``) is on the URI and the entrypoint exits 0 — read through a shell wrapper, as Ray
     marks a stopped job STOPPED and records no exit code for it. A second job resumes by URI and finishes: one row per
     step, every sample trained once, the results at the URI after Ray deleted the jobs' working-dir copies (issue
-    29)."""
+    29). The stopped job logs to an offline wandb: its service, a descendant of the entrypoint, gets the SIGTERM at the
+    same moment (as it dies with the process group of a preempted pod) and the run still finishes its step."""
     import secrets
 
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -101,6 +103,8 @@ def test_ray_job_submit_stop_and_resume_on_a_head_node(tiny_ckpt, data, tmp_path
     env = _env()
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))  # Ray 2.60: token auth on by default
     env["POLYAUDIO_STAGING_DIR"] = str(tmp_path / "staging")  # the job's local copy of its URI run directory
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    env.pop("WANDB_SERVICE", None)  # the job's driver starts its own wandb service
     # read by the job supervisor on the head: well above the graceful stop (the step in flight, its checkpoint and
     # the mirror: ~3 s here). The supervisor also waits that long for every process of the job's tree at the stop
     # to be gone after the entrypoint exited 0; in a clean-clone `make test` one was not (a zombie?), and 300 s
@@ -116,7 +120,7 @@ def test_ray_job_submit_stop_and_resume_on_a_head_node(tiny_ckpt, data, tmp_path
     run_dir, rc_file, steps = tmp_path / "job-run", tmp_path / "entrypoint.rc", 6
     address = f"http://127.0.0.1:{dash}"
     sets = {"grpo.lr": "1e-5", "grpo.steps": steps, "learner.checkpoint_every": 0, "data.preset": "ci",
-            "eval.serve_bench": "false"}
+            "eval.serve_bench": "false", "wandb_mode": "offline"}
     train_cmd = ["python", "-m", "polyaudio_rl.train", *DEMO, "--run-dir", f"file://{run_dir}", "--quiet",
                  *overrides(tiny_ckpt, data, **sets)]
     submit = ["ray", "job", "submit", f"--address={address}", f"--working-dir={ROOT}"]
@@ -138,12 +142,16 @@ def test_ray_job_submit_stop_and_resume_on_a_head_node(tiny_ckpt, data, tmp_path
         while 1 not in _job_rows(tmp_path / "staging") and time.time() < deadline:
             assert not client.get_job_status("stopped").is_terminal(), client.get_job_logs("stopped")[-4000:]
             time.sleep(0.2)
+        driver = _process_with_args("polyaudio_rl.train", f"file://{run_dir}")
+        services = [p for p in driver.children(recursive=True) if "wandb" in " ".join(p.cmdline())]
+        assert services, "the job's wandb service was not running"
         assert client.stop_job("stopped")
         while not client.get_job_status("stopped").is_terminal() and time.time() < deadline:
             time.sleep(0.5)
         info, log = client.get_job_info("stopped"), client.get_job_logs("stopped")
         assert info.status == JobStatus.STOPPED and info.driver_exit_code in (None, 0), (info, log[-4000:])
         assert rc_file.read_text().strip() == "0", log[-4000:]  # finished gracefully: no SIGKILL, exit 0
+        assert not [p for p in services if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         first = json.loads((run_dir / "summary.json").read_text())  # on the URI
         stopped, k = first["preempted"], first["preempted"]["after_step"]
         assert stopped["signal"] == "SIGTERM" and 1 <= k < steps, stopped
@@ -180,6 +188,13 @@ def test_ray_job_submit_stop_and_resume_on_a_head_node(tiny_ckpt, data, tmp_path
     assert len(first["trained_ids"]) == k * 3 and len(ids) == steps * 3
     assert len(set(ids[:12])) == 12  # the first epoch (12 prompts) once each across the stop; the rest is epoch 2
     assert summary["eval_after"]["n"] == 2 and "preempted" not in summary
+
+
+def _process_with_args(*args: str) -> "psutil.Process":
+    """The one running process whose command line holds each of ``args`` as a whole argument."""
+    found = [p for p in psutil.process_iter(["cmdline"]) if all(a in (p.info["cmdline"] or []) for a in args)]
+    assert len(found) == 1, (args, found)
+    return found[0]
 
 
 def test_two_node_cluster_spreads_rollout_actors(tiny_ckpt, data, tmp_path):
