@@ -455,6 +455,33 @@ def _server_class() -> type:
     return GuardedLLMServer
 
 
+def _node_init_callback() -> type | None:
+    """Ray Serve LLM's node-initialisation hook (``LLMConfig.callback_config``) that skips its "download model files
+    on worker nodes" task when the model source is a directory here: for a local path that task downloads nothing
+    (it returns the path), yet each one is a process importing vLLM, ~10 s of CPU per deployment on two cores. A hub
+    id or a cloud URI still goes through Ray's download. None (Ray's own behaviour) if Ray's callback API moved."""
+    from ray.serve.llm import LLMConfig
+
+    try:  # Ray's callback base class is the public field's default (it has no public import path)
+        base = LLMConfig.model_fields["callback_config"].default_factory().callback_class
+    except (AttributeError, KeyError, TypeError):
+        return None
+    if not isinstance(base, type) or not hasattr(base, "on_before_node_init"):
+        return None
+
+    class LocalModelSource(base):  # type: ignore[misc, valid-type]
+        async def on_before_node_init(self) -> None:
+            source = self.llm_config.model_loading_config.model_source
+            if isinstance(source, str) and os.path.isdir(source):
+                import torch
+
+                # what Ray's task does besides downloading (its torch kernels-directory workaround)
+                os.makedirs(os.path.join(torch.hub._get_torch_home(), "kernels"), exist_ok=True)
+                self.ctx.run_init_node = False
+
+    return LocalModelSource
+
+
 # -- building the app -----------------------------------------------------------------------------------------------
 def _deployment_config(replicas: int, max_replicas: int, target: float) -> dict[str, Any]:
     if max_replicas and max_replicas > replicas:
@@ -481,6 +508,9 @@ def llm_configs(cfg: ServeConfig, policy_path: str, judge_path: str) -> list[Any
 
     accel: dict[str, Any] = {"accelerator_config": {"kind": "cpu"}} if cfg.accelerator == "cpu" else {}
     accel["server_cls"] = _server_class()
+    callback = _node_init_callback()
+    if callback is not None:
+        accel["callback_config"] = {"callback_class": callback}
     from polyaudio_rl.core.models import FamilyError, family_of
 
     # PolyAudio's vLLM class of the policy's model family (as the rollout engines run it); replicas register it

@@ -134,3 +134,22 @@ def test_readiness_probe_timeout_is_not_ready_with_the_reason():
         assert status == 503 and "no completion within 0.05 s" in body["error"]["message"]
 
     asyncio.run(scenario())
+
+
+def test_a_local_model_source_skips_ray_serve_llms_per_node_download_task(tiny_ckpt):
+    """Each LLMServer replica runs Ray Serve LLM's node initialisation; for a model that is a local directory its
+    download task (a process importing vLLM) is skipped, for anything else (a hub id) it runs as Ray has it."""
+    from eval.serve import llm_configs
+    from polyaudio_rl.core.config import ServeConfig
+
+    policy, judge = llm_configs(ServeConfig(), tiny_ckpt, tiny_ckpt)
+
+    def runs_init_node(llm_config) -> bool:  # the callback as the replica makes it (without its placement group)
+        callback = llm_config.callback_config.callback_class(llm_config=llm_config)
+        asyncio.run(callback.run_callback("on_before_node_init"))
+        return callback.ctx.run_init_node
+
+    assert not runs_init_node(policy) and not runs_init_node(judge)
+    hub = policy.model_copy(deep=True)
+    hub.model_loading_config.model_source = "Qwen/Qwen2-Audio-7B-Instruct"
+    assert runs_init_node(hub)
