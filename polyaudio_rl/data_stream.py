@@ -120,6 +120,14 @@ def in_order(rows: Iterator[dict[str, Any]], expected: list[str]) -> Iterator[di
                                f"{len(expected)} ({expected[k + 1]!r} next)")
 
 
+def sort_cuts(rows: int, per_partition: int | None = None) -> list[int]:
+    """The epoch sort's boundaries on the order keys 0..rows-1: a partition every ``per_partition`` rows
+    (:data:`SORT_PARTITION_ROWS`); one cut past the end for a split that fits one (Ray Data takes no boundaries as
+    "sample them")."""
+    step = per_partition or SORT_PARTITION_ROWS
+    return list(range(step, rows, step)) or [rows]
+
+
 def _order_columns(paths: list[str], tasks: list[str] | None) -> list[dict[str, Any]]:
     """The rows' ``id``, ``task``, ``answer`` and ``metadata`` in shard order (those of ``tasks`` only, when given),
     read with pyarrow on the driver: a few small columns, where a Ray Data pipeline would cost seconds of start-up
@@ -323,8 +331,7 @@ class PromptStream:
             done = set(order[:skip])
             base = base.filter(lambda r: r["id"] not in done)
         # the order is known: explicit boundaries spare the sort its sampling pass and Ray Data's default 200 partitions
-        cuts = list(range(SORT_PARTITION_ROWS, len(order), SORT_PARTITION_ROWS)) or [len(order)]
-        ds = base.map(lambda r: {**r, "okey": rank[r["id"]]}).sort("okey", boundaries=cuts)
+        ds = base.map(lambda r: {**r, "okey": rank[r["id"]]}).sort("okey", boundaries=sort_cuts(len(order)))
         ds = ds.map_batches(
             DecodeStage,
             fn_constructor_kwargs=dict(

@@ -103,6 +103,14 @@ def test_an_unreadable_shard_is_an_error_naming_it(tmp_path, sample_factory, tin
         PromptStream(str(tmp_path), tiny_ckpt, DataConfig(), seed=0)
 
 
+@pytest.mark.parametrize("rows,per,cuts", [(8, 3, [3, 6]), (9, 3, [3, 6]), (10, 3, [3, 6, 9]), (3, 3, [3]),
+                                            (1, 64, [1]), (64, 64, [64]), (65, 64, [64]), (200, 64, [64, 128, 192])])
+def test_sort_cuts_give_a_partition_every_n_rows(rows, per, cuts):
+    from polyaudio_rl.data_stream import sort_cuts
+
+    assert sort_cuts(rows, per) == cuts
+
+
 def test_an_epoch_sorted_over_several_partitions_keeps_the_seeded_order(ray_local, split_dir, tiny_ckpt, monkeypatch):
     """The epoch's sort cuts the known order into partitions of SORT_PARTITION_ROWS rows (explicit boundaries, no
     sampling pass); at 3 rows the 8-row split spans three partitions and must still stream in the seeded order
